@@ -118,11 +118,7 @@ func DefaultImmutability() Immutability {
 func (im Immutability) ModeFor(repo, tag string) (Mode, string) {
 	for i, r := range im.Rules {
 		if r.Repositories.Match(repo) && r.Tags.Match(tag) {
-			name := r.Name
-			if name == "" {
-				name = fmt.Sprintf("immutability.rules[%d]", i)
-			}
-			return r.Mode, name
+			return r.Mode, ruleName(r.Name, "immutability.rules", i)
 		}
 	}
 	return im.Default, "immutability.default"
