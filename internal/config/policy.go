@@ -1,0 +1,34 @@
+package config
+
+import (
+	"fmt"
+
+	"github.com/taglock/taglock/policy"
+)
+
+// ImmutabilityPolicy turns the immutability section into policy values.
+// The config must have passed Validate.
+func (c Config) ImmutabilityPolicy() (policy.Immutability, error) {
+	def, err := policy.ParseMode(c.Immutability.Default)
+	if err != nil {
+		return policy.Immutability{}, fmt.Errorf("immutability.default: %w", err)
+	}
+	im := policy.Immutability{Default: def}
+	for i, r := range c.Immutability.Rules {
+		name := fmt.Sprintf("immutability.rules[%d]", i)
+		repos, err := policy.CompileGlobs(r.Repositories)
+		if err != nil {
+			return policy.Immutability{}, fmt.Errorf("%s.repositories: %w", name, err)
+		}
+		tags, err := policy.CompileGlobs(r.Tags)
+		if err != nil {
+			return policy.Immutability{}, fmt.Errorf("%s.tags: %w", name, err)
+		}
+		mode, err := policy.ParseMode(r.Mode)
+		if err != nil {
+			return policy.Immutability{}, fmt.Errorf("%s.mode: %w", name, err)
+		}
+		im.Rules = append(im.Rules, policy.Rule{Name: name, Repositories: repos, Tags: tags, Mode: mode})
+	}
+	return im, nil
+}

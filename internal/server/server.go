@@ -1,0 +1,215 @@
+// Package server wires taglock together: configuration, ledger, upstream
+// (embedded or remote), proxy and the HTTP listener. cmd/taglock and the
+// in-process integration tests both start taglock through it.
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rs/zerolog"
+
+	"github.com/taglock/taglock/internal/config"
+	"github.com/taglock/taglock/proxy"
+	"github.com/taglock/taglock/proxy/embedded"
+	"github.com/taglock/taglock/storage"
+)
+
+// Server is a running taglock.
+type Server struct {
+	cfg      config.Config
+	log      zerolog.Logger
+	ledger   *storage.Ledger
+	registry *embedded.Registry
+	proxy    *proxy.Server
+	up       proxy.Upstream
+	http     *http.Server
+	ln       net.Listener
+	done     chan error
+}
+
+// LedgerPath is where the ledger lives under the data directory.
+func LedgerPath(data string) string { return filepath.Join(data, "ledger.db") }
+
+// Start opens the ledger, starts the upstream and serves on cfg.Listen in
+// the background. The listener is bound when Start returns.
+func Start(ctx context.Context, cfg config.Config, log zerolog.Logger) (_ *Server, err error) {
+	s := &Server{cfg: cfg, log: log, done: make(chan error, 1)}
+	defer func() {
+		if err != nil {
+			s.closeAll()
+		}
+	}()
+	if err := os.MkdirAll(cfg.Data, 0o750); err != nil {
+		return nil, fmt.Errorf("data directory: %w", err)
+	}
+	s.ledger, err = storage.Open(LedgerPath(cfg.Data), storage.Options{})
+	if err != nil {
+		if errors.Is(err, storage.ErrLocked) {
+			return nil, fmt.Errorf("%w: is another taglock serving %s?", err, cfg.Data)
+		}
+		return nil, err
+	}
+	if cfg.Upstream.URL == "" {
+		s.registry, err = embedded.New(ctx, embedded.Options{Root: filepath.Join(cfg.Data, "registry"), Log: log})
+		if err != nil {
+			return nil, err
+		}
+		s.up = proxy.NewInProcess(s.registry.Handler())
+	} else {
+		base, _ := url.Parse(cfg.Upstream.URL)
+		tr, err := transport(cfg.Upstream, log)
+		if err != nil {
+			return nil, err
+		}
+		s.up = proxy.NewRemote(base, tr, nil)
+	}
+	im, err := cfg.ImmutabilityPolicy()
+	if err != nil {
+		return nil, err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	s.proxy = proxy.New(proxy.Options{
+		Upstream:      s.up,
+		Ledger:        s.ledger,
+		Immutability:  im,
+		Log:           log,
+		Metrics:       proxy.NewMetrics(reg),
+		LookupTimeout: cfg.Upstream.Timeout.Std(),
+	})
+	if err := s.proxy.Reconcile(ctx); err != nil {
+		// Unsettled reservations stay and keep their tags held; pushes
+		// of other content to them wait and are refused, never allowed.
+		log.Warn().Err(err).Msg("start-up reconcile incomplete; pending reservations keep their tags held")
+	}
+
+	mux := http.NewServeMux()
+	mux.Handle("/v2/", s.proxy)
+	mux.Handle("/v2", s.proxy)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /readyz", s.ready)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	s.http = &http.Server{
+		Handler:           rawPaths(mux, s.proxy),
+		ReadHeaderTimeout: 30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          nil,
+	}
+	s.ln, err = net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("listen: %w", err)
+	}
+	mode := "embedded"
+	if cfg.Upstream.URL != "" {
+		mode = "upstream " + cfg.Upstream.URL
+	}
+	log.Info().Str("addr", s.ln.Addr().String()).Str("mode", mode).Str("data", cfg.Data).Msg("listening")
+	go func() { s.done <- s.http.Serve(s.ln) }()
+	return s, nil
+}
+
+// rawPaths sends every /v2 request to the proxy as it arrived. ServeMux
+// would clean "..", "//" and percent-encoding and redirect, which hides from
+// the proxy's parser exactly the spellings it must refuse.
+func rawPaths(mux *http.ServeMux, p http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if len(r.URL.Path) >= 3 && r.URL.Path[:3] == "/v2" || r.URL.RawPath != "" {
+			p.ServeHTTP(w, r)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	defer cancel()
+	if _, err := s.ledger.Binding(ctx, "taglock/readyz", "probe"); err != nil && !errors.Is(err, storage.ErrNotFound) {
+		http.Error(w, "ledger: "+err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "/v2/", nil)
+	resp, err := s.up.RoundTrip(req)
+	if err != nil {
+		http.Error(w, "upstream: "+err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	resp.Body.Close()
+	if resp.StatusCode >= 500 {
+		http.Error(w, fmt.Sprintf("upstream: /v2/ answered %d", resp.StatusCode), http.StatusServiceUnavailable)
+		return
+	}
+	_, _ = w.Write([]byte("ok\n"))
+}
+
+// Addr is the address the server listens on.
+func (s *Server) Addr() string { return s.ln.Addr().String() }
+
+// Ledger is the open ledger.
+func (s *Server) Ledger() *storage.Ledger { return s.ledger }
+
+// Done is closed with the serve error when the listener stops.
+func (s *Server) Done() <-chan error { return s.done }
+
+// Shutdown stops accepting requests, drains those in flight (uploads
+// included) until ctx ends, then closes the registry and the ledger.
+func (s *Server) Shutdown(ctx context.Context) error {
+	err := s.http.Shutdown(ctx)
+	s.proxy.Wait()
+	s.closeAll()
+	return err
+}
+
+func (s *Server) closeAll() {
+	if s.registry != nil {
+		_ = s.registry.Shutdown()
+	}
+	if s.ledger != nil {
+		_ = s.ledger.Close()
+	}
+}
+
+// transport is the HTTP transport to a remote upstream.
+func transport(u config.Upstream, log zerolog.Logger) (*http.Transport, error) {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxIdleConns = 256
+	tr.MaxIdleConnsPerHost = 64
+	tr.DisableCompression = true
+	tr.ReadBufferSize = 256 << 10
+	tr.WriteBufferSize = 256 << 10
+	tr.ResponseHeaderTimeout = 5 * time.Minute
+	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if u.TLS.CA != "" {
+		pem, err := os.ReadFile(u.TLS.CA)
+		if err != nil {
+			return nil, fmt.Errorf("upstream.tls.ca: %w", err)
+		}
+		pool, err := x509.SystemCertPool()
+		if err != nil {
+			pool = x509.NewCertPool()
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("upstream.tls.ca: no certificates in %s", u.TLS.CA)
+		}
+		tlsCfg.RootCAs = pool
+	}
+	if u.TLS.InsecureSkipVerify {
+		log.Warn().Str("upstream", u.URL).Msg("UPSTREAM TLS VERIFICATION IS OFF (upstream.tls.insecure_skip_verify): anyone on the path can impersonate the registry")
+		tlsCfg.InsecureSkipVerify = true
+	}
+	tr.TLSClientConfig = tlsCfg
+	return tr, nil
+}

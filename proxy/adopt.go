@@ -1,0 +1,251 @@
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+
+	digest "github.com/opencontainers/go-digest"
+
+	"github.com/taglock/taglock/policy"
+	"github.com/taglock/taglock/storage"
+)
+
+// adopt looks a tag up on the upstream and, when it exists, records its
+// digest as the binding, so tags that predate taglock are protected too.
+// The digest is computed from the bytes received, never taken from a header.
+func (s *Server) adopt(ctx context.Context, h http.Header, repo, tag string, mode policy.Mode, rule string) (storage.Binding, bool, error) {
+	body, mediaType, found, err := s.getManifest(ctx, h, repo, tag)
+	if err != nil || !found {
+		return storage.Binding{}, false, err
+	}
+	dgst := digest.FromBytes(body)
+	refs, err := parseManifest(mediaType, body)
+	if err != nil {
+		return storage.Binding{}, false, fmt.Errorf("%w: upstream manifest %s:%s does not parse: %v", ErrLookup, repo, tag, err)
+	}
+	closure, err := s.closure(ctx, h, repo, refs)
+	if err != nil {
+		return storage.Binding{}, false, err
+	}
+	now := s.now()
+	b := storage.Binding{Repo: repo, Tag: tag, Digest: dgst, MediaType: refs.MediaType, Size: int64(len(body)),
+		Mode: mode.String(), Rule: rule, PushedAt: now, PushedBy: "upstream (adopted)", Closure: closure}
+	if mode == policy.Immutable {
+		b.Manifest = body
+	}
+	ri := info(ctx)
+	ev := storage.Event{Time: now, Kind: storage.EventAdopted, Repo: repo, Tag: tag, Digest: dgst, User: ri.user, Rule: rule,
+		RequestID: ri.id, Message: "tag existed on the upstream before taglock recorded it; its digest is now the binding"}
+	if err := s.ledger.Put(ctx, []storage.Binding{b}, []storage.Event{ev}); err != nil {
+		return storage.Binding{}, false, fmt.Errorf("%w: adopt: %v", ErrLedger, err)
+	}
+	s.recordManifest(ctx, repo, dgst, int64(len(body)), refs)
+	s.audit.Info().Str("event", "adopted").Str("repo", repo).Str("tag", tag).Str("digest", dgst.String()).Str("rule", rule).
+		Str("request_id", ri.id).Msg("adopted upstream tag into the ledger")
+	return b, true, nil
+}
+
+// getManifest GETs a manifest with the full Accept list and the client's
+// credentials. found is false only on a definite 404; a 401/403 is relayed
+// to the client as it is; anything else fails closed.
+func (s *Server) getManifest(ctx context.Context, h http.Header, repo, ref string) (body []byte, mediaType string, found bool, err error) {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	hdr := http.Header{"Accept": {strings.Join(manifestAccept, ", ")}}
+	if a := h.Get("Authorization"); a != "" {
+		hdr.Set("Authorization", a)
+	}
+	req, err := newRequest(ctx, http.MethodGet, &url.URL{Path: "/v2/" + repo + "/manifests/" + ref}, nil, hdr)
+	if err != nil {
+		return nil, "", false, err
+	}
+	resp, err := s.up.RoundTrip(req)
+	if err != nil {
+		return nil, "", false, fmt.Errorf("%w: GET %s:%s: %v", ErrLookup, repo, ref, err)
+	}
+	defer drain(resp)
+	switch {
+	case resp.StatusCode == http.StatusOK:
+		body, err := io.ReadAll(io.LimitReader(resp.Body, maxManifestSize+1))
+		if err != nil {
+			return nil, "", false, fmt.Errorf("%w: GET %s:%s: %v", ErrLookup, repo, ref, err)
+		}
+		if len(body) > maxManifestSize {
+			return nil, "", false, fmt.Errorf("%w: upstream manifest %s:%s exceeds %d bytes", ErrLookup, repo, ref, maxManifestSize)
+		}
+		return body, resp.Header.Get("Content-Type"), true, nil
+	case resp.StatusCode == http.StatusNotFound:
+		return nil, "", false, nil
+	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		hdr := http.Header{}
+		for _, k := range []string{"Www-Authenticate", "Content-Type", "Docker-Distribution-Api-Version"} {
+			if v := resp.Header.Values(k); len(v) > 0 {
+				hdr[k] = v
+			}
+		}
+		return nil, "", false, &upstreamAnswer{status: resp.StatusCode, header: hdr, body: b}
+	default:
+		return nil, "", false, fmt.Errorf("%w: GET %s:%s answered %d", ErrLookup, repo, ref, resp.StatusCode)
+	}
+}
+
+// closure lists everything a manifest references: its blobs, its child
+// manifests and, recursively, theirs. Child manifests come from the ledger,
+// or from the upstream when taglock never saw them pushed.
+func (s *Server) closure(ctx context.Context, h http.Header, repo string, refs manifestRefs) ([]digest.Digest, error) {
+	seen := map[digest.Digest]bool{}
+	var out []digest.Digest
+	var walk func(refs manifestRefs, depth int) error
+	walk = func(refs manifestRefs, depth int) error {
+		for _, b := range refs.Blobs {
+			if !seen[b] {
+				seen[b] = true
+				out = append(out, b)
+			}
+		}
+		for _, c := range refs.Children {
+			if seen[c] {
+				continue
+			}
+			seen[c] = true
+			out = append(out, c)
+			if depth >= 4 {
+				continue
+			}
+			child, err := s.childRefs(ctx, h, repo, c)
+			if err != nil {
+				return err
+			}
+			if err := walk(child, depth+1); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if err := walk(refs, 0); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (s *Server) childRefs(ctx context.Context, h http.Header, repo string, d digest.Digest) (manifestRefs, error) {
+	m, err := s.ledger.Manifest(ctx, repo, d)
+	if err == nil {
+		return manifestRefs{MediaType: m.MediaType, Children: m.Children, Blobs: m.Blobs, Subject: m.Subject}, nil
+	}
+	if !errors.Is(err, storage.ErrNotFound) {
+		return manifestRefs{}, fmt.Errorf("%w: manifest %s: %v", ErrLedger, d, err)
+	}
+	body, mediaType, found, err := s.getManifest(ctx, h, repo, d.String())
+	if err != nil {
+		return manifestRefs{}, err
+	}
+	if !found {
+		// The upstream decides whether an index may name a missing
+		// child; there is nothing below it to protect.
+		return manifestRefs{}, nil
+	}
+	if got := d.Algorithm().FromBytes(body); got != d {
+		return manifestRefs{}, fmt.Errorf("%w: upstream returned content with digest %s for %s", ErrLookup, got, d)
+	}
+	refs, err := parseManifest(mediaType, body)
+	if err != nil {
+		return manifestRefs{}, fmt.Errorf("%w: child manifest %s does not parse: %v", ErrLookup, d, err)
+	}
+	s.recordManifest(ctx, repo, d, int64(len(body)), refs)
+	return refs, nil
+}
+
+// recordManifest remembers what a manifest references. It is a cache of the
+// upstream's graph, so a failure is logged, not fatal: closure falls back to
+// the upstream.
+func (s *Server) recordManifest(ctx context.Context, repo string, d digest.Digest, size int64, refs manifestRefs) {
+	m := storage.Manifest{Repo: repo, Digest: d, MediaType: refs.MediaType, Size: size, Children: refs.Children,
+		Blobs: refs.Blobs, Subject: refs.Subject, ArtifactType: refs.ArtifactType}
+	if err := s.ledger.PutManifest(context.WithoutCancel(ctx), m); err != nil {
+		s.log.Warn().Err(err).Str("repo", repo).Str("digest", d.String()).Msg("could not record manifest references")
+	}
+}
+
+// adoptRepo adopts every upstream tag of repo that the ledger has never
+// seen and that is not mutable, so a delete by digest or of a blob sees
+// every tag it could remove.
+func (s *Server) adoptRepo(ctx context.Context, h http.Header, repo string) error {
+	last := ""
+	for range 10000 {
+		tags, next, err := s.listTags(ctx, h, repo, last)
+		if err != nil {
+			return err
+		}
+		for _, tag := range tags {
+			mode, rule := s.im.ModeFor(repo, tag)
+			if mode == policy.Mutable {
+				continue
+			}
+			if _, err := s.ledger.Binding(ctx, repo, tag); err == nil {
+				continue
+			} else if !errors.Is(err, storage.ErrNotFound) {
+				return fmt.Errorf("%w: binding %s:%s: %v", ErrLedger, repo, tag, err)
+			}
+			if _, _, err := s.adopt(ctx, h, repo, tag, mode, rule); err != nil {
+				return err
+			}
+		}
+		if next == "" {
+			return nil
+		}
+		last = next
+	}
+	return fmt.Errorf("%w: tag list of %s did not end", ErrLookup, repo)
+}
+
+// listTags reads one page of the upstream's tag list. next is the last tag
+// to continue from, or "" at the end.
+func (s *Server) listTags(ctx context.Context, h http.Header, repo, last string) (tags []string, next string, err error) {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	q := url.Values{"n": {"1000"}}
+	if last != "" {
+		q.Set("last", last)
+	}
+	hdr := http.Header{}
+	if a := h.Get("Authorization"); a != "" {
+		hdr.Set("Authorization", a)
+	}
+	req, err := newRequest(ctx, http.MethodGet, &url.URL{Path: "/v2/" + repo + "/tags/list", RawQuery: q.Encode()}, nil, hdr)
+	if err != nil {
+		return nil, "", err
+	}
+	resp, err := s.up.RoundTrip(req)
+	if err != nil {
+		return nil, "", fmt.Errorf("%w: tag list %s: %v", ErrLookup, repo, err)
+	}
+	defer drain(resp)
+	switch resp.StatusCode {
+	case http.StatusOK:
+	case http.StatusNotFound:
+		return nil, "", nil // no such repository: nothing to adopt
+	case http.StatusUnauthorized, http.StatusForbidden:
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		return nil, "", &upstreamAnswer{status: resp.StatusCode, header: http.Header{"Www-Authenticate": resp.Header.Values("Www-Authenticate"), "Content-Type": resp.Header.Values("Content-Type")}, body: b}
+	default:
+		return nil, "", fmt.Errorf("%w: tag list %s answered %d", ErrLookup, repo, resp.StatusCode)
+	}
+	var list struct {
+		Tags []string `json:"tags"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(&list); err != nil {
+		return nil, "", fmt.Errorf("%w: tag list %s: %v", ErrLookup, repo, err)
+	}
+	if resp.Header.Get("Link") != "" && len(list.Tags) > 0 {
+		next = list.Tags[len(list.Tags)-1]
+	}
+	return list.Tags, next, nil
+}

@@ -1,0 +1,153 @@
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/distribution/distribution/v3/registry/api/errcode"
+	digest "github.com/opencontainers/go-digest"
+	"github.com/rs/zerolog"
+)
+
+// Reasons name why a request was refused; they label metrics and audit
+// events.
+const (
+	ReasonTagMoved        = "immutable-tag-moved"
+	ReasonTagDeleted      = "immutable-tag-deleted"
+	ReasonManifestDeleted = "protected-manifest-deleted"
+	ReasonBlobDeleted     = "protected-blob-deleted"
+	ReasonTagReserved     = "tag-reserved"
+)
+
+// Violation is a request that would move or remove an immutable tag. It
+// carries everything a person needs to act on the refusal.
+type Violation struct {
+	Reason    string        `json:"reason"`
+	Repo      string        `json:"repository"`
+	Tag       string        `json:"tag"`
+	Recorded  digest.Digest `json:"recordedDigest,omitempty"`
+	Attempted digest.Digest `json:"attemptedDigest,omitempty"`
+	PushedAt  time.Time     `json:"firstPushed,omitzero"`
+	PushedBy  string        `json:"firstPushedBy,omitempty"`
+	Rule      string        `json:"rule"`
+	Mode      string        `json:"mode"`
+	Hint      string        `json:"hint"`
+}
+
+func (v *Violation) Error() string {
+	since := ""
+	if !v.PushedAt.IsZero() {
+		since = fmt.Sprintf(" (first pushed %s by %s)", v.PushedAt.UTC().Format(time.RFC3339), v.PushedBy)
+	}
+	switch v.Reason {
+	case ReasonTagMoved:
+		return fmt.Sprintf("tag %q is immutable and bound to %s%s; refusing %s (rule %s). %s",
+			v.Repo+":"+v.Tag, v.Recorded, since, v.Attempted, v.Rule, v.Hint)
+	case ReasonTagDeleted:
+		bound := ""
+		if v.Recorded != "" {
+			bound = fmt.Sprintf("; it stays bound to %s%s", v.Recorded, since)
+		}
+		return fmt.Sprintf("tag %q is immutable (rule %s): deleting it is refused%s. %s", v.Repo+":"+v.Tag, v.Rule, bound, v.Hint)
+	case ReasonManifestDeleted, ReasonBlobDeleted:
+		what := "manifest"
+		if v.Reason == ReasonBlobDeleted {
+			what = "blob"
+		}
+		return fmt.Sprintf("%s %s is protected: immutable tag %q points to it (bound to %s%s, rule %s); deleting it is refused. %s",
+			what, v.Attempted, v.Repo+":"+v.Tag, v.Recorded, since, v.Rule, v.Hint)
+	case ReasonTagReserved:
+		return fmt.Sprintf("tag %q is being pushed with %s by another request; refusing %s. %s", v.Repo+":"+v.Tag, v.Recorded, v.Attempted, v.Hint)
+	}
+	return fmt.Sprintf("tag %q: %s", v.Repo+":"+v.Tag, v.Reason)
+}
+
+// Errors that fail closed: taglock could not prove the request allowed.
+var (
+	// ErrLedger wraps a ledger failure; the request is refused with 503.
+	ErrLedger = errors.New("ledger unavailable")
+	// ErrLookup wraps a failed upstream lookup; the request is refused with 502.
+	ErrLookup = errors.New("upstream lookup failed")
+	// errTooLarge is a manifest over maxManifestSize.
+	errTooLarge = errors.New("manifest too large")
+	// errBusy is a tag held by a push that did not finish in time.
+	errBusy = errors.New("tag busy")
+)
+
+// upstreamAnswer relays an upstream response as it is, for example a 401
+// challenge to a lookup made with the client's credentials.
+type upstreamAnswer struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+func (u *upstreamAnswer) Error() string { return fmt.Sprintf("upstream answered %d", u.status) }
+
+// writeError is the one place that turns an error into an OCI response.
+// It returns the status written, for the request log.
+func writeError(w http.ResponseWriter, err error, log *zerolog.Logger) int {
+	var (
+		v  *Violation
+		re *requestError
+		ua *upstreamAnswer
+	)
+	switch {
+	case errors.As(err, &v):
+		detail := *v
+		return serveOCI(w, http.StatusForbidden, errcode.ErrorCodeDenied.WithMessage(v.Error()).WithDetail(detail))
+	case errors.As(err, &re):
+		return serveOCI(w, re.status, re.code.WithMessage(re.msg))
+	case errors.As(err, &ua):
+		for k, vs := range ua.header {
+			w.Header()[k] = vs
+		}
+		w.Header().Del("Content-Length")
+		w.WriteHeader(ua.status)
+		_, _ = w.Write(ua.body)
+		return ua.status
+	case errors.Is(err, errTooLarge):
+		return serveOCI(w, http.StatusRequestEntityTooLarge,
+			errcode.ErrorCodeSizeInvalid.WithMessage(fmt.Sprintf("manifest exceeds the %d byte limit", maxManifestSize)))
+	case errors.Is(err, errBusy):
+		w.Header().Set("Retry-After", "1")
+		return serveOCI(w, http.StatusServiceUnavailable,
+			errcode.ErrorCodeUnavailable.WithMessage("taglock: "+err.Error()+"; retry shortly"))
+	case errors.Is(err, context.Canceled):
+		// The client went away; nobody reads an answer.
+		return 499
+	case errors.Is(err, ErrLedger):
+		log.Error().Err(err).Msg("ledger failure: refusing request")
+		return serveOCI(w, http.StatusServiceUnavailable,
+			errcode.ErrorCodeUnavailable.WithMessage("taglock: the ledger cannot confirm this request is allowed, so it was refused; nothing was changed"))
+	case errors.Is(err, ErrLookup), errors.Is(err, context.DeadlineExceeded):
+		log.Error().Err(err).Msg("upstream lookup failure: refusing request")
+		return serveOCI(w, http.StatusBadGateway,
+			errcode.ErrorCodeUnavailable.WithMessage("taglock: the upstream registry did not answer a required lookup, so the request was refused; nothing was changed"))
+	default:
+		log.Error().Err(err).Msg("internal error: refusing request")
+		return serveOCI(w, http.StatusInternalServerError,
+			errcode.ErrorCodeUnknown.WithMessage("taglock: internal error; the request was refused"))
+	}
+}
+
+// serveOCI writes the spec's {"errors":[...]} body with status.
+func serveOCI(w http.ResponseWriter, status int, e errcode.Error) int {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Del("Content-Length")
+	w.Header().Del("Docker-Content-Digest")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(errcode.Errors{e})
+	return status
+}
+
+// drain reads and closes a response body so the connection is reused.
+func drain(resp *http.Response) {
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
+	_ = resp.Body.Close()
+}

@@ -1,0 +1,111 @@
+package proxy
+
+import (
+	"encoding/json"
+	"fmt"
+	"mime"
+
+	digest "github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// maxManifestSize is the largest manifest taglock accepts or reads, as the
+// distribution spec recommends registries support (4 MiB).
+const maxManifestSize = 4 << 20
+
+// Media types whose entries are manifests rather than blobs.
+const (
+	mediaTypeDockerList = "application/vnd.docker.distribution.manifest.list.v2+json"
+	mediaTypeDockerV2   = "application/vnd.docker.distribution.manifest.v2+json"
+)
+
+// manifestAccept is the full Accept list for manifest lookups: without the
+// OCI types some registries answer 404 for OCI manifests.
+var manifestAccept = []string{
+	v1.MediaTypeImageManifest,
+	v1.MediaTypeImageIndex,
+	mediaTypeDockerV2,
+	mediaTypeDockerList,
+	"application/vnd.docker.distribution.manifest.v1+prettyjws",
+	"application/vnd.docker.distribution.manifest.v1+json",
+	"application/vnd.oci.artifact.manifest.v1+json",
+}
+
+// manifestRefs is what a manifest references.
+type manifestRefs struct {
+	MediaType    string
+	ArtifactType string
+	Children     []digest.Digest // child manifests (index entries)
+	Blobs        []digest.Digest // config, layers, artifact blobs
+	Subject      digest.Digest
+}
+
+// rawManifest covers the fields of every manifest format that reference
+// other content: image manifests and indexes (OCI and Docker), and the
+// withdrawn OCI artifact manifest.
+type rawManifest struct {
+	SchemaVersion *int              `json:"schemaVersion"`
+	MediaType     string            `json:"mediaType"`
+	ArtifactType  string            `json:"artifactType"`
+	Config        *v1.Descriptor    `json:"config"`
+	Layers        []v1.Descriptor   `json:"layers"`
+	Blobs         []v1.Descriptor   `json:"blobs"`
+	Manifests     []v1.Descriptor   `json:"manifests"`
+	Subject       *v1.Descriptor    `json:"subject"`
+	FSLayers      []json.RawMessage `json:"fsLayers"`
+}
+
+// parseManifest reads what body references. contentType is the request's
+// Content-Type, used when the body names no mediaType. Whether the upstream
+// accepts the manifest is the upstream's decision; this only has to find
+// every reference.
+func parseManifest(contentType string, body []byte) (manifestRefs, error) {
+	var m rawManifest
+	if err := json.Unmarshal(body, &m); err != nil {
+		return manifestRefs{}, fmt.Errorf("manifest is not valid JSON: %v", err)
+	}
+	if m.SchemaVersion == nil {
+		return manifestRefs{}, fmt.Errorf("manifest has no schemaVersion")
+	}
+	refs := manifestRefs{MediaType: m.MediaType, ArtifactType: m.ArtifactType}
+	if ct, _, err := mime.ParseMediaType(contentType); err == nil && ct != "" && refs.MediaType == "" {
+		refs.MediaType = ct
+	}
+	add := func(list *[]digest.Digest, d v1.Descriptor, what string) error {
+		if err := d.Digest.Validate(); err != nil {
+			return fmt.Errorf("%s has an invalid digest %q: %v", what, d.Digest, err)
+		}
+		*list = append(*list, d.Digest)
+		return nil
+	}
+	if m.Config != nil {
+		if err := add(&refs.Blobs, *m.Config, "config"); err != nil {
+			return manifestRefs{}, err
+		}
+		if refs.ArtifactType == "" && m.Config.MediaType != v1.MediaTypeImageConfig {
+			refs.ArtifactType = m.Config.MediaType
+		}
+	}
+	for i, l := range m.Layers {
+		if err := add(&refs.Blobs, l, fmt.Sprintf("layers[%d]", i)); err != nil {
+			return manifestRefs{}, err
+		}
+	}
+	for i, b := range m.Blobs {
+		if err := add(&refs.Blobs, b, fmt.Sprintf("blobs[%d]", i)); err != nil {
+			return manifestRefs{}, err
+		}
+	}
+	for i, c := range m.Manifests {
+		if err := add(&refs.Children, c, fmt.Sprintf("manifests[%d]", i)); err != nil {
+			return manifestRefs{}, err
+		}
+	}
+	if m.Subject != nil {
+		if err := m.Subject.Digest.Validate(); err != nil {
+			return manifestRefs{}, fmt.Errorf("subject has an invalid digest %q: %v", m.Subject.Digest, err)
+		}
+		refs.Subject = m.Subject.Digest
+	}
+	return refs, nil
+}

@@ -1,0 +1,257 @@
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"io"
+	"net/http"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	digest "github.com/opencontainers/go-digest"
+	"github.com/rs/zerolog"
+
+	"github.com/taglock/taglock/policy"
+	"github.com/taglock/taglock/storage"
+)
+
+// Ledger is what the proxy needs from the ledger.
+type Ledger interface {
+	Binding(ctx context.Context, repo, tag string) (storage.Binding, error)
+	Referencing(ctx context.Context, repo string, d digest.Digest) ([]storage.Binding, error)
+	Reserve(ctx context.Context, r storage.Reservation) (storage.Reservation, error)
+	Commit(ctx context.Context, reservationID string, bindings []storage.Binding, events []storage.Event) error
+	Release(ctx context.Context, reservationID string) error
+	Reservations(ctx context.Context) ([]storage.Reservation, error)
+	Put(ctx context.Context, bindings []storage.Binding, events []storage.Event) error
+	Append(ctx context.Context, events ...storage.Event) error
+	Manifest(ctx context.Context, repo string, d digest.Digest) (storage.Manifest, error)
+	PutManifest(ctx context.Context, m storage.Manifest) error
+}
+
+var _ Ledger = (*storage.Ledger)(nil)
+
+// Options configures a Server. Only Upstream and Ledger are required.
+type Options struct {
+	// Upstream is the registry behind taglock.
+	Upstream Upstream
+	// Ledger records bindings.
+	Ledger Ledger
+	// Immutability decides which tags may move. The zero value makes
+	// every tag immutable.
+	Immutability policy.Immutability
+	// Log receives one line per request. Default: zerolog.Nop().
+	Log zerolog.Logger
+	// Audit receives one event per refusal, warning, identical re-push and
+	// delete. Default: Log.
+	Audit *zerolog.Logger
+	// Metrics records counters; nil records nothing.
+	Metrics *Metrics
+	// Now is the clock. Default time.Now.
+	Now func() time.Time
+	// ReserveWait is how long a push waits for a conflicting in-flight push
+	// of the same tag to finish before it is refused with 503. Default 10s.
+	ReserveWait time.Duration
+	// LookupTimeout bounds taglock's own upstream requests. Default 30s.
+	LookupTimeout time.Duration
+}
+
+// Server is the proxy's http.Handler.
+type Server struct {
+	up       Upstream
+	ledger   Ledger
+	im       policy.Immutability
+	log      zerolog.Logger
+	audit    zerolog.Logger
+	metrics  *Metrics
+	now      func() time.Time
+	wait     time.Duration
+	timeout  time.Duration
+	inflight sync.Map // reservation ID -> struct{}: reservations this process is still working on
+	bg       sync.WaitGroup
+}
+
+// New returns a Server.
+func New(o Options) *Server {
+	s := &Server{up: o.Upstream, ledger: o.Ledger, im: o.Immutability, log: o.Log, metrics: o.Metrics,
+		now: o.Now, wait: o.ReserveWait, timeout: o.LookupTimeout}
+	if o.Audit != nil {
+		s.audit = *o.Audit
+	} else {
+		s.audit = o.Log
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.wait == 0 {
+		s.wait = 10 * time.Second
+	}
+	if s.timeout == 0 {
+		s.timeout = 30 * time.Second
+	}
+	return s
+}
+
+// Wait blocks until background reconciliations started by requests finish.
+func (s *Server) Wait() { s.bg.Wait() }
+
+type ctxKey struct{}
+
+// reqInfo travels with a request for the request log.
+type reqInfo struct {
+	id    string
+	user  string
+	route Route
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := s.now()
+	info := &reqInfo{id: requestID(r), user: Identity(r)}
+	w.Header().Set("X-Request-Id", info.id)
+	sw := &statusWriter{ResponseWriter: w}
+	r = r.WithContext(context.WithValue(r.Context(), ctxKey{}, info))
+	status := s.serve(sw, r, info)
+	if status == 0 {
+		status = sw.status
+	}
+	if status == 0 {
+		status = http.StatusOK
+	}
+	ev := s.log.Info()
+	if status >= 500 {
+		ev = s.log.Error()
+	}
+	ev.Str("request_id", info.id).Str("method", r.Method).Str("route", info.route.Kind.String()).
+		Str("repo", info.route.Name).Str("ref", info.route.Reference()).Str("user", info.user).
+		Int("status", status).Int64("bytes", sw.written).Dur("duration", s.now().Sub(start)).Msg("request")
+	if s.metrics != nil {
+		s.metrics.request(info.route.Kind.String(), r.Method, status)
+	}
+}
+
+func (s *Server) serve(w *statusWriter, r *http.Request, info *reqInfo) int {
+	rt, err := ParseRequest(r.Method, r.RequestURI)
+	if err != nil {
+		return writeError(w, err, &s.log)
+	}
+	info.route = rt
+	switch {
+	case rt.Kind == KindManifest && r.Method == http.MethodPut:
+		err = s.putManifest(w, r, rt)
+	case rt.Kind == KindManifest && r.Method == http.MethodDelete:
+		err = s.deleteManifest(w, r, rt)
+	case rt.Kind == KindBlob && r.Method == http.MethodDelete:
+		err = s.deleteBlob(w, r, rt)
+	default:
+		s.forward(w, r, rt)
+	}
+	if err != nil {
+		return writeError(w, err, &s.log)
+	}
+	return 0
+}
+
+// forward streams the request to the upstream on the rebuilt URL.
+func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt Route) {
+	out := r.Clone(r.Context())
+	out.URL = rt.URL()
+	out.RequestURI = out.URL.RequestURI()
+	s.up.Forward(w, out)
+}
+
+// Identity is the name the request carries: the Basic user name, or the
+// subject of a bearer token, or "anonymous". It is not verified here; it
+// only labels ledger records.
+func Identity(r *http.Request) string {
+	if u, _, ok := r.BasicAuth(); ok && u != "" {
+		return u
+	}
+	if tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
+		parts := strings.Split(tok, ".")
+		if len(parts) == 3 {
+			if b, err := base64.RawURLEncoding.DecodeString(parts[1]); err == nil {
+				var claims struct {
+					Sub string `json:"sub"`
+				}
+				if json.Unmarshal(b, &claims) == nil && claims.Sub != "" {
+					return claims.Sub
+				}
+			}
+		}
+	}
+	return "anonymous"
+}
+
+var requestIDRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+
+func requestID(r *http.Request) string {
+	if id := r.Header.Get("X-Request-Id"); requestIDRE.MatchString(id) {
+		return id
+	}
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func info(ctx context.Context) *reqInfo {
+	if i, ok := ctx.Value(ctxKey{}).(*reqInfo); ok {
+		return i
+	}
+	return &reqInfo{user: "anonymous"}
+}
+
+// statusWriter remembers the status and size of what was written.
+type statusWriter struct {
+	http.ResponseWriter
+	status  int
+	written int64
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	n, err := w.ResponseWriter.Write(b)
+	w.written += int64(n)
+	return n, err
+}
+
+// Unwrap lets http.ResponseController reach Flush and deadlines.
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// Flush implements http.Flusher for streamed responses.
+func (w *statusWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// ReadFrom keeps the server's sendfile path for the embedded registry's
+// blob downloads.
+func (w *statusWriter) ReadFrom(r io.Reader) (int64, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	var n int64
+	var err error
+	if rf, ok := w.ResponseWriter.(io.ReaderFrom); ok {
+		n, err = rf.ReadFrom(r)
+	} else {
+		n, err = io.Copy(w.ResponseWriter, r)
+	}
+	w.written += n
+	return n, err
+}
