@@ -1,0 +1,183 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+)
+
+// schemaVersion is the bucket layout version stored in meta/version.
+const schemaVersion = "1"
+
+// Bucket names; the layout is documented in doc.go.
+var (
+	bucketMeta         = []byte("meta")
+	bucketBindings     = []byte("bindings")
+	bucketBindingRefs  = []byte("binding_refs")
+	bucketEvents       = []byte("events")
+	bucketEventsByTag  = []byte("events_by_tag")
+	bucketEventsByRepo = []byte("events_by_repo")
+	bucketEventsByKind = []byte("events_by_kind")
+	bucketReservations = []byte("reservations")
+	bucketReservedTags = []byte("reserved_tags")
+	bucketManifests    = []byte("manifests")
+	bucketPulls        = []byte("pulls")
+
+	allBuckets = [][]byte{
+		bucketMeta, bucketBindings, bucketBindingRefs,
+		bucketEvents, bucketEventsByTag, bucketEventsByRepo, bucketEventsByKind,
+		bucketReservations, bucketReservedTags, bucketManifests, bucketPulls,
+	}
+
+	keyVersion = []byte("version")
+)
+
+// DefaultLockTimeout is how long Open waits for the file lock when
+// Options.LockTimeout is zero.
+const DefaultLockTimeout = time.Second
+
+// Options configure Open. The zero value is ready to use.
+type Options struct {
+	// LockTimeout is how long Open waits for the file lock before it
+	// returns ErrLocked. Zero means DefaultLockTimeout (1s); a negative
+	// value means try once and do not wait.
+	LockTimeout time.Duration
+
+	// ReadOnly opens the ledger read-only, under a shared lock that other
+	// read-only openers may hold at the same time. The file must exist.
+	// Writes return ErrReadOnly. Default false.
+	ReadOnly bool
+
+	// Now is the ledger's clock, used for reservation times and for events
+	// recorded without a time; the ledger stores its readings in UTC.
+	// Default time.Now.
+	Now func() time.Time
+
+	// NoSync skips fsync after each write. A crash may then lose or corrupt
+	// the ledger: for tests only. Default false.
+	NoSync bool
+}
+
+// Ledger is a bbolt-backed ledger of tag bindings, history, reservations,
+// manifest references and pulls. It is safe for concurrent use.
+type Ledger struct {
+	db       *bolt.DB
+	path     string
+	now      func() time.Time
+	readOnly bool
+}
+
+// Open opens the ledger at path, creating the file (mode 0600), its parent
+// directory (0700) and its buckets when needed. It returns an error wrapping
+// ErrLocked when another process holds the file past Options.LockTimeout, and
+// one wrapping ErrCorrupt when the file is not a ledger of this version.
+func Open(path string, opts Options) (*Ledger, error) {
+	timeout := opts.LockTimeout
+	switch {
+	case timeout == 0:
+		timeout = DefaultLockTimeout
+	case timeout < 0:
+		timeout = time.Nanosecond // bbolt tries once before checking the deadline
+	}
+	now := opts.Now
+	if now == nil {
+		now = time.Now
+	}
+	if !opts.ReadOnly {
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			return nil, fmt.Errorf("create ledger directory: %w", err)
+		}
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{
+		Timeout:      timeout,
+		ReadOnly:     opts.ReadOnly,
+		NoSync:       opts.NoSync,
+		FreelistType: bolt.FreelistMapType,
+	})
+	if errors.Is(err, berrors.ErrTimeout) {
+		return nil, fmt.Errorf("open ledger %s: waited %s: %w", path, timeout, ErrLocked)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open ledger %s: %w", path, err)
+	}
+	l := &Ledger{db: db, path: path, now: now, readOnly: opts.ReadOnly}
+	if opts.ReadOnly {
+		err = db.View(checkLayout)
+	} else {
+		err = db.Update(createLayout)
+	}
+	if err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("open ledger %s: %w", path, err)
+	}
+	return l, nil
+}
+
+// createLayout creates missing buckets and checks the schema version.
+func createLayout(tx *bolt.Tx) error {
+	for _, name := range allBuckets {
+		if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+			return fmt.Errorf("create bucket %s: %w", name, err)
+		}
+	}
+	meta := tx.Bucket(bucketMeta)
+	if meta.Get(keyVersion) == nil {
+		return meta.Put(keyVersion, []byte(schemaVersion))
+	}
+	return checkLayout(tx)
+}
+
+// checkLayout verifies that every bucket exists and the version is known.
+func checkLayout(tx *bolt.Tx) error {
+	for _, name := range allBuckets {
+		if tx.Bucket(name) == nil {
+			return fmt.Errorf("missing bucket %s: %w", name, ErrCorrupt)
+		}
+	}
+	if v := tx.Bucket(bucketMeta).Get(keyVersion); string(v) != schemaVersion {
+		return fmt.Errorf("schema version %q, want %q: %w", v, schemaVersion, ErrCorrupt)
+	}
+	return nil
+}
+
+// Close releases the file lock and closes the ledger. It waits for running
+// transactions to finish. Closing a closed ledger is not an error.
+func (l *Ledger) Close() error {
+	if err := l.db.Close(); err != nil {
+		return fmt.Errorf("close ledger %s: %w", l.path, err)
+	}
+	return nil
+}
+
+// clock returns Options.Now() in UTC, without a monotonic reading, so that
+// times read back from the ledger equal the times written.
+func (l *Ledger) clock() time.Time { return l.now().UTC() }
+
+// Path returns the ledger file's path.
+func (l *Ledger) Path() string { return l.path }
+
+// view runs fn in a read-only transaction after checking ctx.
+func (l *Ledger) view(ctx context.Context, fn func(*bolt.Tx) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return l.db.View(fn)
+}
+
+// update runs fn in one read-write transaction after checking ctx. fn must
+// not do anything slow: every other writer waits for it.
+func (l *Ledger) update(ctx context.Context, fn func(*bolt.Tx) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if l.readOnly {
+		return ErrReadOnly
+	}
+	return l.db.Update(fn)
+}
