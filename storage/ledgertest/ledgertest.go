@@ -3,7 +3,11 @@
 // expectations about bindings, tombstones, the closure index, reservations,
 // history, manifests, pulls, export, backup and integrity checks.
 //
-// It holds test code only and must not be imported outside tests.
+// The Backup and Check parts reopen files with storage.Open and damage a
+// closed ledger file with bbolt directly, following the bucket layout
+// documented in package storage; a backend that is not a bbolt file will
+// need its own hooks there. It holds test code only and must not be
+// imported outside tests.
 package ledgertest
 
 import (
