@@ -345,4 +345,3 @@ func fileError(name string, err error) error {
 	}
 	return fmt.Errorf("invalid config: %s: %s", name, msg)
 }
-

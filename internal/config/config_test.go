@@ -1,0 +1,148 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The reference file in configs/ must stay valid and equal to the defaults.
+func TestReferenceConfigIsTheDefault(t *testing.T) {
+	for _, f := range []string{"../../configs/taglock.yaml", "../../configs/ci-friendly.yaml"} {
+		if _, err := Load(f); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+	}
+	cfg, err := Load("../../configs/taglock.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	def := Default()
+	if cfg.Listen != def.Listen || cfg.Data != def.Data || cfg.Immutability.Default != def.Immutability.Default ||
+		len(cfg.Immutability.Rules) != 1 || strings.Join(cfg.Immutability.Rules[0].Tags, ",") != strings.Join(def.Immutability.Rules[0].Tags, ",") {
+		t.Fatalf("configs/taglock.yaml differs from Default(): %+v", cfg)
+	}
+}
+
+// With no keys at all, the built-in defaults apply.
+func TestEmptyFileGivesDefaults(t *testing.T) {
+	cfg, err := Parse("empty.yaml", strings.NewReader(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	im, err := cfg.ImmutabilityPolicy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for tag, want := range map[string]string{"latest": "mutable", "1.0.0": "immutable", "sha256-abc": "mutable", "x.sig": "mutable"} {
+		if got, _ := im.ModeFor("team/app", tag); got.String() != want {
+			t.Errorf("tag %s: mode %s, want %s", tag, got, want)
+		}
+	}
+	if cfg.Upstream.Timeout.Std() != 30*time.Second {
+		t.Errorf("upstream.timeout default %v", cfg.Upstream.Timeout.Std())
+	}
+}
+
+// Rules given in a file replace the built-in rules instead of merging.
+func TestRulesReplaceDefaults(t *testing.T) {
+	cfg, err := Parse("f.yaml", strings.NewReader("immutability:\n  default: mutable\n  rules:\n    - repositories: [\"prod/**\"]\n      mode: immutable\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Immutability.Rules) != 1 || cfg.Immutability.Rules[0].Mode != "immutable" {
+		t.Fatalf("rules = %+v", cfg.Immutability.Rules)
+	}
+}
+
+// Bad files stop start-up with errors that name the file, the line and the key.
+func TestErrorsNameLineAndKey(t *testing.T) {
+	tests := []struct {
+		name, yaml string
+		want       []string
+	}{
+		{"unknown top-level key", "listen: 127.0.0.1:1\nlisten_addr: x\n", []string{"f.yaml:2:", "listen_addr"}},
+		{"unknown nested key", "immutability:\n  default: immutable\n  rulez: []\n", []string{"f.yaml:3:", "rulez"}},
+		{"invalid mode", "immutability:\n  rules:\n    - tags: [\"x\"]\n      mode: frozen\n", []string{"f.yaml:4:", "immutability.rules[0].mode", "frozen"}},
+		{"invalid default", "immutability:\n  default: sometimes\n", []string{"f.yaml:2:", "immutability.default"}},
+		{"invalid glob", "immutability:\n  rules:\n    - tags: [\"a b\"]\n      mode: mutable\n", []string{"f.yaml:3:", "immutability.rules[0].tags[0]"}},
+		{"bad upstream url", "upstream:\n  url: ftp://x\n", []string{"f.yaml:2:", "upstream.url", "scheme"}},
+		{"bad listen", "listen: nowhere\n", []string{"f.yaml:1:", "listen"}},
+		{"bad duration", "upstream:\n  timeout: soon\n", []string{"f.yaml:2", "duration"}},
+		{"not yaml", "listen: [\n", []string{"f.yaml"}},
+		{"access without auth", "access:\n  - subjects: [anonymous]\n    actions: [pull]\n", []string{"f.yaml:1:", "access"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse("f.yaml", strings.NewReader(tt.yaml))
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not contain %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+// Validate reports every problem at once, not just the first.
+func TestValidateReportsEverything(t *testing.T) {
+	_, err := Parse("f.yaml", strings.NewReader("listen: x\nimmutability:\n  default: no\nlog:\n  level: loud\n"))
+	if err == nil {
+		t.Fatal("accepted")
+	}
+	for _, w := range []string{"listen", "immutability.default", "log.level"} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error %q lacks %q", err, w)
+		}
+	}
+}
+
+// retention.immutable takes either keep or {release_after: D}.
+func TestImmutableRetentionForms(t *testing.T) {
+	cfg, err := Parse("f.yaml", strings.NewReader("retention:\n  policies:\n    - repositories: [\"ci/**\"]\n      immutable: {release_after: 2160h}\n    - immutable: keep\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.Retention.Policies[0].Immutable.ReleaseAfter.Std(); got != 2160*time.Hour {
+		t.Errorf("release_after = %v", got)
+	}
+	if _, err := Parse("f.yaml", strings.NewReader("retention:\n  policies:\n    - immutable: forever\n")); err == nil {
+		t.Error("immutable: forever accepted")
+	}
+}
+
+// Load reads a file from disk.
+func TestLoadFile(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "c.yaml")
+	if err := os.WriteFile(p, []byte("listen: 127.0.0.1:0\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Load(p)
+	if err != nil || cfg.Listen != "127.0.0.1:0" {
+		t.Fatalf("Load = %+v, %v", cfg.Listen, err)
+	}
+	if _, err := Load(filepath.Join(t.TempDir(), "missing.yaml")); err == nil {
+		t.Fatal("missing file accepted")
+	}
+}
+
+// The loader never panics, whatever bytes it is given.
+func FuzzParse(f *testing.F) {
+	f.Add("listen: 127.0.0.1:5000\n")
+	f.Add("immutability:\n  rules:\n    - tags: [\"*\"]\n      mode: warn\n")
+	f.Add("retention:\n  policies:\n    - immutable: {release_after: 1h}\n")
+	f.Add("a: [\n")
+	f.Fuzz(func(t *testing.T, s string) {
+		cfg, err := Parse("fuzz.yaml", strings.NewReader(s))
+		if err == nil {
+			if errs := cfg.Validate(); len(errs) != 0 {
+				t.Fatalf("Parse accepted a config Validate rejects: %v", errs)
+			}
+		}
+	})
+}
