@@ -22,6 +22,7 @@ const (
 	ReasonManifestDeleted = "protected-manifest-deleted"
 	ReasonBlobDeleted     = "protected-blob-deleted"
 	ReasonTagReserved     = "tag-reserved"
+	ReasonNotPromoted     = "not-promoted"
 )
 
 // Violation is a request that would move or remove an immutable tag. It
@@ -35,11 +36,19 @@ type Violation struct {
 	PushedAt  time.Time     `json:"firstPushed,omitzero"`
 	PushedBy  string        `json:"firstPushedBy,omitempty"`
 	Rule      string        `json:"rule"`
-	Mode      string        `json:"mode"`
+	Mode      string        `json:"mode,omitempty"`
 	Hint      string        `json:"hint"`
+	// Source is the promotion source repository (not-promoted only).
+	Source string `json:"source,omitempty"`
+	// text, when set, is the whole message (not-promoted carries the
+	// policy's own explanation).
+	text string
 }
 
 func (v *Violation) Error() string {
+	if v.text != "" {
+		return v.text
+	}
 	since := ""
 	if !v.PushedAt.IsZero() {
 		since = fmt.Sprintf(" (first pushed %s by %s)", v.PushedAt.UTC().Format(time.RFC3339), v.PushedBy)

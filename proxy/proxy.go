@@ -23,6 +23,7 @@ import (
 // Ledger is what the proxy needs from the ledger.
 type Ledger interface {
 	Binding(ctx context.Context, repo, tag string) (storage.Binding, error)
+	Bindings(ctx context.Context, repo string) ([]storage.Binding, error)
 	Referencing(ctx context.Context, repo string, d digest.Digest) ([]storage.Binding, error)
 	Reserve(ctx context.Context, r storage.Reservation) (storage.Reservation, error)
 	Commit(ctx context.Context, reservationID string, bindings []storage.Binding, events []storage.Event) error
@@ -45,6 +46,9 @@ type Options struct {
 	// Immutability decides which tags may move. The zero value makes
 	// every tag immutable.
 	Immutability policy.Immutability
+	// Promotion guards repositories that only take digests staged
+	// elsewhere; nil guards none.
+	Promotion []policy.PromotionRule
 	// Log receives one line per request. Default: zerolog.Nop().
 	Log zerolog.Logger
 	// Audit receives one event per refusal, warning, identical re-push and
@@ -66,6 +70,7 @@ type Server struct {
 	up       Upstream
 	ledger   Ledger
 	im       policy.Immutability
+	promo    []policy.PromotionRule
 	log      zerolog.Logger
 	audit    zerolog.Logger
 	metrics  *Metrics
@@ -78,7 +83,7 @@ type Server struct {
 
 // New returns a Server.
 func New(o Options) *Server {
-	s := &Server{up: o.Upstream, ledger: o.Ledger, im: o.Immutability, log: o.Log, metrics: o.Metrics,
+	s := &Server{up: o.Upstream, ledger: o.Ledger, im: o.Immutability, promo: o.Promotion, log: o.Log, metrics: o.Metrics,
 		now: o.Now, wait: o.ReserveWait, timeout: o.LookupTimeout}
 	if o.Audit != nil {
 		s.audit = *o.Audit

@@ -156,10 +156,14 @@ type AccessRule struct {
 	Actions      []string `yaml:"actions"`
 }
 
-// PromotionRule is one entry of `promotion:`.
+// PromotionRule is one entry of `promotion:`: a tag written to a
+// repository under Into must carry a digest the ledger already binds under
+// the same path below From.
 type PromotionRule struct {
-	Into    string `yaml:"into"`
-	From    string `yaml:"from"`
+	Into string `yaml:"into"`
+	From string `yaml:"from"`
+	// Require is same-tag (default: From/<path>:<tag> holds the digest) or
+	// any-tag (some tag of From/<path> holds it).
 	Require string `yaml:"require"`
 }
 

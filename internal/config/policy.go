@@ -32,3 +32,23 @@ func (c Config) ImmutabilityPolicy() (policy.Immutability, error) {
 	}
 	return im, nil
 }
+
+// PromotionPolicy turns the promotion section into policy values.
+func (c Config) PromotionPolicy() ([]policy.PromotionRule, error) {
+	var out []policy.PromotionRule
+	for i, r := range c.Promotion {
+		if r.Require == "" {
+			r.Require = "same-tag"
+		}
+		req, err := policy.ParseRequire(r.Require)
+		if err != nil {
+			return nil, fmt.Errorf("promotion[%d].require: %w", i, err)
+		}
+		pr := policy.PromotionRule{Name: fmt.Sprintf("promotion[%d]", i), Into: r.Into, From: r.From, Require: req}
+		if err := pr.Validate(); err != nil {
+			return nil, fmt.Errorf("promotion[%d]: %w", i, err)
+		}
+		out = append(out, pr)
+	}
+	return out, nil
+}

@@ -136,10 +136,10 @@ func (c Config) Validate() []FieldError {
 		if r.From == "" || !strings.HasSuffix(r.From, "/") {
 			add(p+".from", "must be a repository prefix ending in /, got %q", r.From)
 		}
-		if r.Into == r.From && r.Into != "" {
-			add(p+".from", "must differ from into")
+		if r.Into != "" && r.From != "" && (strings.HasPrefix(r.Into, r.From) || strings.HasPrefix(r.From, r.Into)) {
+			add(p+".from", "%q and into %q overlap, so the source would itself need promoting", r.From, r.Into)
 		}
-		oneOf(add, p+".require", r.Require, "same-tag", "any-tag")
+		oneOf(add, p+".require", r.Require, "", "same-tag", "any-tag")
 	}
 	if c.Retention.MaxDeletions < 0 {
 		add("retention.max_deletions", "must not be negative")

@@ -80,12 +80,17 @@ func Start(ctx context.Context, cfg config.Config, log zerolog.Logger) (_ *Serve
 	if err != nil {
 		return nil, err
 	}
+	promo, err := cfg.PromotionPolicy()
+	if err != nil {
+		return nil, err
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	s.proxy = proxy.New(proxy.Options{
 		Upstream:      s.up,
 		Ledger:        s.ledger,
 		Immutability:  im,
+		Promotion:     promo,
 		Log:           log,
 		Metrics:       proxy.NewMetrics(reg),
 		LookupTimeout: cfg.Upstream.Timeout.Std(),
