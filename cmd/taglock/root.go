@@ -29,7 +29,7 @@ func newRoot() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.PersistentFlags().StringVarP(&g.configPath, "config", "c", "", "configuration file (YAML); built-in defaults when omitted")
-	root.AddCommand(newServe(g), newConfigCmd(g), newVersion())
+	root.AddCommand(newServe(g), newConfigCmd(g), newVersion(), newPromote(g))
 	return root
 }
 
