@@ -133,11 +133,15 @@ func methodNotAllowed(method string, k Kind) error {
 // names the spec's code; nothing about it is guessed or cleaned up.
 func ParseRequest(method, requestURI string) (Route, error) {
 	rawPath, rawQuery, _ := strings.Cut(requestURI, "?")
-	if u, err := url.Parse(rawPath); err == nil && u.IsAbs() {
-		rawPath = u.EscapedPath() // absolute-form request target
+	rawPath, err := originPath(rawPath)
+	if err != nil {
+		return Route{}, err
 	}
 	if err := checkPath(rawPath); err != nil {
 		return Route{}, err
+	}
+	if i := strings.IndexFunc(rawQuery, func(c rune) bool { return c <= 0x20 || c >= 0x7f || c == '#' }); i >= 0 {
+		return Route{}, badRequest(errcode.ErrorCodeUnsupported, "query string contains a character that is not allowed (%q)", rawQuery[i])
 	}
 	query, err := url.ParseQuery(rawQuery)
 	if err != nil {
@@ -145,7 +149,7 @@ func ParseRequest(method, requestURI string) (Route, error) {
 	}
 	rt := Route{Method: method}
 	rest, ok := strings.CutPrefix(rawPath, "/v2")
-	if !ok {
+	if !ok || (rest != "" && rest[0] != '/') {
 		return Route{}, errNotFound
 	}
 	switch {
@@ -178,24 +182,49 @@ var methods = map[Kind][]string{
 	KindReferrers:   {http.MethodGet},
 }
 
+// authorityRE is the host[:port] of an absolute-form request target: a
+// registered name or a bracketed IP literal, and no user information.
+var authorityRE = regexp.MustCompile(`^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$`)
+
+// originPath returns the path of an absolute-form request target
+// ("http://host/v2/..."), which RFC 9112 requires servers to accept, as the
+// exact text that follows the authority; any other target is returned as it
+// is. Nothing is decoded or normalised, so checkPath sees what was sent.
+func originPath(target string) (string, error) {
+	if strings.HasPrefix(target, "/") {
+		return target, nil
+	}
+	scheme, rest, ok := strings.Cut(target, "://")
+	if !ok {
+		return "", badRequest(errcode.ErrorCodeNameInvalid, "request target must be an absolute path")
+	}
+	if s := strings.ToLower(scheme); s != "http" && s != "https" {
+		return "", badRequest(errcode.ErrorCodeNameInvalid, "request target has scheme %q; only http and https are allowed", scheme)
+	}
+	i := strings.IndexByte(rest, '/')
+	if i < 0 || !authorityRE.MatchString(rest[:i]) {
+		return "", badRequest(errcode.ErrorCodeNameInvalid, "absolute-form request target needs a host and a path")
+	}
+	return rest[i:], nil
+}
+
 // checkPath refuses spellings that could mean two things to two parsers:
-// percent-encoding, dot segments, empty segments, backslashes and control
-// or non-ASCII bytes.
+// percent-encoding, dot segments, empty segments, backslashes, parameters,
+// fragments and control or non-ASCII bytes.
 func checkPath(p string) error {
 	if !strings.HasPrefix(p, "/") {
 		return badRequest(errcode.ErrorCodeNameInvalid, "request path must be absolute")
 	}
 	for i := 0; i < len(p); i++ {
 		c := p[i]
-		if c <= 0x20 || c >= 0x7f || c == '%' || c == '\\' || c == ';' {
+		if c <= 0x20 || c >= 0x7f || c == '%' || c == '\\' || c == ';' || c == '#' {
 			return badRequest(errcode.ErrorCodeNameInvalid, "request path contains a character that is not allowed (%q)", c)
 		}
 	}
-	trimmed := strings.TrimSuffix(p, "/")
-	if strings.Contains(trimmed, "//") {
+	if strings.Contains(p, "//") {
 		return badRequest(errcode.ErrorCodeNameInvalid, "request path contains an empty segment")
 	}
-	for _, seg := range strings.Split(trimmed, "/") {
+	for _, seg := range strings.Split(p, "/") {
 		if seg == "." || seg == ".." {
 			return badRequest(errcode.ErrorCodeNameInvalid, "request path contains a dot segment")
 		}
@@ -310,7 +339,7 @@ func allowedQuery(rt *Route, q url.Values) (url.Values, error) {
 		if n, ok, err := single("n"); err != nil {
 			return err
 		} else if ok {
-			if v, err := strconv.Atoi(n); err != nil || v < 0 {
+			if _, err := strconv.Atoi(n); err != nil || strings.Trim(n, "0123456789") != "" {
 				return badRequest(errcode.ErrorCodePaginationNumberInvalid, "n must be a non-negative integer, got %q", n)
 			}
 			out.Set("n", n)
@@ -336,7 +365,7 @@ func allowedQuery(rt *Route, q url.Values) (url.Values, error) {
 		}
 	case KindManifest:
 		if rt.Method == http.MethodPut {
-			tags := q["tag"]
+			tags := slices.Clone(q["tag"])
 			if rt.Tag != "" {
 				tags = append(tags, rt.Tag)
 			}
