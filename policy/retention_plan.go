@@ -39,6 +39,25 @@ func Plan(now time.Time, p RetentionPolicy, in RepoState) RetentionPlan {
 	return pl.run()
 }
 
+// Plan plans every repository of repos that a policy governs, at time now,
+// and returns the plans sorted by repository with their summed totals.
+// Repositories no policy matches are left out: retention leaves them alone.
+func (r Retention) Plan(now time.Time, repos []RepoState) ([]RetentionPlan, RetentionTotals) {
+	var plans []RetentionPlan
+	var total RetentionTotals
+	for _, in := range repos {
+		p, ok := r.PolicyFor(in.Repository)
+		if !ok {
+			continue
+		}
+		plan := Plan(now, p, in)
+		plans = append(plans, plan)
+		total = total.Add(plan.Totals)
+	}
+	slices.SortStableFunc(plans, func(a, b RetentionPlan) int { return strings.Compare(a.Repository, b.Repository) })
+	return plans, total
+}
+
 type planner struct {
 	now time.Time
 	p   RetentionPolicy
@@ -65,10 +84,8 @@ func (pl *planner) run() RetentionPlan {
 	// Roots: digests that must stay, each with the reason it stays.
 	roots := map[digest.Digest]string{}
 	for _, e := range evals {
-		if e.Kept {
-			if _, ok := roots[e.Digest]; !ok {
-				roots[e.Digest] = "tag " + e.Tag + " is kept"
-			}
+		if _, ok := roots[e.Digest]; e.Kept && !ok && e.Digest != "" {
+			roots[e.Digest] = "tag " + e.Tag + " is kept"
 		}
 	}
 	untagged := map[digest.Digest]string{} // independent untagged manifests to delete, with reasons
@@ -174,6 +191,8 @@ func (pl *planner) index() {
 		if prev, ok := pl.man[m.Digest]; ok {
 			m = mergeManifest(*prev, m)
 		}
+		// A sorted copy: walks are deterministic and the input is untouched.
+		m.Children = slices.Compact(slices.Sorted(slices.Values(m.Children)))
 		pl.man[m.Digest] = &m
 	}
 	for _, m := range pl.man {
@@ -371,7 +390,7 @@ func (pl *planner) deleteOrder(deleted []digest.Digest) []digest.Digest {
 	}
 	for _, d := range deleted {
 		if m := pl.man[d]; m != nil {
-			for _, c := range slices.Compact(slices.Sorted(slices.Values(m.Children))) {
+			for _, c := range m.Children {
 				edge(d, c)
 			}
 			if m.Subject != "" {

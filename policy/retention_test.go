@@ -527,12 +527,15 @@ func TestPlanTotals(t *testing.T) {
 }
 
 // TestPlanIsDeterministic ensures the same state in any input order gives
-// the same plan, sorted.
+// the same plan, sorted, and planning leaves the input untouched.
 func TestPlanIsDeterministic(t *testing.T) {
 	t.Parallel()
 	in := realisticRepo()
 	p := issuePolicy()
 	want := Plan(now, p, in)
+	if !reflect.DeepEqual(in, realisticRepo()) {
+		t.Error("Plan modified its input")
+	}
 	if !slices.IsSortedFunc(want.Tags, func(a, b TagDecision) int { return strings.Compare(a.Tag, b.Tag) }) {
 		t.Error("tags are not sorted")
 	}
@@ -597,6 +600,33 @@ func TestRetentionPolicyFor(t *testing.T) {
 				t.Errorf("PolicyFor(%q) = %q, %v; want %q, %v", tc.repo, p.Name, ok, tc.want, tc.ok)
 			}
 		})
+	}
+}
+
+// TestRetentionPlanRepositories ensures a run plans only the repositories a
+// policy governs, each under its own policy, and sums the totals that
+// max_deletions is checked against.
+func TestRetentionPlanRepositories(t *testing.T) {
+	t.Parallel()
+	r := Retention{MaxDeletions: 2, Policies: []RetentionPolicy{
+		{Repositories: Globs{MustGlob("ci/**")}, Keep: []KeepRule{{MostRecent: 1}}},
+		{Repositories: Globs{MustGlob("dev/**")}, Keep: []KeepRule{keepTags("keep-*")}},
+	}}
+	old := []TagState{tagAt("a", "a", 3*day, Mutable), tagAt("b", "b", 2*day, Mutable)}
+	plans, total := r.Plan(now, []RepoState{
+		{Repository: "prod/app", Tags: old},
+		{Repository: "dev/x", Tags: old},
+		{Repository: "ci/app", Tags: old},
+	})
+	var repos []string
+	for _, p := range plans {
+		repos = append(repos, p.Repository+" under "+p.Policy)
+	}
+	if want := []string{"ci/app under retention.policies[0]", "dev/x under retention.policies[1]"}; !slices.Equal(repos, want) {
+		t.Fatalf("planned %v, want %v", repos, want)
+	}
+	if total.TagsDeleted != 3 || total.TagsKept != 1 || total.ManifestsDeleted != 3 || !total.Exceeds(r.MaxDeletions) {
+		t.Errorf("total = %+v; want 3 tags and 3 manifests deleted, over max_deletions 2", total)
 	}
 }
 
