@@ -1,0 +1,158 @@
+// Package admin is taglock's JSON API under /taglock/v1/ and its client.
+//
+// The read-only half (GET) shows what the ledger knows: repositories, the
+// bindings of a repository, a tag's binding and history, and recent
+// refusals. The admin half (POST under /taglock/v1/admin/) runs the
+// operator tools inside a running serve, which holds the ledger's file
+// lock: import, verify and repair, ledger backup, export, import and check.
+// The taglock commands use it through Client when they find the ledger
+// locked. Admin calls are answered only for loopback peers that send the
+// X-Taglock-Admin header, so neither a remote client nor a web page can
+// reach them.
+//
+// The package decides nothing about tags: the ledger records and the proxy's
+// tools (ImportTags, Verify, Repair) do the work. It must not touch the
+// registry API under /v2/.
+package admin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/taglock/taglock/policy"
+	"github.com/taglock/taglock/proxy"
+	"github.com/taglock/taglock/storage"
+)
+
+// Ledger is what the API reads and maintains.
+type Ledger interface {
+	Repositories(ctx context.Context) ([]string, error)
+	Bindings(ctx context.Context, repo string) ([]storage.Binding, error)
+	Binding(ctx context.Context, repo, tag string) (storage.Binding, error)
+	History(ctx context.Context, repo, tag string, limit int) ([]storage.Event, error)
+	Recent(ctx context.Context, kind storage.EventKind, limit int) ([]storage.Event, error)
+	Backup(ctx context.Context, w io.Writer) (int64, error)
+	Export(ctx context.Context, w io.Writer) error
+	Import(ctx context.Context, r io.Reader) (storage.ImportStats, error)
+	Check(ctx context.Context) ([]string, error)
+}
+
+var _ Ledger = (*storage.Ledger)(nil)
+
+// Tools is what the API needs from the proxy to compare the ledger with the
+// upstream.
+type Tools interface {
+	ImportTags(ctx context.Context, o proxy.ImportOptions) (proxy.ImportReport, error)
+	Verify(ctx context.Context, o proxy.VerifyOptions) (proxy.VerifyReport, error)
+	Repair(ctx context.Context, findings []proxy.Finding) ([]proxy.RepairResult, error)
+}
+
+var _ Tools = (*proxy.Server)(nil)
+
+// ErrNoUpstream means an import or verify was asked of a Local without
+// Tools.
+var ErrNoUpstream = errors.New("no upstream to compare the ledger with")
+
+// ImportRequest asks for an import of the upstream's tags.
+type ImportRequest struct {
+	// Repositories are globs limiting the walk; empty means all.
+	Repositories []string `json:"repositories,omitempty"`
+	// Rate caps upstream requests per second; zero means no cap.
+	Rate float64 `json:"rate,omitempty"`
+	// Progress, when not nil, is called after each tag. It is not sent
+	// over the API.
+	Progress func(proxy.ImportProgress) `json:"-"`
+}
+
+// VerifyRequest asks for a drift check and, optionally, a repair.
+type VerifyRequest struct {
+	// Repositories are globs limiting the check; empty means all.
+	Repositories []string `json:"repositories,omitempty"`
+	// Rate caps upstream requests per second; zero means no cap.
+	Rate float64 `json:"rate,omitempty"`
+	// Repair puts moved or deleted immutable tags back, then verifies
+	// again.
+	Repair bool `json:"repair,omitempty"`
+}
+
+// VerifyResult is what a verify found and, with Repair, what it did.
+type VerifyResult struct {
+	// Report is the drift found first.
+	Report proxy.VerifyReport `json:"report"`
+	// Repairs has one entry per finding when Repair was asked.
+	Repairs []proxy.RepairResult `json:"repairs,omitempty"`
+	// After is the drift found after repairing; nil without Repair.
+	After *proxy.VerifyReport `json:"after,omitempty"`
+}
+
+// Final is the report that decides the outcome: After when there is one,
+// otherwise Report.
+func (r VerifyResult) Final() proxy.VerifyReport {
+	if r.After != nil {
+		return *r.After
+	}
+	return r.Report
+}
+
+// Local runs the operations in this process, on a ledger it holds and, for
+// import and verify, on the proxy's tools. It is what the API serves and what
+// the commands use when serve is not running.
+type Local struct {
+	Ledger
+	// Tools compare the ledger with the upstream; nil makes RunImport and
+	// RunVerify fail with ErrNoUpstream.
+	Tools Tools
+}
+
+// RunImport adopts the upstream's tags that the ledger lacks.
+func (l Local) RunImport(ctx context.Context, req ImportRequest) (proxy.ImportReport, error) {
+	if l.Tools == nil {
+		return proxy.ImportReport{}, ErrNoUpstream
+	}
+	globs, err := compile(req.Repositories)
+	if err != nil {
+		return proxy.ImportReport{}, err
+	}
+	return l.Tools.ImportTags(ctx, proxy.ImportOptions{Repositories: globs, Rate: req.Rate, Progress: req.Progress})
+}
+
+// RunVerify reports drift and, when asked, repairs it and verifies again.
+func (l Local) RunVerify(ctx context.Context, req VerifyRequest) (VerifyResult, error) {
+	if l.Tools == nil {
+		return VerifyResult{}, ErrNoUpstream
+	}
+	globs, err := compile(req.Repositories)
+	if err != nil {
+		return VerifyResult{}, err
+	}
+	opts := proxy.VerifyOptions{Repositories: globs, Rate: req.Rate}
+	var res VerifyResult
+	if res.Report, err = l.Tools.Verify(ctx, opts); err != nil {
+		return res, err
+	}
+	if !req.Repair {
+		return res, nil
+	}
+	if res.Repairs, err = l.Tools.Repair(ctx, res.Report.Findings); err != nil {
+		return res, err
+	}
+	after, err := l.Tools.Verify(ctx, opts)
+	if err != nil {
+		return res, err
+	}
+	res.After = &after
+	return res, nil
+}
+
+// ErrInvalidRequest means a request's parameters do not parse.
+var ErrInvalidRequest = errors.New("invalid request")
+
+func compile(patterns []string) (policy.Globs, error) {
+	g, err := policy.CompileGlobs(patterns)
+	if err != nil {
+		return nil, fmt.Errorf("%w: repositories: %w", ErrInvalidRequest, err)
+	}
+	return g, nil
+}

@@ -1,0 +1,280 @@
+package admin
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	digest "github.com/opencontainers/go-digest"
+
+	"github.com/taglock/taglock/proxy"
+	"github.com/taglock/taglock/storage"
+)
+
+// fakeTools answers verify with a fixed report and counts repairs.
+type fakeTools struct {
+	report  proxy.VerifyReport
+	repairs int
+	verifys int
+}
+
+func (f *fakeTools) ImportTags(_ context.Context, o proxy.ImportOptions) (proxy.ImportReport, error) {
+	return proxy.ImportReport{Repositories: len(o.Repositories)}, nil
+}
+
+func (f *fakeTools) Verify(context.Context, proxy.VerifyOptions) (proxy.VerifyReport, error) {
+	f.verifys++
+	if f.repairs > 0 {
+		return proxy.VerifyReport{Findings: []proxy.Finding{}}, nil
+	}
+	return f.report, nil
+}
+
+func (f *fakeTools) Repair(_ context.Context, fs []proxy.Finding) ([]proxy.RepairResult, error) {
+	f.repairs++
+	out := make([]proxy.RepairResult, len(fs))
+	for i, x := range fs {
+		out[i] = proxy.RepairResult{Finding: x, Outcome: proxy.RepairRestored}
+	}
+	return out, nil
+}
+
+// mustLedger opens a ledger in a temporary directory holding one immutable
+// binding (with manifest bytes) and one refusal of it.
+func mustLedger(t *testing.T) *storage.Ledger {
+	t.Helper()
+	l, err := storage.Open(filepath.Join(t.TempDir(), "ledger.db"), storage.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Close() })
+	m := []byte(`{"schemaVersion":2}`)
+	b := storage.Binding{Repo: "team/app", Tag: "1.0", Digest: digest.FromBytes(m), Mode: storage.ModeImmutable,
+		PushedAt: time.Unix(1700000000, 0).UTC(), PushedBy: "ci", Manifest: m}
+	ev := []storage.Event{
+		{Kind: storage.EventAccepted, Repo: "team/app", Tag: "1.0", Digest: b.Digest, User: "ci"},
+		{Kind: storage.EventRefused, Repo: "team/app", Tag: "1.0", Digest: digest.FromString("other"), Previous: b.Digest, User: "mallory", Reason: "immutable-tag-moved"},
+	}
+	if err := l.Put(context.Background(), []storage.Binding{b}, ev); err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+func mustClient(t *testing.T, h http.Handler) *Client {
+	t.Helper()
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	c, err := NewClient(srv.URL, srv.Client())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// TestReadAPI ensures that the read-only API shows repositories, bindings
+// without manifest bytes, history newest first and refusals, and that an
+// unknown tag is ErrNotFound for the client.
+func TestReadAPI(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	c := mustClient(t, New(Options{Ledger: mustLedger(t)}))
+	repos, err := c.Repositories(ctx)
+	if err != nil || len(repos) != 1 || repos[0] != "team/app" {
+		t.Fatalf("Repositories = %v, %v", repos, err)
+	}
+	tags, err := c.Bindings(ctx, "team/app")
+	if err != nil || len(tags) != 1 || tags[0].Tag != "1.0" || tags[0].Manifest != nil {
+		t.Fatalf("Bindings = %+v, %v; want 1.0 without manifest", tags, err)
+	}
+	b, err := c.Binding(ctx, "team/app", "1.0")
+	if err != nil || b.PushedBy != "ci" || b.Manifest != nil {
+		t.Fatalf("Binding = %+v, %v", b, err)
+	}
+	if _, err := c.Binding(ctx, "team/app", "9.9"); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("Binding of an unknown tag: %v, want ErrNotFound", err)
+	}
+	hist, err := c.History(ctx, "team/app", "", 0)
+	if err != nil || len(hist) != 2 || hist[0].Kind != storage.EventRefused || hist[0].User != "mallory" {
+		t.Fatalf("History = %+v, %v; want the refusal first", hist, err)
+	}
+	ref, err := c.Recent(ctx, storage.EventRefused, 10)
+	if err != nil || len(ref) != 1 || ref[0].Reason != "immutable-tag-moved" {
+		t.Fatalf("Recent refusals = %+v, %v", ref, err)
+	}
+}
+
+// TestReadAPIErrors ensures that malformed read requests get 4xx JSON
+// errors.
+func TestReadAPIErrors(t *testing.T) {
+	t.Parallel()
+	h := New(Options{Ledger: mustLedger(t)})
+	tests := []struct {
+		path string
+		want int
+	}{
+		{Prefix + "bindings/team/app", http.StatusBadRequest},
+		{Prefix + "bindings/team/app:nope", http.StatusNotFound},
+		{Prefix + "repositories/team/app", http.StatusNotFound},
+		{Prefix + "repositories/none/tags", http.StatusNotFound},
+		{Prefix + "history", http.StatusBadRequest},
+		{Prefix + "refusals?limit=-1", http.StatusBadRequest},
+	}
+	for _, tc := range tests {
+		t.Run(tc.path, func(t *testing.T) {
+			t.Parallel()
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, tc.path, nil))
+			if rec.Code != tc.want || rec.Header().Get("Content-Type") != "application/json" {
+				t.Errorf("GET %s = %d %s, want %d JSON", tc.path, rec.Code, rec.Header().Get("Content-Type"), tc.want)
+			}
+		})
+	}
+}
+
+// TestAdminGuard ensures that admin calls are refused without the admin
+// header or from a peer that is not on loopback.
+func TestAdminGuard(t *testing.T) {
+	t.Parallel()
+	h := New(Options{Ledger: mustLedger(t)})
+	tests := []struct {
+		name   string
+		remote string
+		header bool
+		want   int
+	}{
+		{"loopback with header", "127.0.0.1:4000", true, http.StatusOK},
+		{"loopback without header", "127.0.0.1:4000", false, http.StatusForbidden},
+		{"remote with header", "192.0.2.7:4000", true, http.StatusForbidden},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			req := httptest.NewRequest(http.MethodPost, Prefix+"admin/ledger/check", nil)
+			req.RemoteAddr = tc.remote
+			if tc.header {
+				req.Header.Set(HeaderAdmin, "1")
+			}
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, req)
+			if rec.Code != tc.want {
+				t.Errorf("check = %d, want %d", rec.Code, tc.want)
+			}
+		})
+	}
+}
+
+// TestLedgerMaintenance ensures that backup, export, import and check work
+// through the API: the backup opens as a ledger, and an export imported into
+// an empty ledger exports to the same bytes.
+func TestLedgerMaintenance(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	src := mustLedger(t)
+	c := mustClient(t, New(Options{Ledger: src}))
+
+	var backup bytes.Buffer
+	if n, err := c.Backup(ctx, &backup); err != nil || n == 0 {
+		t.Fatalf("Backup = %d, %v", n, err)
+	}
+	path := filepath.Join(t.TempDir(), "backup.db")
+	if err := os.WriteFile(path, backup.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	restored, err := storage.Open(path, storage.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err := restored.Binding(ctx, "team/app", "1.0"); err != nil || len(b.Manifest) == 0 {
+		t.Errorf("backup binding = %+v, %v", b, err)
+	}
+	_ = restored.Close()
+
+	var export bytes.Buffer
+	if err := c.Export(ctx, &export); err != nil {
+		t.Fatal(err)
+	}
+	dst, err := storage.Open(filepath.Join(t.TempDir(), "dst.db"), storage.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dst.Close()
+	dc := mustClient(t, New(Options{Ledger: dst}))
+	st, err := dc.Import(ctx, bytes.NewReader(export.Bytes()))
+	if err != nil || st.Bindings != 1 || st.Events != 2 {
+		t.Fatalf("Import = %+v, %v", st, err)
+	}
+	var again bytes.Buffer
+	if err := dc.Export(ctx, &again); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(export.Bytes(), again.Bytes()) {
+		t.Errorf("export after import differs:\n%s\n---\n%s", export.Bytes(), again.Bytes())
+	}
+	if problems, err := dc.Check(ctx); err != nil || len(problems) != 0 {
+		t.Errorf("Check = %v, %v; want clean", problems, err)
+	}
+	if _, err := dc.Import(ctx, bytes.NewReader([]byte(`{"type":"nonsense"}`+"\n"))); !errors.Is(err, ErrInvalidRequest) {
+		t.Errorf("Import of a bad record: %v, want an invalid-request error", err)
+	}
+}
+
+// TestRunVerify ensures that verify with repair repairs the findings and
+// verifies again, and that without tools the API answers ErrNoUpstream.
+func TestRunVerify(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	tools := &fakeTools{report: proxy.VerifyReport{Findings: []proxy.Finding{{Repo: "a", Tag: "1", Kind: proxy.DriftMoved, Immutable: true}}}}
+	c := mustClient(t, New(Options{Ledger: mustLedger(t), Tools: tools}))
+	res, err := c.RunVerify(ctx, VerifyRequest{Repair: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Report.ImmutableDrift() || len(res.Repairs) != 1 || res.After == nil || res.Final().ImmutableDrift() {
+		t.Errorf("RunVerify = %+v, want drift, one repair and a clean re-verify", res)
+	}
+	if tools.verifys != 2 || tools.repairs != 1 {
+		t.Errorf("verify ran %d times and repair %d, want 2 and 1", tools.verifys, tools.repairs)
+	}
+	if _, err := c.RunVerify(ctx, VerifyRequest{Repositories: []string{"bad pattern"}}); !errors.Is(err, ErrInvalidRequest) {
+		t.Errorf("RunVerify with a bad glob: %v, want ErrInvalidRequest", err)
+	}
+	if rep, err := c.RunImport(ctx, ImportRequest{Repositories: []string{"a/**", "b"}}); err != nil || rep.Repositories != 2 {
+		t.Errorf("RunImport = %+v, %v; want the two globs passed on", rep, err)
+	}
+
+	bare := mustClient(t, New(Options{Ledger: mustLedger(t)}))
+	if _, err := bare.RunImport(ctx, ImportRequest{}); !errors.Is(err, ErrNoUpstream) {
+		t.Errorf("RunImport without tools: %v, want ErrNoUpstream", err)
+	}
+}
+
+// TestSplitRef ensures that references split at the tag's colon, not at a
+// registry port.
+func TestSplitRef(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		in        string
+		repo, tag string
+		ok        bool
+	}{
+		{"app:1.0", "app", "1.0", true},
+		{"team/app:v1", "team/app", "v1", true},
+		{"host:5000/app", "", "", false},
+		{"app", "", "", false},
+		{"app:", "", "", false},
+		{":1.0", "", "", false},
+	}
+	for _, tc := range tests {
+		repo, tag, ok := SplitRef(tc.in)
+		if repo != tc.repo || tag != tc.tag || ok != tc.ok {
+			t.Errorf("SplitRef(%q) = %q, %q, %v; want %q, %q, %v", tc.in, repo, tag, ok, tc.repo, tc.tag, tc.ok)
+		}
+	}
+}

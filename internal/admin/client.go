@@ -1,0 +1,220 @@
+package admin
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"github.com/taglock/taglock/proxy"
+	"github.com/taglock/taglock/storage"
+)
+
+// ErrUnreachable means no taglock answered at the client's address.
+var ErrUnreachable = errors.New("no taglock answers")
+
+// Client calls the API of a running taglock. Its ledger methods have the
+// signatures and errors of *storage.Ledger, so callers can use either.
+type Client struct {
+	base *url.URL
+	hc   *http.Client
+}
+
+// NewClient returns a client for the taglock at base ("http://host:port").
+// A nil hc means http.DefaultClient.
+func NewClient(base string, hc *http.Client) (*Client, error) {
+	u, err := url.Parse(base)
+	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
+		return nil, fmt.Errorf("admin client: base %q is not an http(s) URL", base)
+	}
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	return &Client{base: u, hc: hc}, nil
+}
+
+// Base is the address the client calls.
+func (c *Client) Base() string { return c.base.String() }
+
+// call sends one request. The caller closes the body of a 2xx response;
+// any other answer becomes an error.
+func (c *Client) call(ctx context.Context, method, path string, q url.Values, body io.Reader, contentType string) (*http.Response, error) {
+	u := *c.base
+	u.Path = strings.TrimSuffix(u.Path, "/") + path
+	u.RawQuery = q.Encode()
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
+	if err != nil {
+		return nil, err
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	req.Header.Set(HeaderAdmin, "1")
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, fmt.Errorf("%w at %s: %v", ErrUnreachable, c.base, err)
+	}
+	if resp.StatusCode/100 == 2 {
+		return resp, nil
+	}
+	defer resp.Body.Close()
+	var ae apiError
+	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if json.Unmarshal(raw, &ae) != nil || ae.Code == "" {
+		return nil, fmt.Errorf("%w at %s: %s %s answered %d (is it taglock?)", ErrUnreachable, c.base, method, path, resp.StatusCode)
+	}
+	switch ae.Code {
+	case "not_found":
+		return nil, fmt.Errorf("%s: %w", ae.Error, storage.ErrNotFound)
+	case "invalid":
+		return nil, fmt.Errorf("%s: %w", ae.Error, ErrInvalidRequest)
+	case "unavailable":
+		return nil, fmt.Errorf("%s: %w", ae.Error, ErrNoUpstream)
+	}
+	return nil, fmt.Errorf("taglock at %s: %s", c.base, ae.Error)
+}
+
+// getJSON calls and decodes a JSON answer into v.
+func (c *Client) getJSON(ctx context.Context, method, path string, q url.Values, in, v any) error {
+	var body io.Reader
+	ct := ""
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body, ct = bytes.NewReader(b), "application/json"
+	}
+	resp, err := c.call(ctx, method, path, q, body, ct)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		return fmt.Errorf("taglock at %s: %s: %w", c.base, path, err)
+	}
+	return nil
+}
+
+// Repositories lists the repositories with bindings.
+func (c *Client) Repositories(ctx context.Context) ([]string, error) {
+	var r RepositoriesResponse
+	err := c.getJSON(ctx, http.MethodGet, Prefix+"repositories", nil, nil, &r)
+	return r.Repositories, err
+}
+
+// Bindings returns the bindings of repo, without manifest bytes.
+func (c *Client) Bindings(ctx context.Context, repo string) ([]storage.Binding, error) {
+	var r TagsResponse
+	err := c.getJSON(ctx, http.MethodGet, Prefix+"repositories/"+repo+"/tags", nil, nil, &r)
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil, nil
+	}
+	return r.Tags, err
+}
+
+// Binding returns the binding of repo:tag, without manifest bytes.
+func (c *Client) Binding(ctx context.Context, repo, tag string) (storage.Binding, error) {
+	var r BindingResponse
+	err := c.getJSON(ctx, http.MethodGet, Prefix+"bindings/"+repo+":"+tag, url.Values{"limit": {"1"}}, nil, &r)
+	return r.Binding, err
+}
+
+// History returns the events of repo:tag, or of repo when tag is "",
+// newest first; limit <= 0 means all.
+func (c *Client) History(ctx context.Context, repo, tag string, limit int) ([]storage.Event, error) {
+	q := url.Values{"repo": {repo}}
+	if tag != "" {
+		q.Set("tag", tag)
+	}
+	q.Set("limit", strconv.Itoa(max(limit, 0)))
+	var r EventsResponse
+	err := c.getJSON(ctx, http.MethodGet, Prefix+"history", q, nil, &r)
+	return r.Events, err
+}
+
+// Recent returns the newest refusals; kind must be storage.EventRefused.
+func (c *Client) Recent(ctx context.Context, kind storage.EventKind, limit int) ([]storage.Event, error) {
+	if kind != storage.EventRefused {
+		return nil, fmt.Errorf("%w: the API lists recent refusals only", ErrInvalidRequest)
+	}
+	var r EventsResponse
+	err := c.getJSON(ctx, http.MethodGet, Prefix+"refusals", url.Values{"limit": {strconv.Itoa(max(limit, 0))}}, nil, &r)
+	return r.Events, err
+}
+
+// RunImport runs an import in the server.
+func (c *Client) RunImport(ctx context.Context, req ImportRequest) (proxy.ImportReport, error) {
+	var r proxy.ImportReport
+	err := c.getJSON(ctx, http.MethodPost, Prefix+"admin/import", nil, req, &r)
+	return r, err
+}
+
+// RunVerify runs a verify, and a repair when asked, in the server.
+func (c *Client) RunVerify(ctx context.Context, req VerifyRequest) (VerifyResult, error) {
+	var r VerifyResult
+	err := c.getJSON(ctx, http.MethodPost, Prefix+"admin/verify", nil, req, &r)
+	return r, err
+}
+
+// stream copies a streamed answer to w.
+func (c *Client) stream(ctx context.Context, path string, w io.Writer) (int64, error) {
+	resp, err := c.call(ctx, http.MethodPost, path, nil, nil, "")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	n, err := io.Copy(w, resp.Body)
+	if err != nil {
+		return n, fmt.Errorf("taglock at %s: %s: %w", c.base, path, err)
+	}
+	return n, nil
+}
+
+// Backup writes a consistent copy of the server's ledger file to w.
+func (c *Client) Backup(ctx context.Context, w io.Writer) (int64, error) {
+	return c.stream(ctx, Prefix+"admin/ledger/backup", w)
+}
+
+// Export writes the server's ledger as JSON lines to w.
+func (c *Client) Export(ctx context.Context, w io.Writer) error {
+	_, err := c.stream(ctx, Prefix+"admin/ledger/export", w)
+	return err
+}
+
+// Import reads JSON lines from r into the server's ledger.
+func (c *Client) Import(ctx context.Context, r io.Reader) (storage.ImportStats, error) {
+	resp, err := c.call(ctx, http.MethodPost, Prefix+"admin/ledger/import", nil, r, "application/x-ndjson")
+	if err != nil {
+		return storage.ImportStats{}, err
+	}
+	defer resp.Body.Close()
+	var st storage.ImportStats
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return st, fmt.Errorf("taglock at %s: ledger import: %w", c.base, err)
+	}
+	return st, nil
+}
+
+// Check runs the server's ledger check. Like storage.Ledger.Check it returns
+// the problems and, when there are any, an error wrapping
+// storage.ErrCorrupt.
+func (c *Client) Check(ctx context.Context) ([]string, error) {
+	var r CheckResponse
+	if err := c.getJSON(ctx, http.MethodPost, Prefix+"admin/ledger/check", nil, nil, &r); err != nil {
+		return nil, err
+	}
+	if len(r.Problems) > 0 {
+		return r.Problems, fmt.Errorf("%d problems: %w", len(r.Problems), storage.ErrCorrupt)
+	}
+	return nil, nil
+}

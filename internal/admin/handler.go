@@ -1,0 +1,366 @@
+package admin
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/rs/zerolog"
+
+	"github.com/taglock/taglock/storage"
+)
+
+// Prefix is the path every API route starts with.
+const Prefix = "/taglock/v1/"
+
+// HeaderAdmin must be present on admin calls. A browser cannot add it to a
+// cross-origin request without a preflight that the API never answers, so a
+// web page cannot drive the admin calls.
+const HeaderAdmin = "X-Taglock-Admin"
+
+// DefaultRefusals is how many refusals /refusals returns without ?limit.
+const DefaultRefusals = 50
+
+// Options configures New.
+type Options struct {
+	// Ledger is the open ledger. Required.
+	Ledger Ledger
+	// Tools compare the ledger with the upstream; nil answers import and
+	// verify calls with 503.
+	Tools Tools
+	// Log receives one line per failed or admin call. Default
+	// zerolog.Nop().
+	Log zerolog.Logger
+}
+
+// Handler serves the API under Prefix.
+type Handler struct {
+	local Local
+	log   zerolog.Logger
+	mux   *http.ServeMux
+}
+
+// New returns the API handler. Mount it at Prefix.
+func New(o Options) *Handler {
+	h := &Handler{local: Local{Ledger: o.Ledger, Tools: o.Tools}, log: o.Log, mux: http.NewServeMux()}
+	h.mux.HandleFunc("GET "+Prefix+"repositories", h.repositories)
+	h.mux.HandleFunc("GET "+Prefix+"repositories/{path...}", h.tags)
+	h.mux.HandleFunc("GET "+Prefix+"bindings/{ref...}", h.binding)
+	h.mux.HandleFunc("GET "+Prefix+"history", h.history)
+	h.mux.HandleFunc("GET "+Prefix+"refusals", h.refusals)
+	h.mux.HandleFunc("POST "+Prefix+"admin/import", h.admin(h.importTags))
+	h.mux.HandleFunc("POST "+Prefix+"admin/verify", h.admin(h.verify))
+	h.mux.HandleFunc("POST "+Prefix+"admin/ledger/backup", h.admin(h.backup))
+	h.mux.HandleFunc("POST "+Prefix+"admin/ledger/export", h.admin(h.export))
+	h.mux.HandleFunc("POST "+Prefix+"admin/ledger/import", h.admin(h.importLedger))
+	h.mux.HandleFunc("POST "+Prefix+"admin/ledger/check", h.admin(h.check))
+	return h
+}
+
+// ServeHTTP implements http.Handler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
+
+// apiError is the body of every error answer.
+type apiError struct {
+	Error string `json:"error"`
+	Code  string `json:"code"` // "not_found", "invalid", "forbidden", "unavailable" or "internal"
+}
+
+func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
+	status, code := http.StatusInternalServerError, "internal"
+	switch {
+	case errors.Is(err, storage.ErrNotFound):
+		status, code = http.StatusNotFound, "not_found"
+	case errors.Is(err, ErrInvalidRequest), errors.Is(err, storage.ErrInvalid):
+		status, code = http.StatusBadRequest, "invalid"
+	case errors.Is(err, ErrNoUpstream):
+		status, code = http.StatusServiceUnavailable, "unavailable"
+	}
+	if status >= 500 {
+		h.log.Error().Err(err).Str("path", r.URL.Path).Msg("admin api")
+	}
+	writeJSON(w, status, apiError{Error: err.Error(), Code: code})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(v)
+}
+
+// admin lets only loopback peers that send HeaderAdmin through.
+func (h *Handler) admin(next http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		host, _, err := net.SplitHostPort(r.RemoteAddr)
+		ip := net.ParseIP(host)
+		if err != nil || ip == nil || !ip.IsLoopback() || r.Header.Get(HeaderAdmin) == "" {
+			writeJSON(w, http.StatusForbidden, apiError{Code: "forbidden",
+				Error: "admin calls are answered only on loopback, with the " + HeaderAdmin + " header (use the taglock commands on the server's host)"})
+			return
+		}
+		h.log.Info().Str("path", r.URL.Path).Str("peer", r.RemoteAddr).Msg("admin call")
+		next(w, r)
+	}
+}
+
+// stripped drops the manifest bytes, which the API never shows.
+func stripped(bs ...storage.Binding) []storage.Binding {
+	out := make([]storage.Binding, len(bs))
+	for i, b := range bs {
+		b.Manifest = nil
+		out[i] = b
+	}
+	return out
+}
+
+// RepositoriesResponse is the body of GET /taglock/v1/repositories.
+type RepositoriesResponse struct {
+	Repositories []string `json:"repositories"`
+}
+
+func (h *Handler) repositories(w http.ResponseWriter, r *http.Request) {
+	repos, err := h.local.Repositories(r.Context())
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	if repos == nil {
+		repos = []string{}
+	}
+	writeJSON(w, http.StatusOK, RepositoriesResponse{Repositories: repos})
+}
+
+// TagsResponse is the body of GET /taglock/v1/repositories/{repo}/tags.
+type TagsResponse struct {
+	Repository string            `json:"repository"`
+	Tags       []storage.Binding `json:"tags"` // without manifest bytes, tombstones included
+}
+
+func (h *Handler) tags(w http.ResponseWriter, r *http.Request) {
+	repo, ok := strings.CutSuffix(r.PathValue("path"), "/tags")
+	if !ok || repo == "" {
+		h.fail(w, r, fmt.Errorf("%w: want %srepositories/REPO/tags", storage.ErrNotFound, Prefix))
+		return
+	}
+	bs, err := h.local.Bindings(r.Context(), repo)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	if len(bs) == 0 {
+		h.fail(w, r, fmt.Errorf("repository %s: %w", repo, storage.ErrNotFound))
+		return
+	}
+	writeJSON(w, http.StatusOK, TagsResponse{Repository: repo, Tags: stripped(bs...)})
+}
+
+// BindingResponse is the body of GET /taglock/v1/bindings/{repo}:{tag}.
+type BindingResponse struct {
+	Binding storage.Binding `json:"binding"` // without manifest bytes
+	History []storage.Event `json:"history"` // newest first
+}
+
+// SplitRef splits "repo:tag" at the last colon after the last slash.
+func SplitRef(ref string) (repo, tag string, ok bool) {
+	i := strings.LastIndexByte(ref, ':')
+	if i <= 0 || i == len(ref)-1 || strings.LastIndexByte(ref, '/') > i {
+		return "", "", false
+	}
+	return ref[:i], ref[i+1:], true
+}
+
+func (h *Handler) binding(w http.ResponseWriter, r *http.Request) {
+	repo, tag, ok := SplitRef(r.PathValue("ref"))
+	if !ok {
+		h.fail(w, r, fmt.Errorf("%w: want %sbindings/REPO:TAG", ErrInvalidRequest, Prefix))
+		return
+	}
+	b, err := h.local.Binding(r.Context(), repo, tag)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	limit, err := limitParam(r, 0)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	hist, err := h.local.History(r.Context(), repo, tag, limit)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, BindingResponse{Binding: stripped(b)[0], History: nonNil(hist)})
+}
+
+// EventsResponse is the body of GET /taglock/v1/history and
+// /taglock/v1/refusals.
+type EventsResponse struct {
+	Events []storage.Event `json:"events"` // newest first
+}
+
+func (h *Handler) history(w http.ResponseWriter, r *http.Request) {
+	repo, tag := r.URL.Query().Get("repo"), r.URL.Query().Get("tag")
+	if repo == "" {
+		h.fail(w, r, fmt.Errorf("%w: history needs ?repo=", ErrInvalidRequest))
+		return
+	}
+	limit, err := limitParam(r, 0)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	ev, err := h.local.History(r.Context(), repo, tag, limit)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, EventsResponse{Events: nonNil(ev)})
+}
+
+func (h *Handler) refusals(w http.ResponseWriter, r *http.Request) {
+	limit, err := limitParam(r, DefaultRefusals)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	ev, err := h.local.Recent(r.Context(), storage.EventRefused, limit)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, EventsResponse{Events: nonNil(ev)})
+}
+
+func nonNil(ev []storage.Event) []storage.Event {
+	if ev == nil {
+		return []storage.Event{}
+	}
+	return ev
+}
+
+// limitParam reads ?limit=N (0 = all); def applies when it is absent.
+func limitParam(r *http.Request, def int) (int, error) {
+	s := r.URL.Query().Get("limit")
+	if s == "" {
+		return def, nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("%w: limit must be a non-negative integer, got %q", ErrInvalidRequest, s)
+	}
+	return n, nil
+}
+
+// decode reads a JSON request body strictly.
+func decode(r *http.Request, v any) error {
+	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("%w: body: %v", ErrInvalidRequest, err)
+	}
+	return nil
+}
+
+func (h *Handler) importTags(w http.ResponseWriter, r *http.Request) {
+	var req ImportRequest
+	if err := decode(r, &req); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	rep, err := h.local.RunImport(r.Context(), req)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, rep)
+}
+
+func (h *Handler) verify(w http.ResponseWriter, r *http.Request) {
+	var req VerifyRequest
+	if err := decode(r, &req); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	res, err := h.local.RunVerify(r.Context(), req)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+// streamed writes a body produced by fn; a failure after the first byte
+// aborts the connection, so the client sees a truncated body as an error
+// rather than a short copy.
+func (h *Handler) streamed(w http.ResponseWriter, r *http.Request, contentType string, fn func(io.Writer) error) {
+	w.Header().Set("Content-Type", contentType)
+	w.Header().Set("Cache-Control", "no-store")
+	cw := &countingWriter{w: w}
+	if err := fn(cw); err != nil {
+		if cw.n == 0 {
+			h.fail(w, r, err)
+			return
+		}
+		h.log.Error().Err(err).Str("path", r.URL.Path).Int64("written", cw.n).Msg("admin stream failed; aborting")
+		panic(http.ErrAbortHandler)
+	}
+}
+
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+func (h *Handler) backup(w http.ResponseWriter, r *http.Request) {
+	h.streamed(w, r, "application/octet-stream", func(cw io.Writer) error {
+		_, err := h.local.Backup(r.Context(), cw)
+		return err
+	})
+}
+
+func (h *Handler) export(w http.ResponseWriter, r *http.Request) {
+	h.streamed(w, r, "application/x-ndjson", func(cw io.Writer) error {
+		return h.local.Export(r.Context(), cw)
+	})
+}
+
+func (h *Handler) importLedger(w http.ResponseWriter, r *http.Request) {
+	stats, err := h.local.Import(r.Context(), r.Body)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, stats)
+}
+
+// CheckResponse is the body of POST /taglock/v1/admin/ledger/check.
+type CheckResponse struct {
+	Problems []string `json:"problems"` // empty when the ledger is sound
+}
+
+func (h *Handler) check(w http.ResponseWriter, r *http.Request) {
+	problems, err := h.local.Check(r.Context())
+	if err != nil && !(errors.Is(err, storage.ErrCorrupt) && len(problems) > 0) {
+		h.fail(w, r, err)
+		return
+	}
+	if problems == nil {
+		problems = []string{}
+	}
+	writeJSON(w, http.StatusOK, CheckResponse{Problems: problems})
+}
