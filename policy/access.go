@@ -128,15 +128,19 @@ type Access struct {
 
 // AccessRequest is one action on a repository, and on a tag if it names one.
 type AccessRequest struct {
+	// Identity is who asks.
 	Identity Identity
-	Action   Action
-	Repo     string
+	// Action is what the request does.
+	Action Action
+	// Repo is the canonical repository name.
+	Repo string
 	// Tag is "" when the request names no tag (blobs, manifests by digest).
 	Tag string
 }
 
 // AccessDecision is the outcome of Access.Decide.
 type AccessDecision struct {
+	// Allowed reports whether the request may proceed.
 	Allowed bool
 	// Rule is the deciding rule's name, "access: no rule applies" or
 	// "access disabled".

@@ -113,6 +113,7 @@ func MatchPromotion(rules []PromotionRule, repo string) (rule PromotionRule, sou
 
 // PromotionDecision is the outcome of DecidePromotion.
 type PromotionDecision struct {
+	// Allowed reports whether the write may proceed.
 	Allowed bool
 	// Rule is the name of the rule that guarded the write.
 	Rule string

@@ -19,7 +19,9 @@ type RepoState struct {
 
 // TagState is one tag binding as the ledger and pull tracking know it.
 type TagState struct {
-	Tag    string
+	// Tag is the tag name.
+	Tag string
+	// Digest is the digest the tag is bound to.
 	Digest digest.Digest
 	// PushedAt is the first push of the binding; a re-push does not reset
 	// it. A zero PushedAt means unknown, and Plan keeps the tag.
@@ -35,6 +37,7 @@ type TagState struct {
 
 // ManifestState is one manifest known in the repository.
 type ManifestState struct {
+	// Digest identifies the manifest.
 	Digest digest.Digest
 	// Size is the manifest's size plus the blobs it alone accounts for, as
 	// the upstream reports them; zero when unknown.
@@ -58,7 +61,9 @@ type ManifestState struct {
 
 // TagDecision is the plan for one live tag.
 type TagDecision struct {
-	Tag    string
+	// Tag is the tag name.
+	Tag string
+	// Digest is the digest the tag is bound to.
 	Digest digest.Digest
 	// Kept is false when the plan deletes the tag (DELETE manifests/<tag>).
 	Kept bool
@@ -75,6 +80,7 @@ type TagDecision struct {
 // ManifestDecision is the plan for one manifest that no kept tag points to:
 // one that was untagged before the plan, or whose tags the plan deletes.
 type ManifestDecision struct {
+	// Digest identifies the manifest.
 	Digest digest.Digest
 	// Size is the known size, zero when unknown.
 	Size int64
@@ -88,12 +94,15 @@ type ManifestDecision struct {
 
 // RetentionTotals sums up one or more plans.
 type RetentionTotals struct {
+	// TagsKept and TagsDeleted count live tags by decision.
 	TagsKept, TagsDeleted int
 	// TagsReleased counts the deleted tags that were immutable.
-	TagsReleased     int
-	ManifestsKept    int
-	ManifestsDeleted int
-	BytesFreed       int64
+	TagsReleased int
+	// ManifestsKept and ManifestsDeleted count the manifests no kept tag
+	// points to, by decision.
+	ManifestsKept, ManifestsDeleted int
+	// BytesFreed sums the known sizes of the deleted manifests.
+	BytesFreed int64
 	// UnknownSizes counts deleted manifests whose size is unknown, so
 	// BytesFreed is a lower bound when it is not zero.
 	UnknownSizes int
@@ -118,6 +127,7 @@ func (t RetentionTotals) Exceeds(max int) bool { return max > 0 && t.Deletions()
 
 // RetentionPlan is what retention would do to one repository.
 type RetentionPlan struct {
+	// Repository is the planned repository.
 	Repository string
 	// Policy is the name of the governing policy.
 	Policy string
@@ -130,7 +140,8 @@ type RetentionPlan struct {
 	// order: a referrer before its subject, an index before its children
 	// (as registries that check references require), otherwise by digest.
 	DeleteOrder []digest.Digest
-	Totals      RetentionTotals
+	// Totals sums the decisions.
+	Totals RetentionTotals
 }
 
 // Exceeds reports whether the plan deletes more than max; see
