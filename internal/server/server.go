@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
 
+	"github.com/taglock/taglock/internal/admin"
 	"github.com/taglock/taglock/internal/config"
 	"github.com/taglock/taglock/proxy"
 	"github.com/taglock/taglock/proxy/embedded"
@@ -107,6 +108,7 @@ func Start(ctx context.Context, cfg config.Config, log zerolog.Logger) (_ *Serve
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", s.ready)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.Handle(admin.Prefix, admin.New(admin.Options{Ledger: s.ledger, Tools: s.proxy, Log: log}))
 	s.http = &http.Server{
 		Handler:           rawPaths(mux, s.proxy),
 		ReadHeaderTimeout: 30 * time.Second,
