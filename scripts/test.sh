@@ -11,8 +11,11 @@
 #                                the built binary with the real CLIs, a separate Distribution
 #                                upstream and the OCI conformance program
 #
-# Prints a summary of the steps and exits non-zero if any failed. Nothing is skipped:
-# a tool that cannot be installed fails the run.
+# Test output goes through scripts/testreport, which prints what go test prints
+# plus the number of tests, and fails a run that ran no test or skipped one.
+# Prints a summary of the steps, then "tests: N passed, M failed, K skipped", and
+# exits non-zero if any step failed. Nothing is skipped: a tool that cannot be
+# installed fails the run.
 #
 # Not root? An already running Docker daemon that `docker version` reaches
 # (DOCKER_HOST or the default socket) is used instead of a private one.
@@ -53,9 +56,13 @@ print_summary() {
   else
     echo "taglock test suite: all steps passed"
   fi
+  if [[ -s $counts ]]; then
+    awk '{p += $1; f += $2; s += $3} END {printf "tests: %d passed, %d failed, %d skipped\n", p, f, s}' "$counts"
+  fi
 }
 
 workdir=$(mktemp -d "${TMPDIR:-/tmp}/taglock-test.XXXXXX")
+counts=$workdir/counts # one "passed failed skipped" line per go test run
 cleanup() {
   stop_dockerd "$workdir/dockerd"
   if grep -qF "$workdir" /proc/mounts 2>/dev/null; then
@@ -82,8 +89,22 @@ go_vet() {
 }
 
 build() {
+  go build -o "$workdir/testreport" ./scripts/testreport || return 1
   mkdir -p "$TAGLOCK_BIN_DIR"
   go build -o "$TAGLOCK_BIN_DIR/taglock" ./cmd/taglock
+}
+
+# gotest REPORT_FLAGS -- GO_TEST_ARGS runs go test -json through testreport.
+gotest() {
+  local flags=()
+  while [[ $1 != -- ]]; do flags+=("$1"); shift; done
+  shift
+  [[ -x $workdir/testreport ]] || { echo "testreport was not built" >&2; return 1; }
+  go test -json "$@" 2>&1 | "$workdir/testreport" -no-skip -counts "$counts" "${flags[@]}"
+}
+
+unit() {
+  gotest -min 1 -- -race -count=1 ./...
 }
 
 docker_daemon() {
@@ -100,7 +121,8 @@ docker_daemon() {
 
 e2e() {
   export_tool_env || return 1
-  go test -tags e2e -count=1 -timeout "${TAGLOCK_E2E_TIMEOUT:-20m}" ./integration/e2e/...
+  # -min: the e2e suite has 22 tests and subtests; far fewer means they did not run.
+  gotest -min 20 -- -tags e2e -count=1 -timeout "${TAGLOCK_E2E_TIMEOUT:-20m}" ./integration/e2e/...
 }
 
 if ! step "install dependencies" "$TAGLOCK_ROOT/scripts/install-deps.sh"; then
@@ -113,7 +135,7 @@ built=1
 step "build taglock" build || built=0
 dockerd_ok=1
 step "start Docker daemon" docker_daemon || dockerd_ok=0
-step "unit and integration tests (go test -race ./...)" go test -race -count=1 ./... || true
+step "unit and integration tests (go test -race ./...)" unit || true
 if ((built && dockerd_ok)); then
   step "end-to-end tests (go test -tags e2e ./integration/e2e/...)" e2e || true
 else
