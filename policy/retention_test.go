@@ -301,6 +301,24 @@ func TestPlanFailsSafe(t *testing.T) {
 		checkPlan(t, Plan(now, p, in), planWant{deletedTags: []string{"old"}, keptManifests: []string{"u"},
 			deletedManifests: []string{"a"}, reasons: map[string]string{"@u": "the ledger does not know"}})
 	})
+	t.Run("duplicate manifest entries are merged, so any entry's tags, links and pulls count", func(t *testing.T) {
+		t.Parallel()
+		in := RepoState{
+			Tags: []TagState{tagAt("v1", "idx", 99*day, Mutable)},
+			Manifests: []ManifestState{
+				{Digest: dg("u"), FirstSeen: ago(99 * day)},
+				{Digest: dg("u"), Tagged: true},
+				{Digest: dg("idx"), Size: 10},
+				{Digest: dg("idx"), Children: []digest.Digest{dg("c")}},
+				{Digest: dg("p"), FirstSeen: ago(99 * day)},
+				{Digest: dg("p"), FirstSeen: ago(98 * day), LastPulled: ago(time.Hour)},
+				{Digest: dg("p"), LastPulled: ago(50 * day)},
+			},
+		}
+		p := RetentionPolicy{Keep: []KeepRule{keepTags("v*"), {PulledWithin: day}}, Untagged: UntaggedDelete}
+		checkPlan(t, Plan(now, p, in), planWant{keptTags: []string{"v1"}, keptManifests: []string{"u", "c", "p"},
+			reasons: map[string]string{"@u": "the ledger does not know", "@c": "child of", "@p": "pulled by digest 1h ago"}})
+	})
 	t.Run("tombstones are not planned again", func(t *testing.T) {
 		t.Parallel()
 		in := RepoState{Tags: []TagState{
