@@ -19,6 +19,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/spf13/cobra"
+
+	"github.com/taglock/taglock/proxy"
 )
 
 // promotion is the record a deployment pipeline keeps of one promotion.
@@ -37,8 +39,8 @@ type promotion struct {
 	BlobsUploaded int    `json:"blobsUploaded"`
 	Time          string `json:"time"`       // UTC, RFC 3339
 	PromotedBy    string `json:"promotedBy"` // the local user
-	// RegistryUser is the name the registry knows the promoter by: the
-	// user name of the credentials sent, or "anonymous".
+	// RegistryUser is the name the registry records for the promotion:
+	// the user name or token subject the requests carried, or "anonymous".
 	RegistryUser string `json:"registryUser,omitempty"`
 }
 
@@ -218,7 +220,7 @@ func (p promoter) promote(ctx context.Context, src, dst string) (promotion, erro
 	rec.BlobsMounted, rec.BlobsUploaded = rt.counts()
 	rec.Time = p.now().UTC().Format(time.RFC3339)
 	rec.PromotedBy = p.localUser()
-	rec.RegistryUser = registryUser(ctx, p.keychain, dstTag.Context())
+	rec.RegistryUser = rt.identity()
 	return rec, nil
 }
 
@@ -244,24 +246,6 @@ func (p promoter) reference(s string, opts []name.Option) (name.Reference, error
 // registry host, the way Docker tells them apart.
 func looksLikeHost(s string) bool {
 	return strings.ContainsAny(s, ".:") || s == "localhost"
-}
-
-// registryUser is the user name of the credentials the keychain holds for
-// the registry, "anonymous" without any, or "" when the credentials carry
-// no name (an identity token).
-func registryUser(ctx context.Context, kc authn.Keychain, r authn.Resource) string {
-	a, err := authn.Resolve(ctx, kc, r)
-	if err != nil {
-		return ""
-	}
-	if a == authn.Anonymous {
-		return "anonymous"
-	}
-	cfg, err := authn.Authorization(ctx, a)
-	if err != nil || cfg == nil {
-		return ""
-	}
-	return cfg.Username
 }
 
 // registryError turns a failed registry call into the command's error: a
@@ -306,7 +290,8 @@ func printPromotion(w io.Writer, r promotion, asJSON bool) error {
 // promoteTransport watches the requests of one promotion: it refuses plain
 // HTTP off loopback unless allowed, counts blobs mounted and uploaded into
 // the destination repository, and keeps the digest the registry returned
-// for the destination tag's manifest PUT.
+// for the destination tag's manifest PUT and the identity the requests to
+// the destination carried (it sits below the authenticating transport).
 type promoteTransport struct {
 	next     http.RoundTripper
 	insecure bool
@@ -317,6 +302,7 @@ type promoteTransport struct {
 	mounted  int
 	uploaded int
 	put      string
+	user     string
 }
 
 func (t *promoteTransport) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -334,6 +320,7 @@ func (t *promoteTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	t.user = proxy.Identity(req)
 	switch {
 	case req.Method == http.MethodPost && rest == "blobs/uploads/" && req.URL.Query().Get("mount") != "" && resp.StatusCode == http.StatusCreated:
 		t.mounted++
@@ -355,6 +342,12 @@ func (t *promoteTransport) putDigest() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.put
+}
+
+func (t *promoteTransport) identity() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.user
 }
 
 // loopback reports whether host is localhost or a loopback address.
