@@ -29,7 +29,8 @@ func newRoot() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.PersistentFlags().StringVarP(&g.configPath, "config", "c", "", "configuration file (YAML); built-in defaults when omitted")
-	root.AddCommand(newServe(g), newConfigCmd(g), newVersion(), newPromote(g))
+	root.AddCommand(newServe(g), newConfigCmd(g), newVersion(), newPromote(g),
+		newImportCmd(g), newVerifyCmd(g), newResolveCmd(g), newHistoryCmd(g), newLedgerCmd(g))
 	return root
 }
 

@@ -1,0 +1,392 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/taglock/taglock/internal/admin"
+	"github.com/taglock/taglock/internal/config"
+	"github.com/taglock/taglock/internal/server"
+	"github.com/taglock/taglock/proxy"
+	"github.com/taglock/taglock/storage"
+)
+
+// Exit codes of the ledger commands (import, verify, resolve, history,
+// ledger ...):
+//
+//	0  success; verify: no immutable tag drifted
+//	1  failure, an unknown reference (resolve), nothing recorded (history)
+//	   or problems found (ledger check)
+//	2  usage error
+//	3  verify: an immutable tag moved or was deleted around taglock
+const (
+	exitFailure = 1
+	exitUsage   = 2
+	exitDrift   = 3
+)
+
+// lockWait is how long a command waits for the ledger's file lock before it
+// turns to the running serve's admin API instead.
+const lockWait = 200 * time.Millisecond
+
+// service is what the ledger commands need. *admin.Client provides it
+// through a running serve, admin.Local on a ledger this process opened.
+type service interface {
+	Binding(ctx context.Context, repo, tag string) (storage.Binding, error)
+	History(ctx context.Context, repo, tag string, limit int) ([]storage.Event, error)
+	Backup(ctx context.Context, w io.Writer) (int64, error)
+	Export(ctx context.Context, w io.Writer) error
+	Import(ctx context.Context, r io.Reader) (storage.ImportStats, error)
+	Check(ctx context.Context) ([]string, error)
+	RunImport(ctx context.Context, req admin.ImportRequest) (proxy.ImportReport, error)
+	RunVerify(ctx context.Context, req admin.VerifyRequest) (admin.VerifyResult, error)
+}
+
+var (
+	_ service = (*admin.Client)(nil)
+	_ service = admin.Local{}
+)
+
+// session is a service and how it was reached.
+type session struct {
+	service
+	cfg    config.Config
+	ledger string // the ledger file
+	remote string // the admin API's address when serve holds the ledger; "" otherwise
+	close  func()
+}
+
+// openMode says what a command needs from the ledger.
+type openMode int
+
+const (
+	readOnly     openMode = iota // read the ledger; the file must exist
+	readWrite                    // write the ledger
+	withUpstream                 // write the ledger and reach the upstream
+)
+
+// open loads the config and reaches the ledger: directly when no other
+// process holds it, otherwise through the admin API of the serve that does.
+// It never waits on the lock for more than lockWait.
+func (g *globals) open(ctx context.Context, mode openMode) (*session, error) {
+	cfg, err := g.load()
+	if err != nil {
+		return nil, exitError{code: exitUsage, msg: err.Error()}
+	}
+	path := server.LedgerPath(cfg.Data)
+	s := &session{cfg: cfg, ledger: path, close: func() {}}
+	if mode == readOnly {
+		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+			return nil, exitError{code: exitFailure, msg: fmt.Sprintf("no ledger at %s: has taglock served from data directory %s?", path, cfg.Data)}
+		}
+	}
+	l, err := storage.Open(path, storage.Options{LockTimeout: lockWait, ReadOnly: mode == readOnly})
+	if errors.Is(err, storage.ErrLocked) {
+		base := adminURL(cfg)
+		c, err := admin.NewClient(base, &http.Client{Transport: &http.Transport{
+			DialContext:           (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
+			ResponseHeaderTimeout: 0, // imports and verifies answer when done
+		}})
+		if err != nil {
+			return nil, err
+		}
+		s.service, s.remote = c, base
+		return s, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	local := admin.Local{Ledger: l}
+	s.close = func() { _ = l.Close() }
+	if mode == withUpstream {
+		log, err := newLogger(config.Log{Level: "warn", Format: cfg.Log.Format}, os.Stderr)
+		if err != nil {
+			s.close()
+			return nil, err
+		}
+		off, err := server.NewOffline(ctx, cfg, l, log)
+		if err != nil {
+			s.close()
+			return nil, fmt.Errorf("upstream: %w", err)
+		}
+		local.Tools = off.Proxy()
+		s.close = func() { _ = off.Close(); _ = l.Close() }
+	}
+	s.service = local
+	return s, nil
+}
+
+// explain turns an admin API failure into what the user must know: the
+// ledger is held by another process and its API did not answer.
+func (s *session) explain(err error) error {
+	if err == nil {
+		return nil
+	}
+	var ee exitError
+	if errors.As(err, &ee) {
+		return err
+	}
+	if s.remote != "" && errors.Is(err, admin.ErrUnreachable) {
+		return exitError{code: exitFailure, msg: fmt.Sprintf(
+			"the ledger %s is in use by another process, and %v; "+
+				"if serve runs with another listen address, pass its config with --config", s.ledger, err)}
+	}
+	return err
+}
+
+// adminURL is where a serve with cfg answers: its listen address, with an
+// unspecified host replaced by loopback.
+func adminURL(cfg config.Config) string {
+	return "http://" + hostFor(cfg.Listen)
+}
+
+// hostFor turns a listen address into one a client can dial.
+func hostFor(listen string) string {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return listen
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port)
+}
+
+// outputFlag adds -o/--output and returns a check that it is text or json.
+func outputFlag(cmd *cobra.Command) func() (json bool, err error) {
+	out := cmd.Flags().StringP("output", "o", "text", "output format: text or json")
+	return func() (bool, error) {
+		switch *out {
+		case "text":
+			return false, nil
+		case "json":
+			return true, nil
+		}
+		return false, exitError{code: exitUsage, msg: fmt.Sprintf("--output %q: want text or json", *out)}
+	}
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.SetEscapeHTML(false)
+	return enc.Encode(v)
+}
+
+// usageArgs wraps a cobra argument check so that a violation exits 2.
+func usageArgs(check cobra.PositionalArgs) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if err := check(cmd, args); err != nil {
+			return exitError{code: exitUsage, msg: fmt.Sprintf("%s: %v (see %s --help)", cmd.CommandPath(), err, cmd.CommandPath())}
+		}
+		return nil
+	}
+}
+
+func newLedgerCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "ledger",
+		Short: "Back up, export, import and check the ledger",
+		Long: `Maintain the ledger. Each subcommand works whether or not serve is running on
+the data directory: without serve it opens the ledger itself; with serve it
+asks the running server through its admin API on the configured listen
+address (loopback only).
+
+Exit codes: 0 success, 1 failure or problems found, 2 usage error.`,
+	}
+	cmd.AddCommand(newLedgerBackup(g), newLedgerExport(g), newLedgerImport(g), newLedgerCheck(g))
+	return cmd
+}
+
+func newLedgerBackup(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "backup FILE",
+		Short: "Write a hot, consistent copy of the ledger file, checked before it replaces FILE",
+		Args:  usageArgs(cobra.ExactArgs(1)),
+	}
+	asJSON := outputFlag(cmd)
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		js, err := asJSON()
+		if err != nil {
+			return err
+		}
+		s, err := g.open(cmd.Context(), readOnly)
+		if err != nil {
+			return err
+		}
+		defer s.close()
+		dst, err := filepath.Abs(args[0])
+		if err != nil {
+			return err
+		}
+		if src, _ := filepath.Abs(s.ledger); src == dst {
+			return exitError{code: exitUsage, msg: "backup FILE is the ledger itself"}
+		}
+		var n int64
+		err = writeAtomic(dst, func(f *os.File) error {
+			var err error
+			if n, err = s.Backup(cmd.Context(), f); err != nil {
+				return s.explain(err)
+			}
+			return checkBackup(cmd.Context(), f.Name())
+		})
+		if err != nil {
+			return err
+		}
+		if js {
+			return writeJSON(cmd.OutOrStdout(), map[string]any{"file": dst, "bytes": n})
+		}
+		fmt.Fprintf(cmd.OutOrStdout(), "backed up %s to %s (%d bytes, checked)\n", s.ledger, dst, n)
+		return nil
+	}
+	return cmd
+}
+
+// checkBackup opens a written backup and runs the ledger check on it.
+func checkBackup(ctx context.Context, path string) error {
+	l, err := storage.Open(path, storage.Options{ReadOnly: true, LockTimeout: lockWait})
+	if err != nil {
+		return fmt.Errorf("backup does not open as a ledger: %w", err)
+	}
+	defer l.Close()
+	if problems, err := l.Check(ctx); err != nil {
+		return fmt.Errorf("backup fails the ledger check (%d problems): %w", len(problems), err)
+	}
+	return nil
+}
+
+// writeAtomic writes path through a temporary file in the same directory,
+// synced and renamed into place only when fill succeeds.
+func writeAtomic(path string, fill func(*os.File) error) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) // a no-op after the rename
+	if err := fill(f); err != nil {
+		_ = f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		_ = f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+func newLedgerExport(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "export [FILE|-]",
+		Short: "Write the ledger as JSON lines (the format for migrating between backends) to FILE or stdout",
+		Args:  usageArgs(cobra.MaximumNArgs(1)),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := g.open(cmd.Context(), readOnly)
+			if err != nil {
+				return err
+			}
+			defer s.close()
+			if len(args) == 0 || args[0] == "-" {
+				return s.explain(s.Export(cmd.Context(), cmd.OutOrStdout()))
+			}
+			return writeAtomic(args[0], func(f *os.File) error { return s.explain(s.Export(cmd.Context(), f)) })
+		},
+	}
+}
+
+func newLedgerImport(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "import FILE|-",
+		Short: "Read JSON lines written by ledger export into the ledger; importing the same file again is safe",
+		Args:  usageArgs(cobra.ExactArgs(1)),
+	}
+	asJSON := outputFlag(cmd)
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		js, err := asJSON()
+		if err != nil {
+			return err
+		}
+		in := cmd.InOrStdin()
+		if args[0] != "-" {
+			f, err := os.Open(args[0])
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			in = f
+		}
+		s, err := g.open(cmd.Context(), readWrite)
+		if err != nil {
+			return err
+		}
+		defer s.close()
+		st, err := s.Import(cmd.Context(), in)
+		if err != nil {
+			return s.explain(err)
+		}
+		if js {
+			return writeJSON(cmd.OutOrStdout(), st)
+		}
+		fmt.Fprintf(cmd.OutOrStdout(), "imported %d bindings, %d events, %d manifests, %d pulls, %d reservations\n",
+			st.Bindings, st.Events, st.Manifests, st.Pulls, st.Reservations)
+		return nil
+	}
+	return cmd
+}
+
+func newLedgerCheck(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "check",
+		Short: "Check the ledger's integrity; print each problem and exit 1 when there are any",
+		Args:  usageArgs(cobra.NoArgs),
+	}
+	asJSON := outputFlag(cmd)
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		js, err := asJSON()
+		if err != nil {
+			return err
+		}
+		s, err := g.open(cmd.Context(), readOnly)
+		if err != nil {
+			return err
+		}
+		defer s.close()
+		problems, err := s.Check(cmd.Context())
+		if err != nil && !(errors.Is(err, storage.ErrCorrupt) && len(problems) > 0) {
+			return s.explain(err)
+		}
+		if js {
+			if problems == nil {
+				problems = []string{}
+			}
+			if err := writeJSON(cmd.OutOrStdout(), map[string]any{"ledger": s.ledger, "problems": problems}); err != nil {
+				return err
+			}
+		} else {
+			for _, p := range problems {
+				fmt.Fprintln(cmd.OutOrStdout(), p)
+			}
+			if len(problems) == 0 {
+				fmt.Fprintf(cmd.OutOrStdout(), "ledger %s: ok\n", s.ledger)
+			}
+		}
+		if len(problems) > 0 {
+			return exitError{code: exitFailure, msg: fmt.Sprintf("ledger %s: %d problems", s.ledger, len(problems))}
+		}
+		return nil
+	}
+	return cmd
+}

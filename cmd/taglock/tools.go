@@ -1,0 +1,400 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	digest "github.com/opencontainers/go-digest"
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/taglock/taglock/internal/admin"
+	"github.com/taglock/taglock/proxy"
+	"github.com/taglock/taglock/storage"
+)
+
+const servesOrNot = `
+Works whether or not serve is running on the data directory: without serve
+it opens the ledger (and, when needed, the upstream) itself; with serve it
+asks the running server through its admin API on the configured listen
+address (loopback only).`
+
+func newImportCmd(g *globals) *cobra.Command {
+	var repos []string
+	var rate string
+	cmd := &cobra.Command{
+		Use:   "import",
+		Short: "Adopt the tags the upstream already holds into the ledger",
+		Long: `Import walks the upstream's _catalog and tags/list (with pagination), reads
+each tag's manifest with the full Accept list and records a binding, with the
+digest computed from the bytes and the mode the configuration gives the tag,
+for every tag the ledger does not have yet. Tags already recorded are
+skipped, so import is idempotent and resumes where an interrupted run stopped.
+Run it before putting taglock in front of an existing registry.
+` + servesOrNot + `
+
+Exit codes: 0 success, 1 failure, 2 usage error.`,
+		Args: usageArgs(cobra.NoArgs),
+	}
+	cmd.Flags().StringSliceVar(&repos, "repos", nil, "only repositories matching these globs (repeatable or comma-separated)")
+	cmd.Flags().StringVar(&rate, "rate", "", "cap upstream requests, e.g. 20/s (default: no cap)")
+	asJSON := outputFlag(cmd)
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		js, err := asJSON()
+		if err != nil {
+			return err
+		}
+		r, err := parseRate(rate)
+		if err != nil {
+			return err
+		}
+		s, err := g.open(cmd.Context(), withUpstream)
+		if err != nil {
+			return err
+		}
+		defer s.close()
+		req := admin.ImportRequest{Repositories: repos, Rate: r}
+		bar := newProgress(cmd.ErrOrStderr())
+		req.Progress = bar.update
+		rep, err := s.RunImport(cmd.Context(), req)
+		bar.done()
+		if err != nil {
+			return usageOr(s.explain(err))
+		}
+		if js {
+			return writeJSON(cmd.OutOrStdout(), rep)
+		}
+		fmt.Fprintf(cmd.OutOrStdout(), "walked %d repositories, %d tags: adopted %d, already recorded %d, gone before read %d\n",
+			rep.Repositories, rep.Tags, rep.Adopted, rep.Skipped, rep.Vanished)
+		return nil
+	}
+	return cmd
+}
+
+// usageOr makes an invalid-request error (a bad glob) a usage error.
+func usageOr(err error) error {
+	if errors.Is(err, admin.ErrInvalidRequest) {
+		return exitError{code: exitUsage, msg: err.Error()}
+	}
+	return err
+}
+
+// parseRate reads "N/s" or "N"; "" means no cap.
+func parseRate(s string) (float64, error) {
+	if s == "" {
+		return 0, nil
+	}
+	n, err := strconv.ParseFloat(strings.TrimSuffix(s, "/s"), 64)
+	if err != nil || n <= 0 {
+		return 0, exitError{code: exitUsage, msg: fmt.Sprintf("--rate %q: want a positive number of requests per second, like 20/s", s)}
+	}
+	return n, nil
+}
+
+// progress draws a one-line progress display on a terminal; elsewhere it
+// does nothing.
+type progress struct {
+	w    io.Writer
+	on   bool
+	last time.Time
+}
+
+func newProgress(w io.Writer) *progress {
+	f, ok := w.(*os.File)
+	return &progress{w: w, on: ok && term.IsTerminal(int(f.Fd()))}
+}
+
+func (p *progress) update(st proxy.ImportProgress) {
+	if !p.on || time.Since(p.last) < 100*time.Millisecond {
+		return
+	}
+	p.last = time.Now()
+	fmt.Fprintf(p.w, "\r\033[Kimporting: %d/%d tags listed so far  %s:%s", st.Done, st.Total, st.Repository, st.Tag)
+}
+
+func (p *progress) done() {
+	if p.on {
+		fmt.Fprint(p.w, "\r\033[K")
+	}
+}
+
+func newVerifyCmd(g *globals) *cobra.Command {
+	var repos []string
+	var rate string
+	var repair bool
+	cmd := &cobra.Command{
+		Use:   "verify",
+		Short: "Find tags that changed on the upstream around taglock; --repair restores immutable ones",
+		Long: `Verify compares every upstream tag with the ledger and reports drift, each
+with the recorded and the actual digest:
+
+  moved    the upstream tag holds another digest than the ledger records
+  deleted  the ledger binds the tag; the upstream no longer has it
+  new      the upstream has a tag the ledger never recorded (run taglock import)
+
+With --repair it puts every moved or deleted immutable tag back by PUTting the
+manifest bytes the ledger kept (the blobs must still exist upstream), records
+the restore in the history and verifies again.
+` + servesOrNot + `
+
+Exit codes: 0 no immutable tag drifted (other findings may be listed),
+1 failure, 2 usage error, 3 an immutable tag moved or was deleted (after
+--repair: still is).`,
+		Args: usageArgs(cobra.NoArgs),
+	}
+	cmd.Flags().StringSliceVar(&repos, "repos", nil, "only repositories matching these globs (repeatable or comma-separated)")
+	cmd.Flags().StringVar(&rate, "rate", "", "cap upstream requests, e.g. 20/s (default: no cap)")
+	cmd.Flags().BoolVar(&repair, "repair", false, "restore moved or deleted immutable tags, then verify again")
+	asJSON := outputFlag(cmd)
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		js, err := asJSON()
+		if err != nil {
+			return err
+		}
+		r, err := parseRate(rate)
+		if err != nil {
+			return err
+		}
+		s, err := g.open(cmd.Context(), withUpstream)
+		if err != nil {
+			return err
+		}
+		defer s.close()
+		res, err := s.RunVerify(cmd.Context(), admin.VerifyRequest{Repositories: repos, Rate: r, Repair: repair})
+		if err != nil {
+			return usageOr(s.explain(err))
+		}
+		out := cmd.OutOrStdout()
+		if js {
+			if err := writeJSON(out, res); err != nil {
+				return err
+			}
+		} else {
+			printFindings(out, res.Report)
+			if res.Repairs != nil {
+				fmt.Fprintln(out)
+				for _, r := range res.Repairs {
+					if r.Outcome == proxy.RepairSkipped {
+						continue
+					}
+					fmt.Fprintf(out, "repair %s:%s: %s %s\n", r.Finding.Repo, r.Finding.Tag, r.Outcome, r.Error)
+				}
+			}
+			if res.After != nil {
+				fmt.Fprintln(out, "\nafter repair:")
+				printFindings(out, *res.After)
+			}
+		}
+		if final := res.Final(); final.ImmutableDrift() {
+			n := 0
+			for _, f := range final.Findings {
+				if f.Immutable {
+					n++
+				}
+			}
+			return exitError{code: exitDrift, msg: fmt.Sprintf("%d immutable tags drifted on the upstream", n)}
+		}
+		return nil
+	}
+	return cmd
+}
+
+func printFindings(w io.Writer, rep proxy.VerifyReport) {
+	fmt.Fprintf(w, "compared %d tags in %d repositories: %d findings\n", rep.Tags, rep.Repositories, len(rep.Findings))
+	if len(rep.Findings) == 0 {
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "DRIFT\tTAG\tMODE\tRECORDED\tACTUAL\t")
+	for _, f := range rep.Findings {
+		kind := f.Kind
+		if f.Immutable {
+			kind = strings.ToUpper(kind)
+		}
+		fmt.Fprintf(tw, "%s\t%s:%s\t%s\t%s\t%s\t\n", kind, f.Repo, f.Tag, f.Mode, orDash(f.Recorded), orDash(f.Actual))
+	}
+	_ = tw.Flush()
+}
+
+func orDash(d digest.Digest) string {
+	if d == "" {
+		return "-"
+	}
+	return d.String()
+}
+
+// resolved is one line of resolve's JSON output.
+type resolved struct {
+	Ref    string        `json:"ref"`
+	Pinned string        `json:"pinned,omitempty"` // HOST/REPO:TAG@DIGEST
+	Digest digest.Digest `json:"digest,omitempty"`
+	Mode   string        `json:"mode,omitempty"`
+	Error  string        `json:"error,omitempty"`
+}
+
+func newResolveCmd(g *globals) *cobra.Command {
+	var host string
+	cmd := &cobra.Command{
+		Use:   "resolve REPO:TAG...",
+		Short: "Print HOST/REPO:TAG@sha256:... for each tag, from the ledger",
+		Long: `Resolve looks each REPO:TAG up in the ledger and prints the reference to deploy
+by: HOST/REPO:TAG@DIGEST. HOST is the configured listen address (an
+unspecified host becomes 127.0.0.1) unless --host is given.
+` + servesOrNot + `
+
+Exit codes: 0 every tag resolved, 1 some tag is not in the ledger (or was
+deleted) or the ledger could not be read, 2 usage error.`,
+		Args: usageArgs(cobra.MinimumNArgs(1)),
+	}
+	cmd.Flags().StringVar(&host, "host", "", "registry host to print (default: the listen address)")
+	asJSON := outputFlag(cmd)
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		js, err := asJSON()
+		if err != nil {
+			return err
+		}
+		type ref struct{ repo, tag string }
+		refs := make([]ref, len(args))
+		for i, a := range args {
+			repo, tag, ok := admin.SplitRef(a)
+			if !ok {
+				return exitError{code: exitUsage, msg: fmt.Sprintf("%q is not REPO:TAG", a)}
+			}
+			refs[i] = ref{repo, tag}
+		}
+		s, err := g.open(cmd.Context(), readOnly)
+		if err != nil {
+			return err
+		}
+		defer s.close()
+		if host == "" {
+			host = hostFor(s.cfg.Listen)
+		}
+		var out []resolved
+		unknown := 0
+		for i, r := range refs {
+			res := resolved{Ref: args[i]}
+			b, err := s.Binding(cmd.Context(), r.repo, r.tag)
+			switch {
+			case errors.Is(err, storage.ErrNotFound):
+				res.Error = "not in the ledger"
+			case err != nil:
+				return s.explain(err)
+			case b.Deleted:
+				res.Error = fmt.Sprintf("deleted at %s (was %s)", b.DeletedAt.UTC().Format(time.RFC3339), b.Digest)
+			default:
+				res.Digest, res.Mode = b.Digest, b.Mode
+				res.Pinned = fmt.Sprintf("%s/%s:%s@%s", host, r.repo, r.tag, b.Digest)
+			}
+			if res.Error != "" {
+				unknown++
+			}
+			out = append(out, res)
+		}
+		if js {
+			if err := writeJSON(cmd.OutOrStdout(), out); err != nil {
+				return err
+			}
+		} else {
+			for _, r := range out {
+				if r.Error != "" {
+					fmt.Fprintf(cmd.ErrOrStderr(), "%s: %s\n", r.Ref, r.Error)
+					continue
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), r.Pinned)
+			}
+		}
+		if unknown > 0 {
+			return exitError{code: exitFailure, msg: fmt.Sprintf("%d of %d references not resolved", unknown, len(out))}
+		}
+		return nil
+	}
+	return cmd
+}
+
+func newHistoryCmd(g *globals) *cobra.Command {
+	var limit int
+	cmd := &cobra.Command{
+		Use:   "history REPO[:TAG]",
+		Short: "Show the ledger's events for a tag or a repository, newest first",
+		Long: `History prints the recorded events of REPO:TAG, or of every tag of REPO:
+pushes (accepted), identical re-pushes, moves, refusals with who tried which
+digest, deletes, adoptions and restores. Digests are shortened in text output;
+-o json prints them in full.
+` + servesOrNot + `
+
+Exit codes: 0 events printed, 1 nothing recorded or failure, 2 usage error.`,
+		Args: usageArgs(cobra.ExactArgs(1)),
+	}
+	cmd.Flags().IntVar(&limit, "limit", 50, "at most this many events; 0 means all")
+	asJSON := outputFlag(cmd)
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		js, err := asJSON()
+		if err != nil {
+			return err
+		}
+		if limit < 0 {
+			return exitError{code: exitUsage, msg: "--limit must not be negative"}
+		}
+		repo, tag, ok := admin.SplitRef(args[0])
+		if !ok {
+			repo, tag = args[0], ""
+		}
+		s, err := g.open(cmd.Context(), readOnly)
+		if err != nil {
+			return err
+		}
+		defer s.close()
+		events, err := s.History(cmd.Context(), repo, tag, limit)
+		if err != nil {
+			return s.explain(err)
+		}
+		if js {
+			if events == nil {
+				events = []storage.Event{}
+			}
+			if err := writeJSON(cmd.OutOrStdout(), events); err != nil {
+				return err
+			}
+		} else if len(events) > 0 {
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "TIME\tKIND\tTAG\tDIGEST\tPREVIOUS\tUSER\tRULE\tMESSAGE")
+			for _, e := range events {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Time.UTC().Format(time.RFC3339), e.Kind, dash(e.Tag),
+					short(e.Digest), short(e.Previous), dash(e.User), dash(e.Rule), oneLine(e.Message))
+			}
+			_ = tw.Flush()
+		}
+		if len(events) == 0 {
+			return exitError{code: exitFailure, msg: "no events recorded for " + args[0]}
+		}
+		return nil
+	}
+	return cmd
+}
+
+// short abbreviates a digest to its algorithm and 12 hex characters.
+func short(d digest.Digest) string {
+	if d == "" {
+		return "-"
+	}
+	if s := d.String(); len(s) > len("sha256:")+12 {
+		return s[:len(d.Algorithm().String())+1+12]
+	}
+	return d.String()
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
