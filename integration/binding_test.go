@@ -1,0 +1,51 @@
+package integration
+
+import (
+	"net/http"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/taglock/taglock/internal/config"
+)
+
+// TestBindingOutlivesConfigAndDeletion ensures that an immutable binding is
+// forever: a taglock restarted with every tag mutable still refuses to move
+// it, and when the tag is deleted behind taglock's back (directly on the
+// upstream) the name is still not free for other content, while the
+// original image can be pushed back.
+func TestBindingOutlivesConfigAndDeletion(t *testing.T) {
+	t.Parallel()
+	forEachMode(t, func(t *testing.T, m Mode) {
+		e := MustEnv(t, m)
+		orig, other := MustImage(t), MustImage(t)
+		origD, otherD := MustDigest(t, orig), MustDigest(t, other)
+		MustPush(t, e.Addr, "team/app:1.0.0", orig)
+		MustPushByDigest(t, e.Addr, "team/app", other)
+		e.Stop(t)
+
+		e.cfg.Immutability = config.Immutability{Default: "mutable"}
+		e.Start(t)
+		want := moveRefusal(origD, otherD)
+		want.Rule = "immutability.default (recorded when first pushed)"
+		err := remote.Write(e.Ref(t, "team/app:1.0.0"), other, ggcrOpts(t)...)
+		wantDenied(t, ggcrError(t, err), want)
+		resp, body := do(t, http.MethodDelete, e.URL("/v2/team/app/manifests/1.0.0"), nil, nil)
+		if oe := parseOCI(t, resp.StatusCode, body); oe.Status != http.StatusForbidden || oe.Code != "DENIED" {
+			t.Errorf("delete under a relaxed config: %d %s, want 403 DENIED", oe.Status, oe.Code)
+		}
+		e.wantServed(t, "team/app:1.0.0", origD)
+
+		if e.Up == nil {
+			return // the embedded registry has no way around taglock
+		}
+		resp, body = do(t, http.MethodDelete, "http://"+e.Up.Addr+"/v2/team/app/manifests/1.0.0", nil, nil)
+		if resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("delete directly on the upstream: %d %s", resp.StatusCode, body)
+		}
+		err = remote.Write(e.Ref(t, "team/app:1.0.0"), other, ggcrOpts(t)...)
+		wantDenied(t, ggcrError(t, err), want)
+		MustPush(t, e.Addr, "team/app:1.0.0", orig)
+		e.wantServed(t, "team/app:1.0.0", origD)
+	})
+}
