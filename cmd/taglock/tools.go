@@ -15,6 +15,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/taglock/taglock/internal/admin"
+	"github.com/taglock/taglock/policy"
 	"github.com/taglock/taglock/proxy"
 	"github.com/taglock/taglock/storage"
 )
@@ -53,6 +54,9 @@ Exit codes: 0 success, 1 failure, 2 usage error.`,
 		r, err := parseRate(rate)
 		if err != nil {
 			return err
+		}
+		if _, err := policy.CompileGlobs(repos); err != nil {
+			return exitError{code: exitUsage, msg: "--repos: " + err.Error()}
 		}
 		s, err := g.open(cmd.Context(), withUpstream)
 		if err != nil {
@@ -160,6 +164,9 @@ Exit codes: 0 no immutable tag drifted (other findings may be listed),
 		r, err := parseRate(rate)
 		if err != nil {
 			return err
+		}
+		if _, err := policy.CompileGlobs(repos); err != nil {
+			return exitError{code: exitUsage, msg: "--repos: " + err.Error()}
 		}
 		s, err := g.open(cmd.Context(), withUpstream)
 		if err != nil {
