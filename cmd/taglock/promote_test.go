@@ -433,3 +433,30 @@ func TestPromoteTransportRefusesPlainHTTP(t *testing.T) {
 type roundTripFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// TestPromotionExampleConfig ensures configs/promotion.yaml stays valid and
+// configures the guard it documents.
+func TestPromotionExampleConfig(t *testing.T) {
+	t.Parallel()
+	const path = "../../configs/promotion.yaml"
+	out, err := runCLI(t, "config", "validate", "--config", path)
+	if err != nil {
+		t.Fatalf("config validate: %v\n%s", err, out)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rules, err := cfg.PromotionPolicy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make([]string, len(rules))
+	for i, r := range rules {
+		got[i] = r.Into + "<" + r.From + " " + r.Require.String()
+	}
+	want := []string{"prod/<staging/ same-tag", "releases/<candidates/ any-tag"}
+	if strings.Join(got, ", ") != strings.Join(want, ", ") {
+		t.Errorf("promotion rules %v, want %v", got, want)
+	}
+}
