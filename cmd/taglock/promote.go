@@ -72,7 +72,7 @@ Exit status: 0 promoted, 1 refused or failed, 2 usage error.`,
 		Example: "  taglock promote staging/team/app:1.2.3 prod/team/app:1.2.3\n  taglock promote --registry registry.example.com -o json staging/team/app:1.2.3 prod/team/app:1.2.3",
 		Args: func(_ *cobra.Command, args []string) error {
 			if len(args) != 2 {
-				return usageError("promote takes SRC and DST, e.g. taglock promote staging/team/app:1.2.3 prod/team/app:1.2.3; got %d arguments", len(args))
+				return usageError("promote takes SRC and DST, e.g. taglock promote staging/team/app:1.2.3 prod/team/app:1.2.3 (%d arguments given)", len(args))
 			}
 			return nil
 		},
