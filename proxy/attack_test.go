@@ -262,6 +262,7 @@ func TestAttackCatalogue(t *testing.T) {
 			}
 			checkRouteGrammar(t, rt)
 			checkFixedPoint(t, rt)
+			checkSamePath(t, a.uri, rt)
 		})
 	}
 }

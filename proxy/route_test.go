@@ -227,6 +227,7 @@ func TestParseRequestAccepts(t *testing.T) {
 			if got, want := rt.Path(), strings.SplitN(tc.rebuilt, "?", 2)[0]; got != want {
 				t.Errorf("Path() = %q, want %q", got, want)
 			}
+			checkSamePath(t, tc.uri, rt)
 		})
 	}
 }
@@ -448,7 +449,30 @@ func FuzzParseRequest(f *testing.F) {
 		}
 		checkFixedPoint(t, rt)
 		checkRouteGrammar(t, rt)
+		checkSamePath(t, uri, rt)
 	})
+}
+
+// checkSamePath fails unless the route is forwarded on the path the request
+// spelled. The only differences allowed are the host of an absolute-form
+// target and the trailing slash the spec writes after /v2 and
+// /blobs/uploads.
+func checkSamePath(t *testing.T, uri string, rt Route) {
+	t.Helper()
+	p, _, _ := strings.Cut(uri, "?")
+	if _, rest, ok := strings.Cut(p, "://"); ok && !strings.HasPrefix(p, "/") {
+		p = rest[strings.IndexByte(rest, '/'):]
+	}
+	want := rt.Path()
+	switch rt.Kind {
+	case KindPing, KindUploadStart:
+		if p+"/" == want {
+			p = want
+		}
+	}
+	if p != want {
+		t.Fatalf("request path %q is forwarded as %q", p, want)
+	}
 }
 
 // checkRouteGrammar fails unless every part of rt matches the spec's grammar
