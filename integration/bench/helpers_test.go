@@ -1,0 +1,143 @@
+package bench
+
+import (
+	"encoding/binary"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// patternBlock is the size of the random block a patternReader repeats.
+const patternBlock = 1 << 20
+
+// patternReader streams size bytes of deterministic pseudo-random content
+// without holding them: it repeats one random block made from seed and
+// stamps each repetition with its index, so no two MiB of a blob are alike.
+// Reading costs a memcpy, which keeps the client's CPU out of the figures.
+type patternReader struct {
+	block []byte
+	size  int64
+	off   int64
+}
+
+// newPatternReader returns a reader of size bytes; equal seeds and sizes
+// give equal content.
+func newPatternReader(seed uint64, size int64) *patternReader {
+	block := make([]byte, patternBlock)
+	r := rand.New(rand.NewChaCha8([32]byte{0: byte(seed), 1: byte(seed >> 8), 2: byte(seed >> 16), 3: byte(seed >> 24)}))
+	for i := 0; i < len(block); i += 8 {
+		binary.LittleEndian.PutUint64(block[i:], r.Uint64())
+	}
+	return &patternReader{block: block, size: size}
+}
+
+// Read implements io.Reader.
+func (p *patternReader) Read(b []byte) (int, error) {
+	if p.off >= p.size {
+		return 0, io.EOF
+	}
+	b = b[:min(int64(len(b)), p.size-p.off)]
+	n := 0
+	for n < len(b) {
+		idx := (p.off + int64(n)) / patternBlock
+		pos := int((p.off + int64(n)) % patternBlock)
+		c := copy(b[n:], p.block[pos:])
+		// The first 8 bytes of each block are XORed with its index.
+		for j := pos; j < 8 && j-pos < c; j++ {
+			b[n+j-pos] ^= byte(uint64(idx) >> (8 * j))
+		}
+		n += c
+	}
+	p.off += int64(n)
+	return n, nil
+}
+
+// Reset rewinds the reader to its first byte.
+func (p *patternReader) Reset() { p.off = 0 }
+
+// statusKiB returns the value in KiB of a field such as VmRSS or VmHWM from
+// the text of /proc/<pid>/status.
+func statusKiB(status, field string) (int64, error) {
+	for line := range strings.Lines(status) {
+		rest, ok := strings.CutPrefix(line, field+":")
+		if !ok {
+			continue
+		}
+		f := strings.Fields(rest)
+		if len(f) != 2 || f[1] != "kB" {
+			return 0, fmt.Errorf("%s: unexpected value %q", field, strings.TrimSpace(rest))
+		}
+		return strconv.ParseInt(f[0], 10, 64)
+	}
+	return 0, fmt.Errorf("%s: not in status", field)
+}
+
+// listeners returns the "127.0.0.1:PORT" addresses of the IPv4 sockets in
+// LISTEN state in netTCP (the text of /proc/<pid>/net/tcp) whose inode is in
+// inodes, the sockets one process holds. Sockets on other addresses are
+// left out.
+func listeners(netTCP string, inodes map[string]bool) ([]string, error) {
+	var addrs []string
+	for line := range strings.Lines(netTCP) {
+		f := strings.Fields(line)
+		if len(f) < 10 || f[0] == "sl" {
+			continue
+		}
+		const listen = "0A"
+		if f[3] != listen || !inodes[f[9]] {
+			continue
+		}
+		ip, port, ok := strings.Cut(f[1], ":")
+		if !ok {
+			return nil, fmt.Errorf("local address %q", f[1])
+		}
+		p, err := strconv.ParseUint(port, 16, 16)
+		if err != nil {
+			return nil, fmt.Errorf("local port %q: %w", port, err)
+		}
+		const loopback = "0100007F" // 127.0.0.1, little-endian
+		if ip == loopback {
+			addrs = append(addrs, "127.0.0.1:"+strconv.FormatUint(p, 10))
+		}
+	}
+	slices.Sort(addrs)
+	return addrs, nil
+}
+
+// median returns the median of xs, which must not be empty.
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// cpuTicks returns utime+stime, in clock ticks (USER_HZ, 100 a second), from
+// the text of /proc/<pid>/stat: the CPU time of all the process's threads.
+func cpuTicks(stat string) (int64, error) {
+	// The command name, field 2, is in parentheses and may contain
+	// spaces; fields are counted after its closing parenthesis.
+	i := strings.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("stat: no command name in %q", stat)
+	}
+	f := strings.Fields(stat[i+1:])
+	// f[0] is field 3 (state); utime and stime are fields 14 and 15.
+	if len(f) < 13 {
+		return 0, fmt.Errorf("stat: %d fields after the command name, want at least 13", len(f))
+	}
+	var total int64
+	for _, s := range f[11:13] {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("stat: %w", err)
+		}
+		total += n
+	}
+	return total, nil
+}

@@ -1,0 +1,133 @@
+package bench
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"io"
+	"testing"
+)
+
+// TestPatternReader ensures the benchmark's blob source yields exactly the
+// requested length, the same bytes for the same seed whatever the read
+// sizes, and different bytes for another seed or another block.
+func TestPatternReader(t *testing.T) {
+	t.Parallel()
+	const size = 3*patternBlock + 12345
+	whole, err := io.ReadAll(newPatternReader(7, size))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(whole) != size {
+		t.Fatalf("read %d bytes, want %d", len(whole), size)
+	}
+	for _, chunk := range []int{1, 5, 8, 4096, patternBlock - 3, 2 * patternBlock} {
+		r := newPatternReader(7, size)
+		var got bytes.Buffer
+		buf := make([]byte, chunk)
+		if _, err := io.CopyBuffer(&got, struct{ io.Reader }{r}, buf); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got.Bytes(), whole) {
+			t.Errorf("reads of %d bytes gave different content", chunk)
+		}
+		r.Reset()
+		again, _ := io.ReadAll(r)
+		if !bytes.Equal(again, whole) {
+			t.Errorf("after Reset (chunk %d): different content", chunk)
+		}
+	}
+	if bytes.Equal(whole[:patternBlock], whole[patternBlock:2*patternBlock]) {
+		t.Error("block 0 and block 1 are equal; want each block stamped")
+	}
+	other, _ := io.ReadAll(newPatternReader(8, size))
+	if sha256.Sum256(other) == sha256.Sum256(whole) {
+		t.Error("seeds 7 and 8 gave the same content")
+	}
+}
+
+// TestStatusKiB ensures RSS figures are read from /proc/<pid>/status and a
+// missing or malformed field is an error rather than zero.
+func TestStatusKiB(t *testing.T) {
+	t.Parallel()
+	const status = "Name:\ttaglock\nVmHWM:\t   51234 kB\nVmRSS:\t   40960 kB\nThreads:\t9\n"
+	tests := []struct {
+		field   string
+		want    int64
+		wantErr bool
+	}{
+		{"VmRSS", 40960, false},
+		{"VmHWM", 51234, false},
+		{"VmSwap", 0, true},
+		{"Threads", 0, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.field, func(t *testing.T) {
+			got, err := statusKiB(status, tc.field)
+			if (err != nil) != tc.wantErr || got != tc.want {
+				t.Errorf("statusKiB(%s) = %d, %v; want %d, error %v", tc.field, got, err, tc.want, tc.wantErr)
+			}
+		})
+	}
+}
+
+// TestListeners ensures a process's listening address is found among the
+// sockets of /proc/<pid>/net/tcp: only LISTEN sockets the process holds, on
+// 127.0.0.1.
+func TestListeners(t *testing.T) {
+	t.Parallel()
+	const netTCP = `  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:A1B2 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1111 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:1389 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2222 1 0000000000000000 100 0 0 10 0
+   2: 0100007F:A1B2 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 3333 1 0000000000000000 20 4 30 10 -1
+   3: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4444 1 0000000000000000 100 0 0 10 0
+`
+	got, err := listeners(netTCP, map[string]bool{"1111": true, "3333": true, "4444": true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0] != "127.0.0.1:41394" {
+		t.Errorf("listeners = %q, want [127.0.0.1:41394]", got)
+	}
+}
+
+// TestMedian ensures the reported figure is the median for odd and even
+// counts and does not reorder the caller's slice.
+func TestMedian(t *testing.T) {
+	t.Parallel()
+	xs := []float64{3, 1, 2}
+	if got := median(xs); got != 2 {
+		t.Errorf("median(3,1,2) = %v, want 2", got)
+	}
+	if xs[0] != 3 {
+		t.Error("median reordered its argument")
+	}
+	if got := median([]float64{4, 1, 3, 2}); got != 2.5 {
+		t.Errorf("median(4,1,3,2) = %v, want 2.5", got)
+	}
+}
+
+// TestCPUTicks ensures a process's CPU time is read from the right fields of
+// /proc/<pid>/stat, even when its command name contains spaces and
+// parentheses, and that a truncated line is an error.
+func TestCPUTicks(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		stat    string
+		want    int64
+		wantErr bool
+	}{
+		{"plain", "4242 (taglock) S 1 4242 4242 0 -1 4194560 1543 0 0 0 120 35 0 0 20 0 9 0 12345 1234567 6000 18446744073709551615", 155, false},
+		{"odd name", "7 (a) b (c) R 1 7 7 0 -1 0 0 0 0 0 3 4 0 0 20 0 1 0 1 1 1 1", 7, false},
+		{"truncated", "7 (x) R 1 7 7 0 -1 0 0 0 0 0 3", 0, true},
+		{"garbage", "no parenthesis", 0, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := cpuTicks(tc.stat)
+			if (err != nil) != tc.wantErr || got != tc.want {
+				t.Errorf("cpuTicks = %d, %v; want %d, error %v", got, err, tc.want, tc.wantErr)
+			}
+		})
+	}
+}
