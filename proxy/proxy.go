@@ -6,6 +6,8 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"regexp"
@@ -49,6 +51,10 @@ type Options struct {
 	// Promotion guards repositories that only take digests staged
 	// elsewhere; nil guards none.
 	Promotion []policy.PromotionRule
+	// PinOnRead serves GET and HEAD of an immutable tag as its recorded
+	// digest, whatever the upstream's tag now says. It costs one ledger
+	// read per manifest request. Default off.
+	PinOnRead bool
 	// Log receives one line per request. Default: zerolog.Nop().
 	Log zerolog.Logger
 	// Audit receives one event per refusal, warning, identical re-push and
@@ -71,6 +77,7 @@ type Server struct {
 	ledger   Ledger
 	im       policy.Immutability
 	promo    []policy.PromotionRule
+	pin      bool
 	log      zerolog.Logger
 	audit    zerolog.Logger
 	metrics  *Metrics
@@ -83,7 +90,7 @@ type Server struct {
 
 // New returns a Server.
 func New(o Options) *Server {
-	s := &Server{up: o.Upstream, ledger: o.Ledger, im: o.Immutability, promo: o.Promotion, log: o.Log, metrics: o.Metrics,
+	s := &Server{up: o.Upstream, ledger: o.Ledger, im: o.Immutability, promo: o.Promotion, pin: o.PinOnRead, log: o.Log, metrics: o.Metrics,
 		now: o.Now, wait: o.ReserveWait, timeout: o.LookupTimeout}
 	if o.Audit != nil {
 		s.audit = *o.Audit
@@ -153,6 +160,8 @@ func (s *Server) serve(w *statusWriter, r *http.Request, info *reqInfo) int {
 		err = s.deleteManifest(w, r, rt)
 	case rt.Kind == KindBlob && r.Method == http.MethodDelete:
 		err = s.deleteBlob(w, r, rt)
+	case rt.Kind == KindManifest && rt.Tag != "" && s.pin:
+		err = s.pinned(w, r, rt)
 	default:
 		s.forward(w, r, rt)
 	}
@@ -168,6 +177,25 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt Route) {
 	out.URL = rt.URL()
 	out.RequestURI = out.URL.RequestURI()
 	s.up.Forward(w, out)
+}
+
+// pinned serves a manifest GET/HEAD by tag; an immutable tag is served by
+// its recorded digest, so a tag moved on the upstream behind taglock's back
+// still pulls what it was bound to.
+func (s *Server) pinned(w http.ResponseWriter, r *http.Request, rt Route) error {
+	b, err := s.ledger.Binding(r.Context(), rt.Name, rt.Tag)
+	switch {
+	case errors.Is(err, storage.ErrNotFound):
+	case err != nil:
+		return fmt.Errorf("%w: binding %s:%s: %v", ErrLedger, rt.Name, rt.Tag, err)
+	default:
+		configured, _ := s.im.ModeFor(rt.Name, rt.Tag)
+		if policy.Effective(configured, b.Mode) == policy.Immutable {
+			rt.Tag, rt.Digest = "", b.Digest
+		}
+	}
+	s.forward(w, r, rt)
+	return nil
 }
 
 // Identity is the name the request carries: the Basic user name, or the

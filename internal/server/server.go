@@ -92,6 +92,7 @@ func Start(ctx context.Context, cfg config.Config, log zerolog.Logger) (_ *Serve
 		Ledger:        s.ledger,
 		Immutability:  im,
 		Promotion:     promo,
+		PinOnRead:     cfg.Immutability.PinOnRead,
 		Log:           log,
 		Metrics:       proxy.NewMetrics(reg),
 		LookupTimeout: cfg.Upstream.Timeout.Std(),
