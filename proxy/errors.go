@@ -68,8 +68,16 @@ func (v *Violation) Error() string {
 		if v.Reason == ReasonBlobDeleted {
 			what = "blob"
 		}
-		return fmt.Sprintf("%s %s is protected: immutable tag %q points to it (bound to %s%s, rule %s); deleting it is refused. %s",
-			what, v.Attempted, v.Repo+":"+v.Tag, v.Recorded, since, v.Rule, v.Hint)
+		via := "points to it"
+		if v.Recorded != v.Attempted {
+			via = fmt.Sprintf("is bound to %s, which references it", v.Recorded)
+		}
+		pushed := ""
+		if !v.PushedAt.IsZero() {
+			pushed = fmt.Sprintf("first pushed %s by %s, ", v.PushedAt.UTC().Format(time.RFC3339), v.PushedBy)
+		}
+		return fmt.Sprintf("%s %s is protected: immutable tag %q %s (%srule %s); deleting it is refused. %s",
+			what, v.Attempted, v.Repo+":"+v.Tag, via, pushed, v.Rule, v.Hint)
 	case ReasonTagReserved:
 		return fmt.Sprintf("tag %q is being pushed with %s by another request; refusing %s. %s", v.Repo+":"+v.Tag, v.Recorded, v.Attempted, v.Hint)
 	}

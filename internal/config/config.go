@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"regexp"
 	"strings"
 	"time"
 
@@ -333,12 +334,18 @@ func Parse(name string, r io.Reader) (Config, error) {
 	return cfg, nil
 }
 
+// unknownField matches yaml's strict-decoding message, which names Go types.
+var unknownField = regexp.MustCompile(`^line (\d+): field (\S+) not found in type \S+$`)
+
 // fileError prefixes yaml's "line N: ..." messages with the file name.
 func fileError(name string, err error) error {
 	var te *yaml.TypeError
 	if errors.As(err, &te) {
 		msgs := make([]string, len(te.Errors))
 		for i, m := range te.Errors {
+			if sub := unknownField.FindStringSubmatch(m); sub != nil {
+				m = fmt.Sprintf("line %s: unknown key %q", sub[1], sub[2])
+			}
 			msgs[i] = name + ":" + strings.TrimPrefix(m, "line ")
 		}
 		return fmt.Errorf("invalid config:\n  %s", strings.Join(msgs, "\n  "))
