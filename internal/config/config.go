@@ -294,31 +294,15 @@ func Load(path string) (Config, error) {
 // Parse decodes YAML from r (named name in errors) on top of Default and
 // validates it.
 func Parse(name string, r io.Reader) (Config, error) {
-	b, err := io.ReadAll(r)
+	cfg, root, err := decode(name, r)
 	if err != nil {
-		return Config{}, fmt.Errorf("read config: %w", err)
-	}
-	cfg := Default()
-	var root yaml.Node
-	if err := yaml.Unmarshal(b, &root); err != nil {
-		return Config{}, fileError(name, err)
-	}
-	if len(root.Content) > 0 {
-		// Rules given in the file replace the defaults rather than merge.
-		if n := lookup(&root, "immutability", "rules"); n != nil {
-			cfg.Immutability.Rules = nil
-		}
-		dec := yaml.NewDecoder(bytes.NewReader(b))
-		dec.KnownFields(true)
-		if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
-			return Config{}, fileError(name, err)
-		}
+		return Config{}, err
 	}
 	if errs := cfg.Validate(); len(errs) > 0 {
 		msgs := make([]string, len(errs))
 		for i, e := range errs {
 			line := 0
-			if n := lookupPath(&root, e.Path); n != nil {
+			if n := lookupPath(root, e.Path); n != nil {
 				line = n.Line
 			}
 			msgs[i] = fmt.Sprintf("%s:%d: %s: %s", name, line, e.Path, e.Msg)
@@ -329,6 +313,31 @@ func Parse(name string, r io.Reader) (Config, error) {
 		return Config{}, fmt.Errorf("invalid config:\n  %s", strings.Join(msgs, "\n  "))
 	}
 	return cfg, nil
+}
+
+// decode reads YAML strictly on top of Default, without validating values.
+func decode(name string, r io.Reader) (Config, *yaml.Node, error) {
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return Config{}, nil, fmt.Errorf("read config: %w", err)
+	}
+	cfg := Default()
+	var root yaml.Node
+	if err := yaml.Unmarshal(b, &root); err != nil {
+		return Config{}, nil, fileError(name, err)
+	}
+	if len(root.Content) > 0 {
+		// Rules given in the file replace the defaults rather than merge.
+		if n := lookup(&root, "immutability", "rules"); n != nil {
+			cfg.Immutability.Rules = nil
+		}
+		dec := yaml.NewDecoder(bytes.NewReader(b))
+		dec.KnownFields(true)
+		if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+			return Config{}, nil, fileError(name, err)
+		}
+	}
+	return cfg, &root, nil
 }
 
 // unknownField matches yaml's strict-decoding message, which names Go types.

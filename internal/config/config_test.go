@@ -73,6 +73,9 @@ func TestErrorsNameLineAndKey(t *testing.T) {
 		{"bad duration", "upstream:\n  timeout: soon\n", []string{"f.yaml:2", "duration"}},
 		{"not yaml", "listen: [\n", []string{"f.yaml"}},
 		{"access without auth", "access:\n  - subjects: [anonymous]\n    actions: [pull]\n", []string{"f.yaml:1:", "access"}},
+		{"authentication not enforced yet", "auth:\n  mode: htpasswd\n  htpasswd: {path: /x}\n", []string{"f.yaml:2:", "auth.mode", "not supported"}},
+		{"tls not served yet", "tls:\n  cert: a.pem\n  key: a.key\n", []string{"f.yaml:1:", "tls", "not supported"}},
+		{"retention not applied yet", "retention:\n  schedule: 24h\n", []string{"f.yaml:1:", "retention", "not supported"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -104,14 +107,14 @@ func TestValidateReportsEverything(t *testing.T) {
 
 // retention.immutable takes either keep or {release_after: D}.
 func TestImmutableRetentionForms(t *testing.T) {
-	cfg, err := Parse("f.yaml", strings.NewReader("retention:\n  policies:\n    - repositories: [\"ci/**\"]\n      immutable: {release_after: 2160h}\n    - immutable: keep\n"))
+	cfg, _, err := decode("f.yaml", strings.NewReader("retention:\n  policies:\n    - repositories: [\"ci/**\"]\n      immutable: {release_after: 2160h}\n    - immutable: keep\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got := cfg.Retention.Policies[0].Immutable.ReleaseAfter.Std(); got != 2160*time.Hour {
 		t.Errorf("release_after = %v", got)
 	}
-	if _, err := Parse("f.yaml", strings.NewReader("retention:\n  policies:\n    - immutable: forever\n")); err == nil {
+	if _, _, err := decode("f.yaml", strings.NewReader("retention:\n  policies:\n    - immutable: forever\n")); err == nil {
 		t.Error("immutable: forever accepted")
 	}
 }

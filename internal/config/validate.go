@@ -172,6 +172,36 @@ func (c Config) Validate() []FieldError {
 			}
 		}
 	}
+	errs = append(errs, c.unsupported()...)
+	return errs
+}
+
+// unsupported refuses settings this version parses but does not enforce
+// yet. Accepting them silently would let an operator believe, say, that
+// authentication is on while it is off.
+func (c Config) unsupported() []FieldError {
+	var errs []FieldError
+	not := func(path, what string) {
+		errs = append(errs, FieldError{Path: path, Msg: what + " is not supported by this version of taglock yet; remove it"})
+	}
+	if c.Auth.Mode != "none" && c.Auth.Mode != "" {
+		not("auth.mode", "authentication ("+c.Auth.Mode+")")
+	}
+	if len(c.Access) > 0 {
+		not("access", "access rules")
+	}
+	if c.TLS.Cert != "" || c.TLS.Key != "" || c.TLS.ClientCA != "" {
+		not("tls", "serving HTTPS")
+	}
+	if m := c.Upstream.Auth.Mode; m != "passthrough" && m != "" {
+		not("upstream.auth.mode", "upstream credentials ("+m+")")
+	}
+	if c.Retention.Schedule > 0 || len(c.Retention.Policies) > 0 {
+		not("retention", "retention")
+	}
+	if c.Verify.Schedule > 0 {
+		not("verify.schedule", "scheduled verify")
+	}
 	return errs
 }
 
