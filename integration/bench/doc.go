@@ -1,8 +1,9 @@
-// Package bench measures taglock's throughput against the registry it
-// fronts. It holds no library code: the benchmarks run the built taglock
-// binary and a separately started CNCF Distribution registry, and compare
-// the same operations sent directly to the registry and through taglock, in
-// the same run, as ratios.
+// Package bench measures taglock's throughput and memory against the
+// registry it fronts. It holds no library code: the benchmarks run the built
+// taglock binary and a separately started CNCF Distribution registry, and
+// compare the same operations sent directly to the registry, through a bare
+// httputil.ReverseProxy (the control, which shows what any proxy hop costs)
+// and through taglock, in the same run, as ratios.
 //
 // The benchmarks carry the build tag bench, so `go test ./...` leaves them
 // out (it still compiles and tests the small helpers they share). Run them
