@@ -16,5 +16,5 @@ log "go build ./cmd/taglock"
 go build -o "$TAGLOCK_BIN_DIR/taglock" ./cmd/taglock
 export_tool_env
 log "go test -bench ${BENCH:-.} -benchtime ${BENCHTIME:-3x} ./integration/bench/..."
-exec go test -run '^$' -bench "${BENCH:-.}" -benchtime "${BENCHTIME:-3x}" \
+exec go test -tags bench -run '^$' -bench "${BENCH:-.}" -benchtime "${BENCHTIME:-3x}" \
   -timeout "${TAGLOCK_BENCH_TIMEOUT:-60m}" ./integration/bench/...
