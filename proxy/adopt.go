@@ -167,11 +167,15 @@ func (s *Server) childRefs(ctx context.Context, h http.Header, repo string, d di
 // upstream's graph, so a failure is logged, not fatal: closure falls back to
 // the upstream.
 func (s *Server) recordManifest(ctx context.Context, repo string, d digest.Digest, size int64, refs manifestRefs) {
-	m := storage.Manifest{Repo: repo, Digest: d, MediaType: refs.MediaType, Size: size, Children: refs.Children,
-		Blobs: refs.Blobs, Subject: refs.Subject, ArtifactType: refs.ArtifactType}
-	if err := s.ledger.PutManifest(context.WithoutCancel(ctx), m); err != nil {
+	if err := s.ledger.PutManifest(context.WithoutCancel(ctx), manifestRecord(repo, d, size, refs)); err != nil {
 		s.log.Warn().Err(err).Str("repo", repo).Str("digest", d.String()).Msg("could not record manifest references")
 	}
+}
+
+// manifestRecord is the ledger's record of what manifest d references.
+func manifestRecord(repo string, d digest.Digest, size int64, refs manifestRefs) storage.Manifest {
+	return storage.Manifest{Repo: repo, Digest: d, MediaType: refs.MediaType, Size: size, Children: refs.Children,
+		Blobs: refs.Blobs, Subject: refs.Subject, ArtifactType: refs.ArtifactType}
 }
 
 // adoptRepo adopts every upstream tag of repo that the ledger has never

@@ -28,7 +28,7 @@ type Ledger interface {
 	Bindings(ctx context.Context, repo string) ([]storage.Binding, error)
 	Referencing(ctx context.Context, repo string, d digest.Digest) ([]storage.Binding, error)
 	Reserve(ctx context.Context, r storage.Reservation) (storage.Reservation, error)
-	Commit(ctx context.Context, reservationID string, bindings []storage.Binding, events []storage.Event) error
+	Commit(ctx context.Context, reservationID string, bindings []storage.Binding, events []storage.Event, manifests ...storage.Manifest) error
 	Release(ctx context.Context, reservationID string) error
 	Reservations(ctx context.Context) ([]storage.Reservation, error)
 	Put(ctx context.Context, bindings []storage.Binding, events []storage.Event) error

@@ -276,14 +276,14 @@ func (s *Server) commit(ctx context.Context, r *http.Request, res storage.Reserv
 		bindings = append(bindings, b)
 		events = append(events, ev)
 	}
-	if err := s.ledger.Commit(ctx, res.ID, bindings, events); err != nil {
+	m := manifestRecord(res.Repo, dgst, size, refs)
+	if err := s.ledger.Commit(ctx, res.ID, bindings, events, m); err != nil {
 		// The upstream holds the manifest but the ledger could not record
 		// it; the reservation stays and is reconciled, and the client is
 		// told the push did not complete.
 		s.reconcileLater(res)
 		return fmt.Errorf("%w: commit: %v", ErrLedger, err)
 	}
-	s.recordManifest(ctx, res.Repo, dgst, size, refs)
 	return nil
 }
 

@@ -323,3 +323,32 @@ func BenchmarkBinding(b *testing.B) {
 		}
 	})
 }
+
+// Manifests given to Commit are recorded in the commit's own transaction,
+// and a failed commit records none of them.
+func TestCommitRecordsManifests(t *testing.T) {
+	l := openTemp(t, storage.Options{})
+	ctx := context.Background()
+	d := digest.FromString("index")
+	child := digest.FromString("child")
+	res, err := l.Reserve(ctx, storage.Reservation{Repo: "team/app", Tags: []string{"1.0.0"}, Digest: d, Expect: map[string]digest.Digest{"1.0.0": ""}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := storage.Manifest{Repo: "team/app", Digest: d, Size: 10, Children: []digest.Digest{child}}
+	b := storage.Binding{Repo: "team/app", Tag: "1.0.0", Digest: d, Mode: storage.ModeImmutable, PushedAt: time.Now(), PushedBy: "anonymous"}
+	if err := l.Commit(ctx, res.ID, []storage.Binding{b}, nil, m); err != nil {
+		t.Fatal(err)
+	}
+	got, err := l.Manifest(ctx, "team/app", d)
+	if err != nil || len(got.Children) != 1 || got.Children[0] != child {
+		t.Fatalf("Manifest = %+v, %v; want the committed record", got, err)
+	}
+	other := storage.Manifest{Repo: "team/app", Digest: digest.FromString("other"), Size: 1}
+	if err := l.Commit(ctx, res.ID, nil, nil, other); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("second commit of the same reservation: %v, want ErrNotFound", err)
+	}
+	if _, err := l.Manifest(ctx, "team/app", other.Digest); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("a failed commit recorded its manifest: %v", err)
+	}
+}

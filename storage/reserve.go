@@ -60,14 +60,20 @@ func (l *Ledger) Reserve(ctx context.Context, r Reservation) (Reservation, error
 // the reservation, upserts bindings (each replaces its tag's whole record
 // and index entries) and appends events (Seq and Time filled where zero). It
 // returns an error wrapping ErrNotFound, and writes nothing, when the
-// reservation no longer exists.
-func (l *Ledger) Commit(ctx context.Context, reservationID string, bindings []Binding, events []Event) error {
+// reservation no longer exists. Manifests given are recorded in the same
+// transaction, so a push costs one write here rather than two.
+func (l *Ledger) Commit(ctx context.Context, reservationID string, bindings []Binding, events []Event, manifests ...Manifest) error {
 	bindings, err := normalizeBindings(bindings)
 	if err != nil {
 		return err
 	}
 	if err := checkEvents(events); err != nil {
 		return err
+	}
+	for _, m := range manifests {
+		if err := checkManifest(m); err != nil {
+			return err
+		}
 	}
 	return l.update(ctx, func(tx *bolt.Tx) error {
 		found, err := deleteReservation(tx, reservationID)
@@ -79,6 +85,11 @@ func (l *Ledger) Commit(ctx context.Context, reservationID string, bindings []Bi
 		}
 		for _, b := range bindings {
 			if err := putBinding(tx, b); err != nil {
+				return err
+			}
+		}
+		for _, m := range manifests {
+			if err := putManifest(tx, m); err != nil {
 				return err
 			}
 		}

@@ -124,7 +124,8 @@ func Start(ctx context.Context, cfg config.Config, log zerolog.Logger) (_ *Serve
 	if cfg.Upstream.URL != "" {
 		mode = "upstream " + cfg.Upstream.URL
 	}
-	log.Info().Str("addr", s.ln.Addr().String()).Str("mode", mode).Str("data", cfg.Data).Msg("listening")
+	// Logged whatever the level: scripts read the bound address from it.
+	log.Log().Str("level", "info").Str("addr", s.ln.Addr().String()).Str("mode", mode).Str("data", cfg.Data).Msg("listening")
 	go func() { s.done <- s.http.Serve(s.ln) }()
 	return s, nil
 }
