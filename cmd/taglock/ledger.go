@@ -147,19 +147,7 @@ func (s *session) explain(err error) error {
 // adminURL is where a serve with cfg answers: its listen address, with an
 // unspecified host replaced by loopback.
 func adminURL(cfg config.Config) string {
-	return "http://" + hostFor(cfg.Listen)
-}
-
-// hostFor turns a listen address into one a client can dial.
-func hostFor(listen string) string {
-	host, port, err := net.SplitHostPort(listen)
-	if err != nil {
-		return listen
-	}
-	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
-		host = "127.0.0.1"
-	}
-	return net.JoinHostPort(host, port)
+	return "http://" + dialable(cfg.Listen)
 }
 
 // outputFlag adds -o/--output and returns a check that it is text or json.

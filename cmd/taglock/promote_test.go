@@ -383,6 +383,7 @@ func TestDialable(t *testing.T) {
 		":5000":                "127.0.0.1:5000",
 		"registry.example:443": "registry.example:443",
 		"[::1]:5000":           "[::1]:5000",
+		"[::]:443":             "127.0.0.1:443",
 	} {
 		if got := dialable(in); got != want {
 			t.Errorf("dialable(%q) = %q, want %q", in, got, want)

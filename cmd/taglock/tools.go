@@ -281,7 +281,7 @@ deleted) or the ledger could not be read, 2 usage error.`,
 		}
 		defer s.close()
 		if host == "" {
-			host = hostFor(s.cfg.Listen)
+			host = dialable(s.cfg.Listen)
 		}
 		var out []resolved
 		unknown := 0

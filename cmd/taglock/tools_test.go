@@ -232,7 +232,7 @@ func TestLedgerToolsStory(t *testing.T) {
 					t.Fatalf("moving push through taglock: %d, want 403", resp.StatusCode)
 				}
 			}
-			host := hostFor(e.cfgListen(t))
+			host := dialable(e.cfgListen(t))
 			if out := e.mustRun(t, 0, "resolve", "team/app:1.0", "team/app:1.1"); out != fmt.Sprintf("%s/team/app:1.0@%s\n%s/team/app:1.1@%s\n", host, v10, host, v11) {
 				t.Errorf("resolve = %q", out)
 			}
@@ -411,15 +411,3 @@ func TestUnreachableServer(t *testing.T) {
 	}
 }
 
-// TestHostFor ensures that listen addresses become dialable hosts.
-func TestHostFor(t *testing.T) {
-	t.Parallel()
-	for in, want := range map[string]string{
-		"127.0.0.1:5000": "127.0.0.1:5000", "0.0.0.0:80": "127.0.0.1:80", ":8080": "127.0.0.1:8080",
-		"[::]:443": "127.0.0.1:443", "reg.example:5000": "reg.example:5000",
-	} {
-		if got := hostFor(in); got != want {
-			t.Errorf("hostFor(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
