@@ -410,4 +410,3 @@ func TestUnreachableServer(t *testing.T) {
 		t.Errorf("exit %d, stderr %q; want 1 and an explanation naming the address", code, errs)
 	}
 }
-
