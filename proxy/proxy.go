@@ -69,6 +69,12 @@ type Options struct {
 	ReserveWait time.Duration
 	// LookupTimeout bounds taglock's own upstream requests. Default 30s.
 	LookupTimeout time.Duration
+	// Auth authenticates clients; nil turns authentication and access
+	// rules off, and every request is allowed.
+	Auth Authenticator
+	// Access decides what an authenticated caller may do; it applies
+	// only when Auth is set.
+	Access policy.Access
 }
 
 // Server is the proxy's http.Handler.
@@ -84,6 +90,8 @@ type Server struct {
 	now      func() time.Time
 	wait     time.Duration
 	timeout  time.Duration
+	auth     Authenticator
+	access   policy.Access
 	inflight sync.Map // reservation ID -> struct{}: reservations this process is still working on
 	bg       sync.WaitGroup
 }
@@ -91,7 +99,10 @@ type Server struct {
 // New returns a Server.
 func New(o Options) *Server {
 	s := &Server{up: o.Upstream, ledger: o.Ledger, im: o.Immutability, promo: o.Promotion, pin: o.PinOnRead, log: o.Log, metrics: o.Metrics,
-		now: o.Now, wait: o.ReserveWait, timeout: o.LookupTimeout}
+		now: o.Now, wait: o.ReserveWait, timeout: o.LookupTimeout, auth: o.Auth, access: o.Access}
+	if s.auth != nil {
+		s.access.Enabled = true
+	}
 	if o.Audit != nil {
 		s.audit = *o.Audit
 	} else {
@@ -153,6 +164,9 @@ func (s *Server) serve(w *statusWriter, r *http.Request, info *reqInfo) int {
 		return writeError(w, err, &s.log)
 	}
 	info.route = rt
+	if status, done := s.authorize(w, r, &rt); done {
+		return status
+	}
 	switch {
 	case rt.Kind == KindManifest && r.Method == http.MethodPut:
 		err = s.putManifest(w, r, rt)
