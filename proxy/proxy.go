@@ -75,6 +75,12 @@ type Options struct {
 	// Access decides what an authenticated caller may do; it applies
 	// only when Auth is set.
 	Access policy.Access
+	// Pulls records successful manifest GETs for retention; nil records
+	// none.
+	Pulls *PullTracker
+	// Gate holds writes while the embedded registry's garbage collection
+	// runs; nil holds none.
+	Gate *WriteGate
 }
 
 // Server is the proxy's http.Handler.
@@ -92,6 +98,8 @@ type Server struct {
 	timeout  time.Duration
 	auth     Authenticator
 	access   policy.Access
+	pulls    *PullTracker
+	gate     *WriteGate
 	inflight sync.Map // reservation ID -> struct{}: reservations this process is still working on
 	bg       sync.WaitGroup
 }
@@ -99,7 +107,8 @@ type Server struct {
 // New returns a Server.
 func New(o Options) *Server {
 	s := &Server{up: o.Upstream, ledger: o.Ledger, im: o.Immutability, promo: o.Promotion, pin: o.PinOnRead, log: o.Log, metrics: o.Metrics,
-		now: o.Now, wait: o.ReserveWait, timeout: o.LookupTimeout, auth: o.Auth, access: o.Access}
+		now: o.Now, wait: o.ReserveWait, timeout: o.LookupTimeout, auth: o.Auth, access: o.Access,
+		pulls: o.Pulls, gate: o.Gate}
 	if s.auth != nil {
 		s.access.Enabled = true
 	}
@@ -167,6 +176,11 @@ func (s *Server) serve(w *statusWriter, r *http.Request, info *reqInfo) int {
 	if status, done := s.authorize(w, r, &rt); done {
 		return status
 	}
+	tracked, err := s.track(w, r, rt)
+	if err != nil {
+		return writeError(w, err, &s.log)
+	}
+	defer tracked()
 	switch {
 	case rt.Kind == KindManifest && r.Method == http.MethodPut:
 		err = s.putManifest(w, r, rt)

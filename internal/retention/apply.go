@@ -1,0 +1,370 @@
+package retention
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	digest "github.com/opencontainers/go-digest"
+
+	"github.com/taglock/taglock/storage"
+)
+
+// Deletion is one delete of a run: a tag (Tag set) or a digest.
+type Deletion struct {
+	Repo   string        `json:"repo"`
+	Tag    string        `json:"tag,omitempty"`
+	Digest digest.Digest `json:"digest"`
+	// Released marks an immutable tag released by release_after.
+	Released bool `json:"released,omitempty"`
+	// Policy names the governing policy; Reason says why it is deleted.
+	Policy string `json:"policy,omitempty"`
+	Reason string `json:"reason,omitempty"`
+	// Outcome is set once the deletion ran: deleted, gone (the upstream
+	// no longer had it), skipped (a push landed on it after the plan) or
+	// failed.
+	Outcome string `json:"outcome,omitempty"`
+	// Error says why it failed or was skipped.
+	Error string `json:"error,omitempty"`
+}
+
+// Outcomes of a Deletion.
+const (
+	OutcomeDeleted = "deleted"
+	OutcomeGone    = "gone"
+	OutcomeSkipped = "skipped"
+	OutcomeFailed  = "failed"
+)
+
+// Progress is the state of a running apply.
+type Progress struct {
+	Done  int      `json:"done"`
+	Total int      `json:"total"`
+	Last  Deletion `json:"last"`
+}
+
+// ApplyOptions configures Apply.
+type ApplyOptions struct {
+	// Progress, when not nil, is called after each deletion.
+	Progress func(Progress) `json:"-"`
+}
+
+// Result is what Apply did.
+type Result struct {
+	// Report is the plan applied; empty when the run only finished an
+	// interrupted one or was refused.
+	Report Report `json:"report"`
+	// Resumed counts deletions finished from an interrupted run.
+	Resumed int `json:"resumed"`
+	// Deletions are every deletion attempted, in order, with outcomes.
+	Deletions []Deletion `json:"deletions"`
+	// Deleted, Skipped and Failed count Deletions by outcome (gone counts
+	// as deleted).
+	Deleted int `json:"deleted"`
+	Skipped int `json:"skipped"`
+	Failed  int `json:"failed"`
+	// GC is what garbage collection freed; nil when none ran.
+	GC *GCResult `json:"gc,omitempty"`
+}
+
+// journal is the state file of a run: the deletions it still has to do.
+type journal struct {
+	Started time.Time  `json:"started"`
+	Pending []Deletion `json:"pending"`
+}
+
+// Apply finishes an interrupted run, if any, then plans and applies the
+// plan: tags first, then digests in delete order. A plan over
+// max_deletions is refused with ErrTooManyDeletions before anything is
+// deleted. Failed deletions are reported in the result and tried again by
+// the next run; the error is for what stops the run (the ledger, the
+// context, the plan).
+func (r *Runner) Apply(ctx context.Context, o ApplyOptions) (res Result, err error) {
+	select {
+	case r.busy <- struct{}{}:
+		defer func() { <-r.busy }()
+	default:
+		return res, ErrRunning
+	}
+	start := r.now()
+	defer func() { r.metrics.observe(start, res, err) }()
+	res.Deletions = []Deletion{}
+
+	if j, err := r.loadJournal(); err != nil {
+		return res, err
+	} else if j != nil && len(j.Pending) > 0 {
+		r.log.Info().Int("pending", len(j.Pending)).Time("started", j.Started).Msg("retention: resuming an interrupted run")
+		n := len(res.Deletions)
+		if err := r.run(ctx, j, &res, o); err != nil {
+			return res, err
+		}
+		res.Resumed = len(res.Deletions) - n
+	}
+
+	res.Report, err = r.Plan(ctx)
+	if err != nil {
+		return res, err
+	}
+	if res.Report.OverLimit {
+		r.log.Warn().Int("deletions", res.Report.Totals.Deletions()).Int("max_deletions", r.pol.MaxDeletions).
+			Msg("retention: plan refused: it deletes more than max_deletions")
+		return res, fmt.Errorf("%w: %d deletions planned, max_deletions is %d; review the plan (taglock retention plan) and raise retention.max_deletions or narrow the policies",
+			ErrTooManyDeletions, res.Report.Totals.Deletions(), r.pol.MaxDeletions)
+	}
+	j := &journal{Started: res.Report.Time}
+	for _, p := range res.Report.Plans {
+		for _, t := range p.Tags {
+			if !t.Kept {
+				j.Pending = append(j.Pending, Deletion{Repo: p.Repository, Tag: t.Tag, Digest: t.Digest, Released: t.Released,
+					Policy: p.Policy, Reason: t.Reason})
+			}
+		}
+	}
+	for _, p := range res.Report.Plans {
+		reasons := map[digest.Digest]string{}
+		for _, m := range p.Manifests {
+			reasons[m.Digest] = m.Reason
+		}
+		for _, d := range p.DeleteOrder {
+			j.Pending = append(j.Pending, Deletion{Repo: p.Repository, Digest: d, Policy: p.Policy, Reason: reasons[d]})
+		}
+	}
+	if err := r.run(ctx, j, &res, o); err != nil {
+		return res, err
+	}
+	if r.gc != nil && res.Deleted > 0 {
+		gc, err := r.gc(ctx)
+		if err != nil {
+			return res, fmt.Errorf("garbage collection: %w", err)
+		}
+		res.GC = &gc
+		r.audit.Info().Str("event", "retention-gc").Int64("bytes_freed", gc.BytesFreed).Int("blobs_deleted", gc.BlobsDeleted).
+			Msg("retention: reclaimed blob storage")
+	}
+	r.log.Info().Int("deleted", res.Deleted).Int("skipped", res.Skipped).Int("failed", res.Failed).Int("resumed", res.Resumed).
+		Msg("retention: run finished")
+	return res, nil
+}
+
+// run does the pending deletions of j in order, keeping the journal on
+// disk up to date so that an interruption loses nothing.
+func (r *Runner) run(ctx context.Context, j *journal, res *Result, o ApplyOptions) error {
+	total := len(j.Pending)
+	if total == 0 {
+		return nil
+	}
+	if err := r.saveJournal(j); err != nil {
+		return err
+	}
+	for i := 0; len(j.Pending) > 0; i++ {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		d := j.Pending[0]
+		if err := r.deleteOne(ctx, &d); err != nil {
+			return err // the journal still holds d: the next run does it
+		}
+		j.Pending = j.Pending[1:]
+		if err := r.saveJournal(j); err != nil {
+			return err
+		}
+		res.Deletions = append(res.Deletions, d)
+		switch d.Outcome {
+		case OutcomeDeleted, OutcomeGone:
+			res.Deleted++
+		case OutcomeSkipped:
+			res.Skipped++
+		default:
+			res.Failed++
+		}
+		if o.Progress != nil {
+			o.Progress(Progress{Done: i + 1, Total: total, Last: d})
+		}
+	}
+	return r.removeJournal()
+}
+
+// deleteOne runs one deletion and sets its outcome. The error is for what
+// must stop the run: the ledger or the context.
+func (r *Runner) deleteOne(ctx context.Context, d *Deletion) error {
+	if d.Tag != "" {
+		return r.deleteTag(ctx, d)
+	}
+	return r.deleteDigest(ctx, d)
+}
+
+func (r *Runner) deleteTag(ctx context.Context, d *Deletion) error {
+	b, err := r.ledger.Binding(ctx, d.Repo, d.Tag)
+	switch {
+	case errors.Is(err, storage.ErrNotFound):
+		d.Outcome, d.Error = OutcomeSkipped, "the ledger has no binding for it"
+		return nil
+	case err != nil:
+		return fmt.Errorf("binding %s:%s: %w", d.Repo, d.Tag, err)
+	case b.Deleted && b.Digest == d.Digest:
+		d.Outcome = OutcomeGone
+		return nil
+	case b.Deleted || b.Digest != d.Digest:
+		d.Outcome, d.Error = OutcomeSkipped, fmt.Sprintf("the tag now points to %s, pushed after the plan", b.Digest)
+		r.auditDeletion(d)
+		return nil
+	}
+	found, err := r.up.UpstreamDelete(ctx, d.Repo, d.Tag)
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		d.Outcome, d.Error = OutcomeFailed, err.Error()
+		r.auditDeletion(d)
+		return nil
+	}
+	d.Outcome = OutcomeDeleted
+	if !found {
+		d.Outcome = OutcomeGone
+	}
+	now := r.now().UTC()
+	b.Deleted, b.DeletedAt = true, now
+	reason := "retention"
+	if d.Released {
+		reason = "retention-released"
+	}
+	ev := storage.Event{Time: now, Kind: storage.EventDeleted, Repo: d.Repo, Tag: d.Tag, Digest: d.Digest, User: "taglock retention",
+		Rule: d.Policy, Reason: reason, Message: "retention: " + d.Reason}
+	if err := r.ledger.Put(context.WithoutCancel(ctx), []storage.Binding{b}, []storage.Event{ev}); err != nil {
+		return fmt.Errorf("record the deletion of %s:%s (deleted upstream; the next run records it): %w", d.Repo, d.Tag, err)
+	}
+	r.auditDeletion(d)
+	return nil
+}
+
+func (r *Runner) deleteDigest(ctx context.Context, d *Deletion) error {
+	bs, err := r.ledger.Referencing(ctx, d.Repo, d.Digest)
+	if err != nil {
+		return fmt.Errorf("referencing %s@%s: %w", d.Repo, d.Digest, err)
+	}
+	for _, b := range bs {
+		if !b.Deleted {
+			d.Outcome = OutcomeSkipped
+			d.Error = fmt.Sprintf("tag %s (%s) now points to it", b.Tag, b.Digest)
+			r.auditDeletion(d)
+			return nil
+		}
+	}
+	found, err := r.up.UpstreamDelete(ctx, d.Repo, d.Digest.String())
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		d.Outcome, d.Error = OutcomeFailed, err.Error()
+	} else if found {
+		d.Outcome = OutcomeDeleted
+	} else {
+		d.Outcome = OutcomeGone
+	}
+	r.auditDeletion(d)
+	return nil
+}
+
+// auditDeletion writes the audit line of one deletion.
+func (r *Runner) auditDeletion(d *Deletion) {
+	ev := r.audit.Info()
+	if d.Outcome == OutcomeFailed || d.Outcome == OutcomeSkipped {
+		ev = r.audit.Warn()
+	}
+	what := "manifest"
+	if d.Tag != "" {
+		what = "tag"
+	}
+	ev.Str("event", "retention-"+d.Outcome).Str("repo", d.Repo).Str("tag", d.Tag).Str("digest", d.Digest.String()).
+		Bool("released", d.Released).Str("rule", d.Policy).Str("reason", d.Reason).Str("error", d.Error).
+		Msg("retention " + what + " " + d.Outcome)
+}
+
+func (r *Runner) loadJournal() (*journal, error) {
+	b, err := os.ReadFile(r.journalPath())
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("retention state: %w", err)
+	}
+	var j journal
+	if err := json.Unmarshal(b, &j); err != nil {
+		return nil, fmt.Errorf("retention state %s: %w", r.journalPath(), err)
+	}
+	return &j, nil
+}
+
+func (r *Runner) saveJournal(j *journal) error {
+	return writeFileAtomic(r.journalPath(), j)
+}
+
+func (r *Runner) removeJournal() error {
+	if err := os.Remove(r.journalPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("retention state: %w", err)
+	}
+	return nil
+}
+
+// Pending returns the deletions an interrupted run left, nil when none.
+func (r *Runner) Pending() ([]Deletion, error) {
+	j, err := r.loadJournal()
+	if err != nil || j == nil {
+		return nil, err
+	}
+	return j.Pending, nil
+}
+
+func (r *Runner) loadSeen() (map[string]time.Time, error) {
+	seen := map[string]time.Time{}
+	b, err := os.ReadFile(r.seenPath())
+	if errors.Is(err, os.ErrNotExist) {
+		return seen, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("retention first-seen times: %w", err)
+	}
+	if err := json.Unmarshal(b, &seen); err != nil {
+		return nil, fmt.Errorf("retention first-seen times %s: %w", r.seenPath(), err)
+	}
+	return seen, nil
+}
+
+func (r *Runner) saveSeen(seen map[string]time.Time) error {
+	return writeFileAtomic(r.seenPath(), seen)
+}
+
+// writeFileAtomic writes v as JSON to path through a temporary file and a
+// rename, so a crash leaves the old or the new content.
+func writeFileAtomic(path string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return fmt.Errorf("retention state: %w", err)
+	}
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("retention state: %w", err)
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		return fmt.Errorf("retention state: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,179 @@
+package retention
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"path/filepath"
+
+	"github.com/distribution/distribution/v3"
+	dstorage "github.com/distribution/distribution/v3/registry/storage"
+	"github.com/distribution/distribution/v3/registry/storage/driver"
+	"github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
+	"github.com/distribution/reference"
+	digest "github.com/opencontainers/go-digest"
+)
+
+// GCResult is what a garbage collection freed.
+type GCResult struct {
+	// BlobsDeleted counts blobs removed from storage.
+	BlobsDeleted int `json:"blobsDeleted"`
+	// Protected counts unreferenced blobs kept because a push was still
+	// using them (uploaded, manifest not pushed yet).
+	Protected int `json:"protected"`
+	// BytesBefore and BytesAfter measure blob storage around the sweep;
+	// BytesFreed is their difference.
+	BytesBefore int64 `json:"bytesBefore"`
+	BytesAfter  int64 `json:"bytesAfter"`
+	BytesFreed  int64 `json:"bytesFreed"`
+}
+
+// CollectGarbage runs a mark and sweep over the embedded registry's
+// filesystem storage rooted at dir (the driver's rootdirectory), like
+// Distribution's MarkAndSweep: every manifest still linked in a repository
+// is marked with everything it references, and unmarked blobs and layer
+// links are removed. Blobs in protect are kept even when unmarked: they
+// belong to pushes whose manifest has not arrived yet. The caller must keep
+// writes from running meanwhile (see proxy.WriteGate).
+func CollectGarbage(ctx context.Context, dir string, protect map[digest.Digest]bool) (GCResult, error) {
+	var res GCResult
+	drv, err := filesystem.FromParameters(map[string]any{"rootdirectory": dir})
+	if err != nil {
+		return res, fmt.Errorf("storage driver: %w", err)
+	}
+	reg, err := dstorage.NewRegistry(ctx, drv, dstorage.EnableDelete)
+	if err != nil {
+		return res, fmt.Errorf("registry: %w", err)
+	}
+	if res.BytesBefore, err = blobBytes(dir); err != nil {
+		return res, err
+	}
+	repos, ok := reg.(distribution.RepositoryEnumerator)
+	if !ok {
+		return res, errors.New("registry cannot enumerate repositories")
+	}
+	marked := map[digest.Digest]bool{}
+	unlinked := map[string][]digest.Digest{}
+	err = repos.Enumerate(ctx, func(name string) error {
+		named, err := reference.WithName(name)
+		if err != nil {
+			return fmt.Errorf("repository name %s: %w", name, err)
+		}
+		repo, err := reg.Repository(ctx, named)
+		if err != nil {
+			return err
+		}
+		ms, err := repo.Manifests(ctx)
+		if err != nil {
+			return err
+		}
+		me, ok := ms.(distribution.ManifestEnumerator)
+		if !ok {
+			return errors.New("manifest service cannot enumerate")
+		}
+		err = me.Enumerate(ctx, func(d digest.Digest) error {
+			marked[d] = true
+			return mark(ctx, ms, d, marked, 0)
+		})
+		var pnf driver.PathNotFoundError
+		if err != nil && !errors.As(err, &pnf) {
+			return err
+		}
+		le, ok := repo.Blobs(ctx).(distribution.ManifestEnumerator)
+		if !ok {
+			return errors.New("blob service cannot enumerate")
+		}
+		return le.Enumerate(ctx, func(d digest.Digest) error {
+			if !marked[d] && !protect[d] {
+				unlinked[name] = append(unlinked[name], d)
+			}
+			return nil
+		})
+	})
+	var pnf driver.PathNotFoundError
+	if err != nil && !errors.As(err, &pnf) {
+		return res, fmt.Errorf("mark: %w", err)
+	}
+	vacuum := dstorage.NewVacuum(ctx, drv)
+	var sweep []digest.Digest
+	err = reg.Blobs().Enumerate(ctx, func(d digest.Digest) error {
+		switch {
+		case marked[d]:
+		case protect[d]:
+			res.Protected++
+		default:
+			sweep = append(sweep, d)
+		}
+		return nil
+	})
+	if err != nil && !errors.As(err, &pnf) {
+		return res, fmt.Errorf("enumerate blobs: %w", err)
+	}
+	for _, d := range sweep {
+		if err := vacuum.RemoveBlob(d.String()); err != nil {
+			return res, fmt.Errorf("delete blob %s: %w", d, err)
+		}
+		res.BlobsDeleted++
+	}
+	for name, ds := range unlinked {
+		for _, d := range ds {
+			if err := vacuum.RemoveLayer(name, d); err != nil {
+				return res, fmt.Errorf("delete layer link %s@%s: %w", name, d, err)
+			}
+		}
+	}
+	if res.BytesAfter, err = blobBytes(dir); err != nil {
+		return res, err
+	}
+	res.BytesFreed = res.BytesBefore - res.BytesAfter
+	return res, nil
+}
+
+// mark marks everything manifest d references, following child manifests.
+func mark(ctx context.Context, ms distribution.ManifestService, d digest.Digest, marked map[digest.Digest]bool, depth int) error {
+	m, err := ms.Get(ctx, d)
+	if err != nil {
+		return fmt.Errorf("manifest %s: %w", d, err)
+	}
+	for _, ref := range m.References() {
+		if marked[ref.Digest] {
+			continue
+		}
+		marked[ref.Digest] = true
+		if depth < 8 {
+			if ok, _ := ms.Exists(ctx, ref.Digest); ok {
+				if err := mark(ctx, ms, ref.Digest, marked, depth+1); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// blobBytes sums the sizes of the files under the blob store of dir.
+func blobBytes(dir string) (int64, error) {
+	var n int64
+	root := filepath.Join(dir, "docker", "registry", "v2", "blobs")
+	err := filepath.WalkDir(root, func(_ string, e fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if e.Type().IsRegular() {
+			info, err := e.Info()
+			if err != nil {
+				return nil
+			}
+			n += info.Size()
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("measure blob storage: %w", err)
+	}
+	return n, nil
+}

@@ -1,0 +1,187 @@
+package proxy
+
+import (
+	"context"
+	"net/http"
+	"sync"
+	"time"
+
+	digest "github.com/opencontainers/go-digest"
+)
+
+// WriteGate lets garbage collection of the embedded registry run without
+// racing pushes. Requests that write (PUT, POST, PATCH, DELETE) pass it
+// while it is open; Hold closes it, waits for the writes in flight to end,
+// and keeps new ones waiting until released. It also remembers blobs
+// uploaded whose manifest has not been pushed yet (a push spans several
+// requests), so a collection between a blob upload and its manifest does
+// not sweep them.
+//
+// The zero value is not usable; use NewWriteGate.
+type WriteGate struct {
+	mu      sync.Mutex
+	held    chan struct{} // non-nil while held; closed on release
+	active  int           // writes in flight
+	drained chan struct{} // closed when active drops to zero while held
+	pending map[digest.Digest]time.Time
+}
+
+// NewWriteGate returns an open gate.
+func NewWriteGate() *WriteGate {
+	return &WriteGate{pending: map[digest.Digest]time.Time{}}
+}
+
+// isWrite reports whether a method changes the registry.
+func isWrite(method string) bool {
+	switch method {
+	case http.MethodPut, http.MethodPost, http.MethodPatch, http.MethodDelete:
+		return true
+	}
+	return false
+}
+
+// enter waits until the gate is open and counts a write in flight. The
+// returned func ends it.
+func (g *WriteGate) enter(ctx context.Context) (func(), error) {
+	for {
+		g.mu.Lock()
+		if g.held == nil {
+			g.active++
+			g.mu.Unlock()
+			return g.leave, nil
+		}
+		ch := g.held
+		g.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+func (g *WriteGate) leave() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.active--
+	if g.active == 0 && g.drained != nil {
+		close(g.drained)
+		g.drained = nil
+	}
+}
+
+// Hold closes the gate and waits until no write is in flight. It returns
+// the func that opens the gate again; on error the gate is open.
+func (g *WriteGate) Hold(ctx context.Context) (release func(), err error) {
+	for {
+		g.mu.Lock()
+		if g.held == nil {
+			break
+		}
+		ch := g.held
+		g.mu.Unlock()
+		select { // another holder: wait for it
+		case <-ch:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	held := make(chan struct{})
+	g.held = held
+	var once sync.Once
+	release = func() {
+		once.Do(func() {
+			g.mu.Lock()
+			g.held, g.drained = nil, nil
+			g.mu.Unlock()
+			close(held)
+		})
+	}
+	for g.active > 0 {
+		if g.drained == nil {
+			g.drained = make(chan struct{})
+		}
+		ch := g.drained
+		g.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			release()
+			return nil, ctx.Err()
+		}
+		g.mu.Lock()
+	}
+	g.mu.Unlock()
+	return release, nil
+}
+
+// Pending returns the blobs uploaded since before (or later) whose manifest
+// has not been pushed yet, and forgets older ones.
+func (g *WriteGate) Pending(since time.Time) map[digest.Digest]bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	out := map[digest.Digest]bool{}
+	for d, at := range g.pending {
+		if at.Before(since) {
+			delete(g.pending, d)
+			continue
+		}
+		out[d] = true
+	}
+	return out
+}
+
+func (g *WriteGate) uploaded(d digest.Digest, at time.Time) {
+	g.mu.Lock()
+	g.pending[d] = at
+	g.mu.Unlock()
+}
+
+func (g *WriteGate) referenced(ds []digest.Digest) {
+	g.mu.Lock()
+	for _, d := range ds {
+		delete(g.pending, d)
+	}
+	g.mu.Unlock()
+}
+
+// track passes a request through the gate and pull tracking. It returns
+// the func to call when the request has been answered.
+func (s *Server) track(w *statusWriter, r *http.Request, rt Route) (func(), error) {
+	leave := func() {}
+	if s.gate != nil && isWrite(r.Method) {
+		var err error
+		if leave, err = s.gate.enter(r.Context()); err != nil {
+			return nil, err
+		}
+	}
+	return func() {
+		leave()
+		if w.status/100 != 2 {
+			return
+		}
+		switch {
+		case rt.Kind == KindManifest && r.Method == http.MethodGet && s.pulls != nil:
+			d := rt.Digest
+			if d == "" {
+				d, _ = digest.Parse(w.Header().Get("Docker-Content-Digest"))
+			}
+			if d != "" {
+				s.pulls.observe(rt.Name, d, s.now())
+			}
+		case s.gate == nil:
+		case (rt.Kind == KindUpload || rt.Kind == KindUploadStart) && w.status == http.StatusCreated:
+			if d, err := digest.Parse(w.Header().Get("Docker-Content-Digest")); err == nil {
+				s.gate.uploaded(d, s.now())
+			}
+		case rt.Kind == KindManifest && r.Method == http.MethodPut:
+			d, err := digest.Parse(w.Header().Get("Docker-Content-Digest"))
+			if err != nil {
+				return
+			}
+			if m, err := s.ledger.Manifest(context.WithoutCancel(r.Context()), rt.Name, d); err == nil {
+				s.gate.referenced(append(m.Blobs, m.Children...))
+			}
+		}
+	}, nil
+}
