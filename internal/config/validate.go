@@ -113,6 +113,9 @@ func (c Config) Validate() []FieldError {
 			add(p+".subjects", "must name at least one subject")
 		}
 		for j, s := range r.Subjects {
+			if err := policy.ValidateSubject(s); err != nil {
+				add(p+".subjects["+strconv.Itoa(j)+"]", "%v", err)
+			}
 			if g, ok := strings.CutPrefix(s, "group:"); ok {
 				if _, found := c.Auth.Groups[g]; !found {
 					add(p+".subjects["+strconv.Itoa(j)+"]", "group %q is not declared in auth.groups", g)
@@ -171,6 +174,18 @@ func (c Config) Validate() []FieldError {
 				add(kp, "give exactly one of tags, most_recent, pushed_within, pulled_within")
 			}
 		}
+		if len(p.Keep) == 0 {
+			add(path+".keep", "a policy must say what it keeps (to keep every tag: keep: [{tags: [\"*\"]}])")
+		}
+		if p.UntaggedGrace < 0 {
+			add(path+".untagged_grace", "must not be negative")
+		}
+		if p.Immutable.ReleaseAfter < 0 {
+			add(path+".immutable.release_after", "must not be negative")
+		}
+	}
+	if c.Retention.Schedule < 0 {
+		add("retention.schedule", "must not be negative")
 	}
 	errs = append(errs, c.unsupported()...)
 	return errs
@@ -184,20 +199,14 @@ func (c Config) unsupported() []FieldError {
 	not := func(path, what string) {
 		errs = append(errs, FieldError{Path: path, Msg: what + " is not supported by this version of taglock yet; remove it"})
 	}
-	if c.Auth.Mode != "none" && c.Auth.Mode != "" {
+	if c.Auth.Mode == "token" {
 		not("auth.mode", "authentication ("+c.Auth.Mode+")")
-	}
-	if len(c.Access) > 0 {
-		not("access", "access rules")
 	}
 	if c.TLS.Cert != "" || c.TLS.Key != "" || c.TLS.ClientCA != "" {
 		not("tls", "serving HTTPS")
 	}
 	if m := c.Upstream.Auth.Mode; m != "passthrough" && m != "" {
 		not("upstream.auth.mode", "upstream credentials ("+m+")")
-	}
-	if c.Retention.Schedule > 0 || len(c.Retention.Policies) > 0 {
-		not("retention", "retention")
 	}
 	if c.Verify.Schedule > 0 {
 		not("verify.schedule", "scheduled verify")

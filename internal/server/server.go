@@ -85,17 +85,25 @@ func Start(ctx context.Context, cfg config.Config, log zerolog.Logger) (_ *Serve
 	if err != nil {
 		return nil, err
 	}
+	authn, access, err := clientAuth(cfg, log)
+	if err != nil {
+		return nil, err
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := proxy.NewMetrics(reg)
+	metrics.WatchLedger(s.ledger, 0)
 	s.proxy = proxy.New(proxy.Options{
-		Upstream:      s.up,
-		Ledger:        s.ledger,
+		Upstream:      metrics.Upstream(s.up),
+		Ledger:        timedLedger{s.ledger, metrics},
 		Immutability:  im,
 		Promotion:     promo,
 		PinOnRead:     cfg.Immutability.PinOnRead,
 		Log:           log,
-		Metrics:       proxy.NewMetrics(reg),
+		Metrics:       metrics,
 		LookupTimeout: cfg.Upstream.Timeout.Std(),
+		Auth:          authn,
+		Access:        access,
 	})
 	if err := s.proxy.Reconcile(ctx); err != nil {
 		// Unsettled reservations stay and keep their tags held; pushes
