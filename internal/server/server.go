@@ -91,16 +91,14 @@ func Start(ctx context.Context, cfg config.Config, log zerolog.Logger) (_ *Serve
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	metrics := proxy.NewMetrics(reg)
-	metrics.WatchLedger(s.ledger, 0)
 	s.proxy = proxy.New(proxy.Options{
-		Upstream:      metrics.Upstream(s.up),
-		Ledger:        timedLedger{s.ledger, metrics},
+		Upstream:      s.up,
+		Ledger:        s.ledger,
 		Immutability:  im,
 		Promotion:     promo,
 		PinOnRead:     cfg.Immutability.PinOnRead,
 		Log:           log,
-		Metrics:       metrics,
+		Metrics:       proxy.NewMetrics(reg),
 		LookupTimeout: cfg.Upstream.Timeout.Std(),
 		Auth:          authn,
 		Access:        access,
