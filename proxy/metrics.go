@@ -1,21 +1,34 @@
 package proxy
 
 import (
+	"context"
 	"strconv"
+	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/taglock/taglock/storage"
 )
 
 // Metrics are the proxy's Prometheus collectors.
 type Metrics struct {
-	requests *prometheus.CounterVec
-	refusals *prometheus.CounterVec
-	warnings *prometheus.CounterVec
+	reg       prometheus.Registerer
+	requests  *prometheus.CounterVec
+	refusals  *prometheus.CounterVec
+	warnings  *prometheus.CounterVec
+	upstream  *prometheus.HistogramVec
+	ledgerOps *prometheus.HistogramVec
+	bytes     *prometheus.CounterVec
+	drift     *prometheus.GaugeVec
+	verifies  *prometheus.CounterVec
+	verified  prometheus.Gauge
 }
 
 // NewMetrics registers the proxy's collectors with reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
+		reg: reg,
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "taglock_requests_total", Help: "Requests by route, method and status.",
 		}, []string{"route", "method", "code"}),
@@ -25,8 +38,35 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		warnings: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "taglock_warn_total", Help: "Requests warn mode let through that immutable mode would have refused, by reason.",
 		}, []string{"reason"}),
+		upstream: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "taglock_upstream_duration_seconds",
+			Help:    "Time until the upstream's response headers: op=forward for proxied client requests, op=lookup for taglock's own requests, by method.",
+			Buckets: prometheus.DefBuckets,
+		}, []string{"op", "method"}),
+		ledgerOps: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "taglock_ledger_duration_seconds",
+			Help:    "Ledger operations the proxy performs, by operation.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 8), // 0.1 ms to 1.6 s
+		}, []string{"op"}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "taglock_proxied_bytes_total",
+			Help: "Bytes streamed through the proxy: direction=in from clients to the upstream, out from the upstream to clients.",
+		}, []string{"direction"}),
+		drift: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "taglock_drift_findings",
+			Help: "Tags the last scheduled verify found changed on the upstream around taglock, by kind (moved, deleted, new) and mode.",
+		}, []string{"kind", "mode"}),
+		verifies: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "taglock_verify_runs_total", Help: "Scheduled verify runs, by result (clean, drift, error).",
+		}, []string{"result"}),
+		verified: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "taglock_verify_last_success_timestamp_seconds", Help: "When a scheduled verify last completed (Unix time); 0 before the first.",
+		}),
 	}
-	reg.MustRegister(m.requests, m.refusals, m.warnings)
+	reg.MustRegister(m.requests, m.refusals, m.warnings, m.upstream, m.ledgerOps, m.bytes, m.drift, m.verifies, m.verified)
+	for _, d := range []string{"in", "out"} {
+		m.bytes.WithLabelValues(d)
+	}
 	return m
 }
 
@@ -39,3 +79,121 @@ func (m *Metrics) request(route, method string, code int) {
 
 func (m *Metrics) refused(reason string) { m.refusals.WithLabelValues(reason).Inc() }
 func (m *Metrics) warned(reason string)  { m.warnings.WithLabelValues(reason).Inc() }
+
+// ObserveLedger records how long a ledger operation took since start.
+func (m *Metrics) ObserveLedger(op string, start time.Time) {
+	m.ledgerOps.WithLabelValues(op).Observe(time.Since(start).Seconds())
+}
+
+// Verified records the outcome of a scheduled verify: the findings replace
+// the previous run's in taglock_drift_findings. A nil report with err set
+// counts a failed run and keeps the previous findings.
+func (m *Metrics) Verified(rep *VerifyReport, err error, at time.Time) {
+	if err != nil || rep == nil {
+		m.verifies.WithLabelValues("error").Inc()
+		return
+	}
+	m.drift.Reset()
+	for _, kind := range []string{DriftMoved, DriftDeleted, DriftNew} {
+		m.drift.WithLabelValues(kind, storage.ModeImmutable)
+	}
+	for _, f := range rep.Findings {
+		m.drift.WithLabelValues(f.Kind, f.Mode).Inc()
+	}
+	result := "clean"
+	if len(rep.Findings) > 0 {
+		result = "drift"
+	}
+	m.verifies.WithLabelValues(result).Inc()
+	m.verified.Set(float64(at.Unix()))
+}
+
+// LedgerReader is what the scrape-time ledger collector reads.
+type LedgerReader interface {
+	Repositories(ctx context.Context) ([]string, error)
+	Bindings(ctx context.Context, repo string) ([]storage.Binding, error)
+	Reservations(ctx context.Context) ([]storage.Reservation, error)
+}
+
+// WatchLedger registers gauges read from l when Prometheus scrapes:
+// taglock_tags{mode} (deleted tags as mode="deleted") and
+// taglock_reservations_pending. Counting the tags walks the ledger, so it
+// is done at most once per every (default 30s) and cached between scrapes.
+func (m *Metrics) WatchLedger(l LedgerReader, every time.Duration) {
+	if every <= 0 {
+		every = 30 * time.Second
+	}
+	m.reg.MustRegister(&ledgerCollector{l: l, every: every,
+		tags: prometheus.NewDesc("taglock_tags", "Tags the ledger records, by mode; deleted tags (tombstones) as mode=\"deleted\".", []string{"mode"}, nil),
+		pending: prometheus.NewDesc("taglock_reservations_pending",
+			"Manifest pushes reserved in the ledger and not yet committed or released (in flight, or left by a crash).", nil, nil),
+		failed: prometheus.NewDesc("taglock_ledger_scrape_errors_total", "Scrapes that could not read the ledger.", nil, nil),
+	})
+}
+
+// ledgerCollector reads the ledger at scrape time.
+type ledgerCollector struct {
+	l                     LedgerReader
+	every                 time.Duration
+	tags, pending, failed *prometheus.Desc
+
+	mu     sync.Mutex
+	at     time.Time
+	counts map[string]int
+	errors int
+}
+
+// Describe implements prometheus.Collector.
+func (c *ledgerCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.tags
+	ch <- c.pending
+	ch <- c.failed
+}
+
+// Collect implements prometheus.Collector.
+func (c *ledgerCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.counts == nil || time.Since(c.at) >= c.every {
+		if counts, err := c.count(ctx); err != nil {
+			c.errors++
+		} else {
+			c.counts, c.at = counts, time.Now()
+		}
+	}
+	for _, mode := range []string{storage.ModeImmutable, storage.ModeMutable, storage.ModeWarn, "deleted"} {
+		if c.counts != nil {
+			ch <- prometheus.MustNewConstMetric(c.tags, prometheus.GaugeValue, float64(c.counts[mode]), mode)
+		}
+	}
+	if rs, err := c.l.Reservations(ctx); err != nil {
+		c.errors++
+	} else {
+		ch <- prometheus.MustNewConstMetric(c.pending, prometheus.GaugeValue, float64(len(rs)))
+	}
+	ch <- prometheus.MustNewConstMetric(c.failed, prometheus.CounterValue, float64(c.errors))
+}
+
+func (c *ledgerCollector) count(ctx context.Context) (map[string]int, error) {
+	repos, err := c.l.Repositories(ctx)
+	if err != nil {
+		return nil, err
+	}
+	counts := map[string]int{}
+	for _, repo := range repos {
+		bs, err := c.l.Bindings(ctx, repo)
+		if err != nil {
+			return nil, err
+		}
+		for _, b := range bs {
+			if b.Deleted {
+				counts["deleted"]++
+				continue
+			}
+			counts[b.Mode]++
+		}
+	}
+	return counts, nil
+}

@@ -91,14 +91,16 @@ func Start(ctx context.Context, cfg config.Config, log zerolog.Logger) (_ *Serve
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := proxy.NewMetrics(reg)
+	metrics.WatchLedger(s.ledger, 0)
 	s.proxy = proxy.New(proxy.Options{
-		Upstream:      s.up,
-		Ledger:        s.ledger,
+		Upstream:      metrics.Upstream(s.up),
+		Ledger:        timedLedger{s.ledger, metrics},
 		Immutability:  im,
 		Promotion:     promo,
 		PinOnRead:     cfg.Immutability.PinOnRead,
 		Log:           log,
-		Metrics:       proxy.NewMetrics(reg),
+		Metrics:       metrics,
 		LookupTimeout: cfg.Upstream.Timeout.Std(),
 		Auth:          authn,
 		Access:        access,

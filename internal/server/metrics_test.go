@@ -1,0 +1,81 @@
+package server
+
+import (
+	"net/http"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// TestMetricsNamesAndLabels ensures that after a push, an identical
+// re-push, a refused move and a pull, /metrics carries every series the
+// README promises, with the documented labels and plausible values:
+// requests, refusals, upstream latency, ledger latency, bytes proxied, tags
+// by mode and pending reservations.
+func TestMetricsNamesAndLabels(t *testing.T) {
+	t.Parallel()
+	_, base := mustStart(t, nil)
+	if code, _ := push(t, base, "team/app", "1.0", "one"); code != http.StatusCreated {
+		t.Fatalf("push: %d", code)
+	}
+	if code, _ := push(t, base, "team/app", "latest", "one"); code != http.StatusCreated {
+		t.Fatalf("push latest: %d", code)
+	}
+	if code, _ := push(t, base, "team/app", "1.0", "moved"); code != http.StatusForbidden {
+		t.Fatalf("moving push: %d, want 403", code)
+	}
+	if resp, _ := do(t, http.MethodGet, base+"/v2/team/app/manifests/1.0", "", nil); resp.StatusCode != http.StatusOK {
+		t.Fatalf("pull: %d", resp.StatusCode)
+	}
+	resp, body := do(t, http.MethodGet, base+"/metrics", "", nil)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("/metrics: %d", resp.StatusCode)
+	}
+	text := string(body)
+	tests := []struct {
+		series string // a sample line's name and labels, as a regexp
+		min    float64
+	}{
+		{`taglock_requests_total\{code="201",method="PUT",route="manifest"\}`, 2},
+		{`taglock_requests_total\{code="403",method="PUT",route="manifest"\}`, 1},
+		{`taglock_requests_total\{code="200",method="GET",route="manifest"\}`, 1},
+		{`taglock_refusals_total\{reason="immutable-tag-moved"\}`, 1},
+		{`taglock_upstream_duration_seconds_count\{method="PUT",op="forward"\}`, 1},
+		{`taglock_upstream_duration_seconds_bucket\{method="GET",op="forward",le="\+Inf"\}`, 1},
+		{`taglock_upstream_duration_seconds_count\{method="PUT",op="lookup"\}`, 2},
+		{`taglock_ledger_duration_seconds_count\{op="reserve"\}`, 2},
+		{`taglock_ledger_duration_seconds_count\{op="commit"\}`, 2},
+		{`taglock_ledger_duration_seconds_count\{op="binding"\}`, 1},
+		{`taglock_ledger_duration_seconds_bucket\{op="append",le="0.0001"\}`, 0},
+		{`taglock_proxied_bytes_total\{direction="in"\}`, 3},
+		{`taglock_proxied_bytes_total\{direction="out"\}`, 100},
+		{`taglock_tags\{mode="immutable"\}`, 1},
+		{`taglock_tags\{mode="mutable"\}`, 1},
+		{`taglock_tags\{mode="warn"\}`, 0},
+		{`taglock_tags\{mode="deleted"\}`, 0},
+		{`taglock_reservations_pending`, 0},
+		{`taglock_verify_last_success_timestamp_seconds`, 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.series, func(t *testing.T) {
+			m := regexp.MustCompile(`(?m)^(?:` + tc.series + `) (\S+)$`).FindStringSubmatch(text)
+			if m == nil {
+				t.Fatalf("no sample %s in /metrics:\n%s", tc.series, grepTaglock(text))
+			}
+			if v, err := strconv.ParseFloat(m[1], 64); err != nil || v < tc.min {
+				t.Errorf("%s = %s, want at least %v", tc.series, m[1], tc.min)
+			}
+		})
+	}
+}
+
+func grepTaglock(text string) string {
+	var out []string
+	for _, l := range strings.Split(text, "\n") {
+		if strings.HasPrefix(l, "taglock_") {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
