@@ -74,7 +74,7 @@ func TestErrorsNameLineAndKey(t *testing.T) {
 		{"not yaml", "listen: [\n", []string{"f.yaml"}},
 		{"access without auth", "access:\n  - subjects: [anonymous]\n    actions: [pull]\n", []string{"f.yaml:1:", "access"}},
 		{"token authentication not enforced yet", "auth:\n  mode: token\n", []string{"f.yaml:2:", "auth.mode", "not supported"}},
-		{"tls not served yet", "tls:\n  cert: a.pem\n  key: a.key\n", []string{"f.yaml:1:", "tls", "not supported"}},
+		{"client certificates not authenticated yet", "tls:\n  cert: a.pem\n  key: a.key\n  client_ca: ca.pem\n", []string{"f.yaml:4:", "tls.client_ca", "not supported"}},
 		{"retention not applied yet", "retention:\n  schedule: 24h\n", []string{"f.yaml:1:", "retention", "not supported"}},
 	}
 	for _, tt := range tests {

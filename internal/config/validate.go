@@ -190,8 +190,8 @@ func (c Config) unsupported() []FieldError {
 	if c.Auth.Mode == "token" {
 		not("auth.mode", "authentication ("+c.Auth.Mode+")")
 	}
-	if c.TLS.Cert != "" || c.TLS.Key != "" || c.TLS.ClientCA != "" {
-		not("tls", "serving HTTPS")
+	if c.TLS.ClientCA != "" {
+		not("tls.client_ca", "client-certificate authentication")
 	}
 	if m := c.Upstream.Auth.Mode; m != "passthrough" && m != "" {
 		not("upstream.auth.mode", "upstream credentials ("+m+")")

@@ -124,17 +124,21 @@ func Start(ctx context.Context, cfg config.Config, log zerolog.Logger) (_ *Serve
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          nil,
 	}
+	if s.http.TLSConfig, err = serverTLS(cfg.TLS, log); err != nil {
+		return nil, err
+	}
 	s.ln, err = net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("listen: %w", err)
 	}
+	warnCleartext(cfg, s.ln.Addr(), log)
 	mode := "embedded"
 	if cfg.Upstream.URL != "" {
 		mode = "upstream " + cfg.Upstream.URL
 	}
 	// Logged whatever the level: scripts read the bound address from it.
 	log.Log().Str("level", "info").Str("addr", s.ln.Addr().String()).Str("mode", mode).Str("data", cfg.Data).Msg("listening")
-	go func() { s.done <- s.http.Serve(s.ln) }()
+	go func() { s.done <- serve(s.http, s.ln) }()
 	return s, nil
 }
 
