@@ -30,7 +30,7 @@ func newRoot() *cobra.Command {
 	}
 	root.PersistentFlags().StringVarP(&g.configPath, "config", "c", "", "configuration file (YAML); built-in defaults when omitted")
 	root.AddCommand(newServe(g), newConfigCmd(g), newVersion(), newPromote(g),
-		newImportCmd(g), newVerifyCmd(g), newResolveCmd(g), newHistoryCmd(g), newLedgerCmd(g))
+		newImportCmd(g), newVerifyCmd(g), newResolveCmd(g), newHistoryCmd(g), newLedgerCmd(g), newRetentionCmd(g))
 	root.AddCommand(newPinCmd(g))
 	return root
 }

@@ -36,6 +36,9 @@ type Options struct {
 	// Log receives one line per failed or admin call. Default
 	// zerolog.Nop().
 	Log zerolog.Logger
+	// Retention plans and applies retention; nil answers its calls with
+	// 503.
+	Retention Retention
 }
 
 // Handler serves the API under Prefix.
@@ -59,6 +62,7 @@ func New(o Options) *Handler {
 	h.mux.HandleFunc("POST "+Prefix+"admin/ledger/export", h.admin(h.export))
 	h.mux.HandleFunc("POST "+Prefix+"admin/ledger/import", h.admin(h.importLedger))
 	h.mux.HandleFunc("POST "+Prefix+"admin/ledger/check", h.admin(h.check))
+	h.mountRetention(o.Retention)
 	return h
 }
 

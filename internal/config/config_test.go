@@ -75,7 +75,7 @@ func TestErrorsNameLineAndKey(t *testing.T) {
 		{"access without auth", "access:\n  - subjects: [anonymous]\n    actions: [pull]\n", []string{"f.yaml:1:", "access"}},
 		{"token authentication not enforced yet", "auth:\n  mode: token\n", []string{"f.yaml:2:", "auth.mode", "not supported"}},
 		{"client certificates not authenticated yet", "tls:\n  cert: a.pem\n  key: a.key\n  client_ca: ca.pem\n", []string{"f.yaml:4:", "tls.client_ca", "not supported"}},
-		{"retention not applied yet", "retention:\n  schedule: 24h\n", []string{"f.yaml:1:", "retention", "not supported"}},
+		{"retention policy without keep rules", "retention:\n  policies:\n    - repositories: [\"ci/**\"]\n", []string{"f.yaml:3:", "retention.policies[0].keep", "must say what it keeps"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

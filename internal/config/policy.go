@@ -82,3 +82,36 @@ func (c Config) AccessPolicy() (policy.Access, error) {
 	}
 	return a, nil
 }
+
+// RetentionSettings turns the retention section into policy values. The
+// config must have passed Validate.
+func (c Config) RetentionSettings() (policy.Retention, error) {
+	r := policy.Retention{Schedule: c.Retention.Schedule.Std(), MaxDeletions: c.Retention.MaxDeletions}
+	for i, p := range c.Retention.Policies {
+		name := fmt.Sprintf("retention.policies[%d]", i)
+		repos, err := policy.CompileGlobs(p.Repositories)
+		if err != nil {
+			return policy.Retention{}, fmt.Errorf("%s.repositories: %w", name, err)
+		}
+		rp := policy.RetentionPolicy{Name: name, Repositories: repos, UntaggedGrace: p.UntaggedGrace.Std(),
+			Immutable: policy.ImmutableRetention{ReleaseAfter: p.Immutable.ReleaseAfter.Std()}}
+		if p.Untagged != "" {
+			if rp.Untagged, err = policy.ParseUntagged(p.Untagged); err != nil {
+				return policy.Retention{}, fmt.Errorf("%s.untagged: %w", name, err)
+			}
+		}
+		for j, k := range p.Keep {
+			tags, err := policy.CompileGlobs(k.Tags)
+			if err != nil {
+				return policy.Retention{}, fmt.Errorf("%s.keep[%d].tags: %w", name, j, err)
+			}
+			rp.Keep = append(rp.Keep, policy.KeepRule{Name: fmt.Sprintf("%s.keep[%d]", name, j), Tags: tags,
+				MostRecent: k.MostRecent, PushedWithin: k.PushedWithin.Std(), PulledWithin: k.PulledWithin.Std()})
+		}
+		r.Policies = append(r.Policies, rp)
+	}
+	if err := r.Validate(); err != nil {
+		return policy.Retention{}, err
+	}
+	return r, nil
+}
