@@ -55,6 +55,10 @@ type Log struct {
 	// Format is auto (console on a terminal, JSON otherwise), json or
 	// console. Default auto.
 	Format string `yaml:"format"`
+	// Audit is a file that receives every audit event as a JSON line, in
+	// addition to the log. Empty (default): audit events go to the log
+	// only.
+	Audit string `yaml:"audit"`
 }
 
 // TLS is the `tls:` section. With Cert and Key set taglock serves HTTPS.

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"path/filepath"
+	"sync"
 	"testing"
 
 	digest "github.com/opencontainers/go-digest"
@@ -22,6 +23,14 @@ import (
 // default config changed by edit, and stops it at the end of the test.
 func mustStart(t *testing.T, edit func(*config.Config)) (*Server, string) {
 	t.Helper()
+	srv, base := startOnly(t, edit)
+	t.Cleanup(func() { _ = srv.Shutdown(context.Background()) })
+	return srv, base
+}
+
+// startOnly is mustStart without the clean-up: the test shuts it down.
+func startOnly(t *testing.T, edit func(*config.Config)) (*Server, string) {
+	t.Helper()
 	cfg := config.Default()
 	cfg.Listen, cfg.Data = "127.0.0.1:0", filepath.Join(t.TempDir(), "data")
 	if edit != nil {
@@ -34,8 +43,25 @@ func mustStart(t *testing.T, edit func(*config.Config)) (*Server, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = srv.Shutdown(context.Background()) })
 	return srv, "http://" + srv.Addr()
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger and a test to share.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // do sends one request and returns the response with its body read.

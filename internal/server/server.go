@@ -39,7 +39,7 @@ type Server struct {
 	http     *http.Server
 	ln       net.Listener
 	done     chan error
-	ret      *retentionParts
+	insight  *insight // audit file, scheduled verify
 }
 
 // LedgerPath is where the ledger lives under the data directory.
@@ -94,10 +94,10 @@ func Start(ctx context.Context, cfg config.Config, log zerolog.Logger) (_ *Serve
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := proxy.NewMetrics(reg)
 	metrics.WatchLedger(s.ledger, 0)
-	s.ret = newRetentionParts(cfg, s.ledger, log)
+	if s.insight, err = newInsight(cfg, log); err != nil {
+		return nil, err
+	}
 	s.proxy = proxy.New(proxy.Options{
-		Pulls:         s.ret.pulls,
-		Gate:          s.ret.gate,
 		Upstream:      metrics.Upstream(s.up),
 		Ledger:        timedLedger{s.ledger, metrics},
 		Immutability:  im,
@@ -105,6 +105,7 @@ func Start(ctx context.Context, cfg config.Config, log zerolog.Logger) (_ *Serve
 		PinOnRead:     cfg.Immutability.PinOnRead,
 		Log:           log,
 		Metrics:       metrics,
+		Audit:         s.insight.auditLogger(),
 		LookupTimeout: cfg.Upstream.Timeout.Std(),
 		Auth:          authn,
 		Access:        access,
@@ -115,16 +116,13 @@ func Start(ctx context.Context, cfg config.Config, log zerolog.Logger) (_ *Serve
 		log.Warn().Err(err).Msg("start-up reconcile incomplete; pending reservations keep their tags held")
 	}
 
-	if err := s.ret.start(cfg, s.ledger, s.proxy, reg, log); err != nil {
-		return nil, err
-	}
 	mux := http.NewServeMux()
 	mux.Handle("/v2/", s.proxy)
 	mux.Handle("/v2", s.proxy)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", s.ready)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.Handle(admin.Prefix, admin.New(admin.Options{Ledger: s.ledger, Tools: s.proxy, Log: log, Retention: s.ret.runner}))
+	mux.Handle(admin.Prefix, admin.New(admin.Options{Ledger: s.ledger, Tools: s.proxy, Log: log}))
 	s.http = &http.Server{
 		Handler:           rawPaths(mux, s.proxy),
 		ReadHeaderTimeout: 30 * time.Second,
@@ -145,6 +143,7 @@ func Start(ctx context.Context, cfg config.Config, log zerolog.Logger) (_ *Serve
 	}
 	// Logged whatever the level: scripts read the bound address from it.
 	log.Log().Str("level", "info").Str("addr", s.ln.Addr().String()).Str("mode", mode).Str("data", cfg.Data).Msg("listening")
+	s.insight.start(s.proxy, metrics)
 	go func() { s.done <- serve(s.http, s.ln) }()
 	return s, nil
 }
@@ -202,7 +201,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 }
 
 func (s *Server) closeAll() {
-	s.ret.stop()
+	s.insight.close()
 	if s.registry != nil {
 		_ = s.registry.Shutdown()
 	}

@@ -1,0 +1,132 @@
+package server
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/taglock/taglock/proxy"
+)
+
+// verifier runs the proxy's Verify on a schedule (verify.schedule) and
+// reports what it finds: taglock_drift_findings and one "drift" audit event
+// per finding. It never repairs.
+type verifier struct {
+	tools interface {
+		Verify(ctx context.Context, o proxy.VerifyOptions) (proxy.VerifyReport, error)
+	}
+	metrics *proxy.Metrics
+	audit   zerolog.Logger
+	log     zerolog.Logger
+	every   time.Duration
+
+	mu   sync.Mutex
+	last *DriftStatus
+
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// DriftStatus is the outcome of the last scheduled verify.
+type DriftStatus struct {
+	// Time is when the run ended.
+	Time time.Time `json:"time"`
+	// Report is what it found; empty when Error is set.
+	Report proxy.VerifyReport `json:"report"`
+	// Error says why the run failed, if it did.
+	Error string `json:"error,omitempty"`
+}
+
+// start runs a first verify at once, then one every v.every, until stop.
+func (v *verifier) start() {
+	ctx, cancel := context.WithCancel(context.Background())
+	v.cancel, v.done = cancel, make(chan struct{})
+	go func() {
+		defer close(v.done)
+		t := time.NewTicker(v.every)
+		defer t.Stop()
+		for {
+			v.run(ctx)
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
+}
+
+// stop ends the schedule and waits for a run in progress to give up.
+func (v *verifier) stop() {
+	if v == nil || v.cancel == nil {
+		return
+	}
+	v.cancel()
+	<-v.done
+}
+
+func (v *verifier) run(ctx context.Context) {
+	start := time.Now()
+	rep, err := v.tools.Verify(ctx, proxy.VerifyOptions{})
+	if ctx.Err() != nil {
+		return // shutting down
+	}
+	st := &DriftStatus{Time: time.Now().UTC()}
+	if err != nil {
+		st.Error = err.Error()
+		v.log.Error().Err(err).Msg("scheduled verify failed")
+		if v.metrics != nil {
+			v.metrics.Verified(nil, err, st.Time)
+		}
+	} else {
+		st.Report = rep
+		for _, f := range rep.Findings {
+			ev := v.audit.Info()
+			if f.Immutable {
+				ev = v.audit.Warn()
+			}
+			ev.Str("event", "drift").Str("drift", f.Kind).Str("repo", f.Repo).Str("tag", f.Tag).Str("mode", f.Mode).
+				Str("recorded", f.Recorded.String()).Str("actual", f.Actual.String()).Bool("immutable", f.Immutable).
+				Bool("repairable", f.Repairable).Msg(driftMessage(f))
+		}
+		if v.metrics != nil {
+			v.metrics.Verified(&rep, nil, st.Time)
+		}
+		v.log.Info().Int("repositories", rep.Repositories).Int("tags", rep.Tags).Int("findings", len(rep.Findings)).
+			Dur("duration", time.Since(start)).Msg("scheduled verify")
+	}
+	v.mu.Lock()
+	v.last = st
+	v.mu.Unlock()
+}
+
+// Last is the outcome of the last scheduled verify; nil before the first
+// run ends.
+func (v *verifier) Last() *DriftStatus {
+	if v == nil {
+		return nil
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.last
+}
+
+func driftMessage(f proxy.Finding) string {
+	switch f.Kind {
+	case proxy.DriftMoved:
+		msg := "tag moved on the upstream around taglock"
+		if f.Immutable {
+			msg += "; taglock verify --repair puts it back"
+		}
+		return msg
+	case proxy.DriftDeleted:
+		msg := "tag deleted on the upstream around taglock"
+		if f.Immutable {
+			msg += "; taglock verify --repair puts it back"
+		}
+		return msg
+	}
+	return "tag on the upstream that the ledger never recorded; taglock import adopts it"
+}
