@@ -1,7 +1,12 @@
 package server
 
 import (
+	"context"
 	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
 
 	"github.com/rs/zerolog"
 
@@ -30,4 +35,46 @@ func clientAuth(cfg config.Config, log zerolog.Logger) (proxy.Authenticator, pol
 		return h, access, nil
 	}
 	return nil, policy.Access{}, fmt.Errorf("auth.mode %q is not supported", cfg.Auth.Mode)
+}
+
+// upstreamCredentials wraps tr with taglock's own credentials when
+// upstream.auth.mode is basic; passthrough returns tr as it is.
+func upstreamCredentials(u config.Upstream, tr http.RoundTripper, log zerolog.Logger) (http.RoundTripper, error) {
+	a := u.Auth
+	switch a.Mode {
+	case "", "passthrough":
+		return tr, nil
+	case "basic":
+	default:
+		return nil, fmt.Errorf("upstream.auth.mode %q is not supported", a.Mode)
+	}
+	var secret auth.Secret
+	switch {
+	case a.CredentialHelper != "":
+		base, err := url.Parse(u.URL)
+		if err != nil {
+			return nil, fmt.Errorf("upstream.url: %w", err)
+		}
+		prog := a.CredentialHelper
+		if !strings.ContainsRune(prog, '/') {
+			prog = "docker-credential-" + prog
+		}
+		secret = &auth.CredentialHelper{Program: prog, Server: base.Host}
+	case a.PasswordFile != "":
+		pf := &auth.PasswordFile{User: a.Username, Path: a.PasswordFile}
+		if _, _, err := pf.Credentials(context.Background(), false); err != nil {
+			return nil, fmt.Errorf("upstream.auth.password_file: %w", err)
+		}
+		secret = pf
+	case a.PasswordEnv != "":
+		pw, ok := os.LookupEnv(a.PasswordEnv)
+		if !ok || pw == "" {
+			return nil, fmt.Errorf("upstream.auth.password_env: %s is not set", a.PasswordEnv)
+		}
+		secret = auth.Static{User: a.Username, Password: pw}
+	default:
+		secret = auth.Static{User: a.Username, Password: a.Password}
+	}
+	log.Info().Str("upstream", u.URL).Str("user", a.Username).Msg("upstream credentials: taglock's own service account; client credentials are not forwarded")
+	return auth.NewBasic(secret, tr), nil
 }

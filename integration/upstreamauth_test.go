@@ -1,0 +1,131 @@
+package integration
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/distribution/distribution/v3/configuration"
+	_ "github.com/distribution/distribution/v3/registry/auth/htpasswd" // the upstream's Basic auth
+	"github.com/distribution/distribution/v3/registry/handlers"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/taglock/taglock/internal/config"
+)
+
+// mustBasicUpstream serves a Distribution registry that demands Basic
+// credentials from the htpasswd file at path, like ECR does, and returns its
+// address. Distribution re-reads the file when it changes.
+func mustBasicUpstream(t *testing.T, htpasswd string) string {
+	t.Helper()
+	secret := make([]byte, 16)
+	_, _ = rand.Read(secret)
+	cfg, err := configuration.Parse(strings.NewReader(fmt.Sprintf(`
+version: 0.1
+log:
+  level: error
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: %q
+  delete:
+    enabled: true
+  redirect:
+    disable: true
+auth:
+  htpasswd:
+    realm: ecr-like
+    path: %q
+http:
+  addr: 127.0.0.1:0
+  secret: %q
+`, t.TempDir(), htpasswd, hex.EncodeToString(secret))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	app := handlers.NewApp(context.Background(), cfg)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: app, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close(); _ = app.Shutdown() })
+	return ln.Addr().String()
+}
+
+// rotate writes content to path and moves its modification time forward,
+// so a reader that watches the time sees a change even on a coarse clock.
+func rotate(t *testing.T, path, content string, step int) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	when := time.Now().Add(time.Duration(step) * 2 * time.Second)
+	if err := os.Chtimes(path, when, when); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestUpstreamBasicRotation is the ECR-like setup: the upstream demands a
+// service account's password, taglock reads it from a file, and clients of
+// taglock send none (or their own, which is never forwarded). The password
+// is rotated on the upstream and in the file mid-test, and pushes keep
+// working without a restart.
+func TestUpstreamBasicRotation(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	upHtpasswd := filepath.Join(dir, "upstream.htpasswd")
+	pwFile := filepath.Join(dir, "password")
+	if err := os.WriteFile(upHtpasswd, []byte(readFile(t, mustHtpasswd(t, map[string]string{"AWS": "first-password"}))), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rotate(t, pwFile, "first-password\n", 0)
+	up := mustBasicUpstream(t, upHtpasswd)
+
+	// Directly, the upstream refuses anonymous pushes.
+	if err := remote.Write(mustRef(t, up, "ecr/app:v0"), MustImage(t), ggcrOpts(t)...); err == nil {
+		t.Fatal("the upstream accepted an anonymous push; the test setup is wrong")
+	}
+
+	e := MustEnv(t, Embedded, func(c *config.Config) {
+		c.Upstream.URL = "http://" + up
+		c.Upstream.Auth = config.UpstreamAuth{Mode: "basic", Username: "AWS", PasswordFile: pwFile}
+	})
+	MustPush(t, e.Addr, "ecr/app:v1", MustImage(t))
+	// A client's own credentials are replaced, not forwarded.
+	req, _ := http.NewRequest(http.MethodGet, "/", nil)
+	req.SetBasicAuth("AWS", "wrong")
+	resp, body := do(t, http.MethodGet, e.URL("/v2/ecr/app/manifests/v1"), nil,
+		http.Header{"Authorization": req.Header["Authorization"], "Accept": {"application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json"}})
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET with the client's own wrong credentials: %d %s, want 200 (taglock's account is used)", resp.StatusCode, body)
+	}
+
+	// Rotate: the upstream first, then the file, as a cron job would.
+	rotate(t, upHtpasswd, readFile(t, mustHtpasswd(t, map[string]string{"AWS": "second-password"})), 1)
+	rotate(t, pwFile, "second-password\n", 1)
+	img := MustImage(t)
+	MustPush(t, e.Addr, "ecr/app:v3", img)
+	if got := mustServed(t, e.Addr, "ecr/app:v3"); got != MustDigest(t, img) {
+		t.Fatalf("after the rotation, ecr/app:v3 serves %s, want %s", got, MustDigest(t, img))
+	}
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
