@@ -175,6 +175,18 @@ func (c Config) Validate() []FieldError {
 				add(kp, "give exactly one of tags, most_recent, pushed_within, pulled_within")
 			}
 		}
+		if len(p.Keep) == 0 {
+			add(path+".keep", "a policy must say what it keeps (to keep every tag: keep: [{tags: [\"*\"]}])")
+		}
+		if p.UntaggedGrace < 0 {
+			add(path+".untagged_grace", "must not be negative")
+		}
+		if p.Immutable.ReleaseAfter < 0 {
+			add(path+".immutable.release_after", "must not be negative")
+		}
+	}
+	if c.Retention.Schedule < 0 {
+		add("retention.schedule", "must not be negative")
 	}
 	if c.Verify.Schedule < 0 || c.Verify.Schedule > 0 && c.Verify.Schedule.Std() < time.Second {
 		add("verify.schedule", "want 0 (never) or at least 1s, got %s", c.Verify.Schedule.Std())
@@ -199,9 +211,6 @@ func (c Config) unsupported() []FieldError {
 	}
 	if m := c.Upstream.Auth.Mode; m != "passthrough" && m != "" {
 		not("upstream.auth.mode", "upstream credentials ("+m+")")
-	}
-	if c.Retention.Schedule > 0 || len(c.Retention.Policies) > 0 {
-		not("retention", "retention")
 	}
 	return errs
 }

@@ -40,6 +40,7 @@ type Server struct {
 	ln       net.Listener
 	done     chan error
 	insight  *insight // audit file, scheduled verify
+	ret      *retentionParts
 }
 
 // LedgerPath is where the ledger lives under the data directory.
@@ -97,7 +98,10 @@ func Start(ctx context.Context, cfg config.Config, log zerolog.Logger) (_ *Serve
 	if s.insight, err = newInsight(cfg, log); err != nil {
 		return nil, err
 	}
+	s.ret = newRetentionParts(cfg, s.ledger, log)
 	s.proxy = proxy.New(proxy.Options{
+		Pulls:         s.ret.pulls,
+		Gate:          s.ret.gate,
 		Upstream:      metrics.Upstream(s.up),
 		Ledger:        timedLedger{s.ledger, metrics},
 		Immutability:  im,
@@ -116,13 +120,16 @@ func Start(ctx context.Context, cfg config.Config, log zerolog.Logger) (_ *Serve
 		log.Warn().Err(err).Msg("start-up reconcile incomplete; pending reservations keep their tags held")
 	}
 
+	if err := s.ret.start(cfg, s.ledger, s.proxy, reg, log); err != nil {
+		return nil, err
+	}
 	mux := http.NewServeMux()
 	mux.Handle("/v2/", s.proxy)
 	mux.Handle("/v2", s.proxy)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", s.ready)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.Handle(admin.Prefix, admin.New(admin.Options{Ledger: s.ledger, Tools: s.proxy, Log: log}))
+	mux.Handle(admin.Prefix, admin.New(admin.Options{Ledger: s.ledger, Tools: s.proxy, Log: log, Retention: s.ret.runner}))
 	s.http = &http.Server{
 		Handler:           rawPaths(mux, s.proxy),
 		ReadHeaderTimeout: 30 * time.Second,
@@ -202,6 +209,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 func (s *Server) closeAll() {
 	s.insight.close()
+	s.ret.stop()
 	if s.registry != nil {
 		_ = s.registry.Shutdown()
 	}
