@@ -77,7 +77,11 @@ func Start(ctx context.Context, cfg config.Config, log zerolog.Logger) (_ *Serve
 		if err != nil {
 			return nil, err
 		}
-		s.up = proxy.NewRemote(base, tr, nil)
+		creds, err := upstreamCredentials(cfg.Upstream, tr, log)
+		if err != nil {
+			return nil, err
+		}
+		s.up = proxy.NewRemote(base, creds, nil)
 	}
 	im, err := cfg.ImmutabilityPolicy()
 	if err != nil {
