@@ -79,3 +79,20 @@ func grepTaglock(text string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// TestWebPageMounted ensures serve answers the web page at /taglock/ next
+// to the JSON API, showing a pushed tag.
+func TestWebPageMounted(t *testing.T) {
+	t.Parallel()
+	_, base := mustStart(t, nil)
+	if code, _ := push(t, base, "team/web", "2.1.0", "web"); code != http.StatusCreated {
+		t.Fatalf("push: %d", code)
+	}
+	resp, body := do(t, http.MethodGet, base+"/taglock/repos/team/web", "", nil)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), ">2.1.0</a>") {
+		t.Errorf("/taglock/repos/team/web: %d\n%s", resp.StatusCode, body)
+	}
+	if resp, _ := do(t, http.MethodGet, base+"/taglock/v1/repositories", "", nil); resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "application/json" {
+		t.Errorf("the JSON API moved: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+}

@@ -23,6 +23,7 @@ import (
 
 	"github.com/taglock/taglock/internal/admin"
 	"github.com/taglock/taglock/internal/config"
+	"github.com/taglock/taglock/internal/web"
 	"github.com/taglock/taglock/proxy"
 	"github.com/taglock/taglock/proxy/embedded"
 	"github.com/taglock/taglock/storage"
@@ -133,6 +134,7 @@ func Start(ctx context.Context, cfg config.Config, log zerolog.Logger) (_ *Serve
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", s.ready)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.Handle(web.Prefix, web.New(web.Options{Ledger: s.ledger, Log: log}))
 	mux.Handle(admin.Prefix, admin.New(admin.Options{Ledger: s.ledger, Tools: s.proxy, Log: log, Retention: s.ret.runner}))
 	s.http = &http.Server{
 		Handler:           rawPaths(mux, s.proxy),
