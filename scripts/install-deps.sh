@@ -2,7 +2,8 @@
 # Installs what taglock's test suite needs and a fresh machine lacks. Idempotent:
 # a second run installs nothing and takes about a second.
 #
-#   Debian packages (apt, root or sudo): skopeo, docker.io (dockerd and the docker CLI).
+#   Debian packages (apt, root or sudo): skopeo, docker.io (dockerd and the docker CLI),
+#     chromium (headless, for the web page's end-to-end test).
 #   Go-built tools, into ${TAGLOCK_TOOLS:-$HOME/.cache/taglock/tools}:
 #     crane, oras, regctl   the real OCI clients the end-to-end tests drive
 #     registry              CNCF Distribution, the separate upstream for upstream mode
@@ -28,6 +29,7 @@ command -v go >/dev/null || die "go not found: install Go 1.26 (https://go.dev/d
 if ((use_apt)); then
   need=()
   command -v skopeo >/dev/null || need+=(skopeo)
+  command -v chromium >/dev/null || need+=(chromium)
   if ! command -v dockerd >/dev/null || ! command -v docker >/dev/null; then
     need+=(docker.io)
   fi
@@ -38,7 +40,7 @@ if ((use_apt)); then
     as_root env DEBIAN_FRONTEND=noninteractive NEEDRESTART_MODE=a \
       apt-get install -y -qq "${need[@]}" >/dev/null
   fi
-  for cmd in skopeo dockerd docker; do
+  for cmd in skopeo dockerd docker chromium; do
     command -v "$cmd" >/dev/null || die "$cmd still missing after apt-get install"
   done
 fi
