@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
+	"strings"
 
 	"github.com/distribution/distribution/v3/registry/api/errcode"
 
@@ -19,7 +21,8 @@ type Caller struct {
 	Identity policy.Identity
 	// Scope, when not nil, limits what the credentials themselves may do,
 	// whatever the access rules say: a bearer token's granted actions on
-	// one repository. nil leaves the decision to the access rules alone.
+	// one repository (repo "" asks about the catalog). nil leaves the
+	// decision to the access rules alone.
 	Scope func(repo string, a policy.Action) bool
 }
 
@@ -29,9 +32,12 @@ type Authenticator interface {
 	// request carries no credentials, an error when it carries credentials
 	// that do not verify.
 	Authenticate(r *http.Request) (Caller, error)
-	// Challenge is the WWW-Authenticate value for a 401 answer to a
-	// request for actions on repo ("" for the ping and the catalog).
-	Challenge(repo string, actions []policy.Action) string
+	// Challenge is the WWW-Authenticate value for a 401 answer. scope is
+	// the Docker token scope the request needs, such as
+	// "repository:NAME:pull,push" or "registry:catalog:*" ("" for the
+	// ping); insufficient is true when the request carried valid
+	// credentials whose scope did not cover it.
+	Challenge(scope string, insufficient bool) string
 }
 
 // need is one action the request needs, on a repository and maybe a tag.
@@ -84,7 +90,7 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request, rt *Route) (s
 		return s.unauthorized(w, r, *rt, "credentials", err.Error()), true
 	}
 	ri.user = userName(c.Identity)
-	if rt.Kind == KindPing && c.Identity.User == "" {
+	if rt.Kind == KindPing && r.Header.Get("Authorization") == "" {
 		// docker login sends credentials only when challenged.
 		return s.unauthorized(w, r, *rt, "ping", "authentication required"), true
 	}
@@ -106,8 +112,11 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request, rt *Route) (s
 	}
 	switch {
 	case rt.Kind == KindCatalog:
+		if c.Scope != nil && !c.Scope("", policy.Pull) {
+			return s.unauthorized(w, r, *rt, "catalog", "the credentials do not grant the catalog"), true
+		}
 		return s.filtered(w, r, *rt, func(name string) bool {
-			return s.access.CanPullAny(c.Identity, name) && (c.Scope == nil || c.Scope(name, policy.Pull))
+			return s.access.CanPullAny(c.Identity, name)
 		}, "repositories"), true
 	case rt.Kind == KindTags:
 		return s.filtered(w, r, *rt, func(tag string) bool {
@@ -134,7 +143,7 @@ func (s *Server) check(w http.ResponseWriter, r *http.Request, rt Route, c Calle
 	}
 	if c.Identity.User == "" {
 		// Anonymous: ask for credentials, which may be allowed.
-		return s.challenge(w, rt, errcode.ErrorCodeUnauthorized.WithMessage("authentication required: "+d.Reason)), true
+		return s.challenge(w, r, rt, errcode.ErrorCodeUnauthorized.WithMessage("authentication required: "+d.Reason)), true
 	}
 	return serveOCI(w, http.StatusForbidden, errcode.ErrorCodeDenied.WithMessage(d.Reason).WithDetail(map[string]string{
 		"identity": c.Identity.User, "action": string(n.action), "repository": n.repo, "tag": n.tag, "rule": d.Rule})), true
@@ -149,19 +158,29 @@ func (s *Server) unauthorized(w http.ResponseWriter, r *http.Request, rt Route, 
 	if s.metrics != nil {
 		s.metrics.refused("unauthenticated")
 	}
-	return s.challenge(w, rt, errcode.ErrorCodeUnauthorized.WithMessage(msg))
+	return s.challenge(w, r, rt, errcode.ErrorCodeUnauthorized.WithMessage(msg))
 }
 
-func (s *Server) challenge(w http.ResponseWriter, rt Route, e errcode.Error) int {
-	var actions []policy.Action
-	for _, n := range needs(rt) {
-		actions = append(actions, n.action)
+// challenge answers 401 with the authenticator's challenge for the scope rt
+// needs.
+func (s *Server) challenge(w http.ResponseWriter, r *http.Request, rt Route, e errcode.Error) int {
+	scope := ""
+	switch {
+	case rt.Kind == KindCatalog:
+		scope = "registry:catalog:*"
+	case rt.Kind == KindUploadStart || rt.Kind == KindUpload || rt.Kind == KindManifest && rt.Method == http.MethodPut:
+		// Clients ask for pull and push together when they push.
+		scope = "repository:" + rt.Name + ":pull,push"
+	case rt.Name != "":
+		var actions []string
+		for _, n := range needs(rt) {
+			if !slices.Contains(actions, string(n.action)) {
+				actions = append(actions, string(n.action))
+			}
+		}
+		scope = "repository:" + rt.Name + ":" + strings.Join(actions, ",")
 	}
-	if rt.Kind == KindUploadStart || rt.Kind == KindUpload || rt.Kind == KindManifest && rt.Method == http.MethodPut {
-		// Docker asks for pull and push together when it pushes.
-		actions = []policy.Action{policy.Pull, policy.Push}
-	}
-	w.Header().Set("WWW-Authenticate", s.auth.Challenge(rt.Name, actions))
+	w.Header().Set("WWW-Authenticate", s.auth.Challenge(scope, r.Header.Get("Authorization") != ""))
 	return serveOCI(w, http.StatusUnauthorized, e)
 }
 

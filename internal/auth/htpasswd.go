@@ -160,6 +160,6 @@ func (h *Htpasswd) Authenticate(r *http.Request) (proxy.Caller, error) {
 }
 
 // Challenge implements proxy.Authenticator: a Basic challenge for the realm.
-func (h *Htpasswd) Challenge(string, []policy.Action) string {
+func (h *Htpasswd) Challenge(string, bool) string {
 	return fmt.Sprintf("Basic realm=%q", h.realm)
 }

@@ -73,7 +73,7 @@ func TestHtpasswdAuthenticate(t *testing.T) {
 			t.Errorf("%s: error %v does not wrap ErrBadCredentials", tc.name, err)
 		}
 	}
-	if got := h.Challenge("x", nil); got != `Basic realm="taglock"` {
+	if got := h.Challenge("repository:x:pull", false); got != `Basic realm="taglock"` {
 		t.Errorf("Challenge = %q", got)
 	}
 }

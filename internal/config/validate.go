@@ -203,9 +203,6 @@ func (c Config) unsupported() []FieldError {
 	not := func(path, what string) {
 		errs = append(errs, FieldError{Path: path, Msg: what + " is not supported by this version of taglock yet; remove it"})
 	}
-	if c.Auth.Mode == "token" {
-		not("auth.mode", "authentication ("+c.Auth.Mode+")")
-	}
 	if c.TLS.ClientCA != "" {
 		not("tls.client_ca", "client-certificate authentication")
 	}

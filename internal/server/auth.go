@@ -33,6 +33,16 @@ func clientAuth(cfg config.Config, log zerolog.Logger) (proxy.Authenticator, pol
 		}
 		log.Info().Str("auth", "htpasswd").Str("path", cfg.Auth.Htpasswd.Path).Int("rules", len(access.Rules)).Msg("client authentication on")
 		return h, access, nil
+	case "token":
+		t := cfg.Auth.Token
+		v, err := auth.NewTokenVerifier(auth.TokenOptions{Realm: t.Realm, Service: t.Service, Issuer: t.Issuer,
+			JWKS: t.JWKS, RootCertBundle: t.RootCertBundle}, cfg.Auth.Groups)
+		if err != nil {
+			return nil, policy.Access{}, fmt.Errorf("auth.token: %w", err)
+		}
+		log.Info().Str("auth", "token").Str("realm", t.Realm).Str("service", t.Service).Str("issuer", t.Issuer).
+			Int("rules", len(access.Rules)).Msg("client authentication on")
+		return v, access, nil
 	}
 	return nil, policy.Access{}, fmt.Errorf("auth.mode %q is not supported", cfg.Auth.Mode)
 }
