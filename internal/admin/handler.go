@@ -39,6 +39,9 @@ type Options struct {
 	// Retention plans and applies retention; nil answers its calls with
 	// 503.
 	Retention Retention
+	// Drift reports serve's scheduled verify for GET drift; nil reports
+	// that none runs.
+	Drift func() DriftStatus
 }
 
 // Handler serves the API under Prefix.
@@ -63,6 +66,7 @@ func New(o Options) *Handler {
 	h.mux.HandleFunc("POST "+Prefix+"admin/ledger/import", h.admin(h.importLedger))
 	h.mux.HandleFunc("POST "+Prefix+"admin/ledger/check", h.admin(h.check))
 	h.mountRetention(o.Retention)
+	h.mountDrift(o.Drift)
 	return h
 }
 

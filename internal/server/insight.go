@@ -3,6 +3,7 @@ package server
 import (
 	"github.com/rs/zerolog"
 
+	"github.com/taglock/taglock/internal/admin"
 	"github.com/taglock/taglock/internal/config"
 	"github.com/taglock/taglock/proxy"
 )
@@ -40,13 +41,12 @@ func (in *insight) start(tools *proxy.Server, metrics *proxy.Metrics) {
 	in.verify.start()
 }
 
-// drift is the outcome of the last scheduled verify; nil without a
-// schedule or before the first run ends.
-func (in *insight) drift() *DriftStatus {
-	if in == nil {
-		return nil
+// drift is the scheduled verify's state for the JSON API.
+func (in *insight) drift() admin.DriftStatus {
+	if in == nil || in.verify == nil {
+		return admin.DriftStatus{}
 	}
-	return in.verify.Last()
+	return admin.DriftStatus{Schedule: in.verify.every.String(), Last: in.verify.Last()}
 }
 
 // close stops the scheduled verify and closes the audit file.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/taglock/taglock/internal/admin"
 	"github.com/taglock/taglock/internal/config"
 	"github.com/taglock/taglock/proxy"
 )
@@ -126,14 +127,19 @@ func TestScheduledVerify(t *testing.T) {
 		c.Data, c.Log.Audit, c.Verify.Schedule = data, auditPath, config.Duration(time.Hour)
 	})
 	deadline := time.Now().Add(10 * time.Second)
-	for srv.insight.drift() == nil && time.Now().Before(deadline) {
+	for srv.insight.drift().Last == nil && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}
-	st := srv.insight.drift()
+	var status admin.DriftStatus
+	resp, body := do(t, http.MethodGet, base+"/taglock/v1/drift", "", nil)
+	if err := json.Unmarshal(body, &status); err != nil || resp.StatusCode != http.StatusOK || status.Schedule != "1h0m0s" {
+		t.Fatalf("GET /taglock/v1/drift: %d %v %s", resp.StatusCode, err, body)
+	}
+	st := status.Last
 	if st == nil || st.Error != "" || len(st.Report.Findings) != 1 || st.Report.Findings[0].Kind != proxy.DriftDeleted {
 		t.Fatalf("drift status = %+v, want one deleted finding", st)
 	}
-	_, body := do(t, http.MethodGet, base+"/metrics", "", nil)
+	_, body = do(t, http.MethodGet, base+"/metrics", "", nil)
 	for _, want := range []string{
 		`taglock_drift_findings{kind="deleted",mode="immutable"} 1`,
 		`taglock_drift_findings{kind="moved",mode="immutable"} 0`,

@@ -95,4 +95,7 @@ func TestWebPageMounted(t *testing.T) {
 	if resp, _ := do(t, http.MethodGet, base+"/taglock/v1/repositories", "", nil); resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "application/json" {
 		t.Errorf("the JSON API moved: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
 	}
+	if resp, body := do(t, http.MethodGet, base+"/taglock/v1/drift", "", nil); resp.StatusCode != http.StatusOK || strings.TrimSpace(string(body)) != "{}" {
+		t.Errorf("drift without a schedule: %d %s, want {}", resp.StatusCode, body)
+	}
 }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/taglock/taglock/internal/admin"
 	"github.com/taglock/taglock/proxy"
 )
 
@@ -23,20 +24,10 @@ type verifier struct {
 	every   time.Duration
 
 	mu   sync.Mutex
-	last *DriftStatus
+	last *admin.DriftRun
 
 	cancel context.CancelFunc
 	done   chan struct{}
-}
-
-// DriftStatus is the outcome of the last scheduled verify.
-type DriftStatus struct {
-	// Time is when the run ended.
-	Time time.Time `json:"time"`
-	// Report is what it found; empty when Error is set.
-	Report proxy.VerifyReport `json:"report"`
-	// Error says why the run failed, if it did.
-	Error string `json:"error,omitempty"`
 }
 
 // start runs a first verify at once, then one every v.every, until stop.
@@ -73,7 +64,7 @@ func (v *verifier) run(ctx context.Context) {
 	if ctx.Err() != nil {
 		return // shutting down
 	}
-	st := &DriftStatus{Time: time.Now().UTC()}
+	st := &admin.DriftRun{Time: time.Now().UTC()}
 	if err != nil {
 		st.Error = err.Error()
 		v.log.Error().Err(err).Msg("scheduled verify failed")
@@ -104,7 +95,7 @@ func (v *verifier) run(ctx context.Context) {
 
 // Last is the outcome of the last scheduled verify; nil before the first
 // run ends.
-func (v *verifier) Last() *DriftStatus {
+func (v *verifier) Last() *admin.DriftRun {
 	if v == nil {
 		return nil
 	}
