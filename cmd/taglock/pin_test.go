@@ -288,3 +288,42 @@ func TestPinThroughServe(t *testing.T) {
 	}
 	e.mustRun(t, 0, "pin", "--check", f)
 }
+
+// TestPinEditsInPlace ensures the rewrite touches only the value's bytes in
+// spellings a YAML emitter may produce: CRLF line endings, non-ASCII text
+// before the value on its line, flow mappings, and a value that cannot be
+// placed exactly (a block scalar) is reported rather than guessed.
+func TestPinEditsInPlace(t *testing.T) {
+	t.Parallel()
+	const d = "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
+	tests := []struct {
+		name, src, want string
+		err             bool
+	}{
+		{"crlf", "a: 1\r\nimage: r.example/x:1\r\nb: 2\r\n", "a: 1\r\nimage: r.example/x:1@" + d + "\r\nb: 2\r\n", false},
+		{"unicode before", "{note: \"héllo wörld\", image: r.example/x:1}\n", "{note: \"héllo wörld\", image: r.example/x:1@" + d + "}\n", false},
+		{"tagged", "image: !!str r.example/x:1\n", "image: !!str r.example/x:1@" + d + "\n", false},
+		{"block scalar", "image: |\n  r.example/x:1\n", "", true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			sites, err := findImages([]byte(tc.src))
+			if err != nil || len(sites) != 1 {
+				t.Fatalf("sites %+v, %v", sites, err)
+			}
+			if tc.err {
+				if sites[0].err == nil {
+					t.Error("no error for a value that cannot be placed")
+				}
+				return
+			}
+			if sites[0].err != nil {
+				t.Fatal(sites[0].err)
+			}
+			got := string(applyEdits([]byte(tc.src), []edit{{site: sites[0], with: sites[0].Value + "@" + d}}))
+			if got != tc.want {
+				t.Errorf("got %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
