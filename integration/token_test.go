@@ -45,6 +45,8 @@ type testIssuer struct {
 	// grant decides which of the actions asked for user ("" = anonymous)
 	// gets on repo.
 	grant func(user, repo string, asked []string) []string
+	// issued counts the tokens issued.
+	issued atomic.Int64
 }
 
 // mustIssuer starts a token service on loopback, stopped at cleanup.
@@ -105,6 +107,7 @@ func (is *testIssuer) serve(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return
 	}
+	is.issued.Add(1)
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(map[string]any{"token": tok, "access_token": tok, "expires_in": 300})
 }
@@ -305,5 +308,44 @@ func TestTokenCatalogNeedsCatalogScope(t *testing.T) {
 	resp, _ := do(t, http.MethodGet, e.URL("/v2/_catalog"), nil, nil)
 	if resp.StatusCode != http.StatusUnauthorized || !strings.Contains(resp.Header.Get("WWW-Authenticate"), `scope="registry:catalog:*"`) {
 		t.Fatalf("catalog without a token: %d %q", resp.StatusCode, resp.Header.Get("WWW-Authenticate"))
+	}
+}
+
+// TestUpstreamTokenRobotAccount ensures upstream.auth token: taglock
+// performs the token handshake against the upstream's realm with its own
+// robot account (password from a file), so clients that send no
+// credentials push and pull, and tokens are cached per scope rather than
+// fetched for every request.
+func TestUpstreamTokenRobotAccount(t *testing.T) {
+	t.Parallel()
+	is := mustIssuer(t, harborGrant)
+	up := mustTokenUpstream(t, is)
+	pw := filepath.Join(t.TempDir(), "robot-password")
+	if err := os.WriteFile(pw, []byte(authUsers["admin"]+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e := MustEnv(t, Embedded, func(c *config.Config) {
+		c.Upstream.URL = "http://" + up.Addr
+		c.Upstream.Auth = config.UpstreamAuth{Mode: "token", Username: "admin", PasswordFile: pw}
+	})
+	img := MustImage(t)
+	MustPush(t, e.Addr, "harbor/ci/app:1", img)
+	if got := mustServed(t, e.Addr, "harbor/ci/app:1"); got != MustDigest(t, img) {
+		t.Fatalf("harbor/ci/app:1 serves %s, want %s", got, MustDigest(t, img))
+	}
+	issued := is.issued.Load()
+	if issued == 0 || issued > 3 {
+		t.Fatalf("%d tokens issued for one push and one pull; want one per scope (at most 3)", issued)
+	}
+	for range 5 {
+		mustServed(t, e.Addr, "harbor/ci/app:1")
+	}
+	if n := is.issued.Load() - issued; n != 0 {
+		t.Fatalf("%d more tokens issued for repeated pulls; want the cached one reused", n)
+	}
+	// Without the robot account the upstream refuses the same pull.
+	resp, _ := do(t, http.MethodGet, "http://"+up.Addr+"/v2/harbor/ci/app/manifests/1", nil, nil)
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("direct anonymous GET on the upstream: %d, want 401", resp.StatusCode)
 	}
 }

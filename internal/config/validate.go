@@ -206,9 +206,6 @@ func (c Config) unsupported() []FieldError {
 	if c.TLS.ClientCA != "" {
 		not("tls.client_ca", "client-certificate authentication")
 	}
-	if m := c.Upstream.Auth.Mode; m == "token" {
-		not("upstream.auth.mode", "upstream credentials ("+m+")")
-	}
 	return errs
 }
 

@@ -48,13 +48,13 @@ func clientAuth(cfg config.Config, log zerolog.Logger) (proxy.Authenticator, pol
 }
 
 // upstreamCredentials wraps tr with taglock's own credentials when
-// upstream.auth.mode is basic; passthrough returns tr as it is.
+// upstream.auth.mode is basic or token; passthrough returns tr as it is.
 func upstreamCredentials(u config.Upstream, tr http.RoundTripper, log zerolog.Logger) (http.RoundTripper, error) {
 	a := u.Auth
 	switch a.Mode {
 	case "", "passthrough":
 		return tr, nil
-	case "basic":
+	case "basic", "token":
 	default:
 		return nil, fmt.Errorf("upstream.auth.mode %q is not supported", a.Mode)
 	}
@@ -85,6 +85,10 @@ func upstreamCredentials(u config.Upstream, tr http.RoundTripper, log zerolog.Lo
 	default:
 		secret = auth.Static{User: a.Username, Password: a.Password}
 	}
-	log.Info().Str("upstream", u.URL).Str("user", a.Username).Msg("upstream credentials: taglock's own service account; client credentials are not forwarded")
+	log.Info().Str("upstream", u.URL).Str("mode", a.Mode).Str("user", a.Username).
+		Msg("upstream credentials: taglock's own service account; client credentials are not forwarded")
+	if a.Mode == "token" {
+		return auth.NewBearerToken(secret, tr), nil
+	}
 	return auth.NewBasic(secret, tr), nil
 }
