@@ -234,3 +234,77 @@ func TestUpstreamTLSVerified(t *testing.T) {
 		t.Fatalf("push through a taglock that does not trust the upstream: got %d %s, want 502", got.Status, got.Code)
 	}
 }
+
+// mustClientCert returns a client certificate for cn signed by ca.
+func (ca *testCA) mustClientCert(t *testing.T, cn string) tls.Certificate {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
+	tmpl := &x509.Certificate{SerialNumber: serial, Subject: pkix.Name{CommonName: cn},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &k.PublicKey, ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: k}
+}
+
+// TestClientCertIdentity ensures a client certificate verified against
+// tls.client_ca names the identity the access rules see: the release bot's
+// certificate pushes a v* tag to prod without a password and is refused
+// latest by name, a certificate from another CA is refused at the
+// handshake, and a request without one is challenged for a password.
+func TestClientCertIdentity(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	cert, key := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	serverCA, clientCA := mustCA(t, "server CA"), mustCA(t, "client CA")
+	serverCA.mustLeaf(t, cert, key)
+	e := MustEnv(t, Embedded, withIssueACL(mustHtpasswd(t, authUsers)), func(c *config.Config) {
+		c.TLS = config.TLS{Cert: cert, Key: key, ClientCA: clientCA.mustWrite(t)}
+	})
+	transport := func(certs ...tls.Certificate) http.RoundTripper {
+		return &http.Transport{TLSClientConfig: &tls.Config{RootCAs: serverCA.Pool(), Certificates: certs}}
+	}
+	img := MustImage(t)
+	botTransport := transport(clientCA.mustClientCert(t, "release-bot"))
+	ref := func(s string) name.Reference {
+		r, err := name.ParseReference(e.Addr + "/" + s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	opts := append(ggcrOpts(t), remote.WithTransport(botTransport))
+	if err := remote.Write(ref("prod/cert:v1"), img, opts...); err != nil {
+		t.Fatalf("push with the release bot's certificate: %v", err)
+	}
+	b, err := e.Ledger().Binding(t.Context(), "prod/cert", "v1")
+	if err != nil || b.PushedBy != "release-bot" {
+		t.Fatalf("binding %+v, %v; want pushed by release-bot", b, err)
+	}
+	err = remote.Write(ref("prod/cert:latest"), img, opts...)
+	wantAccessDenied(t, ggcrError(t, err), "release-bot", "push", "prod/cert:latest", "access: no rule applies")
+
+	// A certificate from another CA never names an identity: the client
+	// either does not offer it (it is not from an acceptable CA) or the
+	// handshake fails.
+	if resp, err := (&http.Client{Transport: transport(serverCA.mustClientCert(t, "release-bot"))}).Get("https://" + e.Addr + "/v2/"); err == nil {
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("ping with a certificate from another CA: %d, want 401", resp.StatusCode)
+		}
+	}
+	resp, err := (&http.Client{Transport: transport()}).Get("https://" + e.Addr + "/v2/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("ping without a certificate or password: %d, want 401", resp.StatusCode)
+	}
+}

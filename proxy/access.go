@@ -90,7 +90,7 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request, rt *Route) (s
 		return s.unauthorized(w, r, *rt, "credentials", err.Error()), true
 	}
 	ri.user = userName(c.Identity)
-	if rt.Kind == KindPing && r.Header.Get("Authorization") == "" {
+	if rt.Kind == KindPing && c.Identity.User == "" && r.Header.Get("Authorization") == "" {
 		// docker login sends credentials only when challenged.
 		return s.unauthorized(w, r, *rt, "ping", "authentication required"), true
 	}

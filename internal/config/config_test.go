@@ -74,7 +74,7 @@ func TestErrorsNameLineAndKey(t *testing.T) {
 		{"not yaml", "listen: [\n", []string{"f.yaml"}},
 		{"access without auth", "access:\n  - subjects: [anonymous]\n    actions: [pull]\n", []string{"f.yaml:1:", "access"}},
 		{"token authentication needs its issuer", "auth:\n  mode: token\n", []string{"f.yaml:1:", "auth.token.issuer", "required for auth.mode token", "give exactly one of jwks or rootcertbundle"}},
-		{"client certificates not authenticated yet", "tls:\n  cert: a.pem\n  key: a.key\n  client_ca: ca.pem\n", []string{"f.yaml:4:", "tls.client_ca", "not supported"}},
+		{"client certificates need authentication on", "tls:\n  cert: a.pem\n  key: a.key\n  client_ca: ca.pem\n", []string{"f.yaml:4:", "tls.client_ca", "need auth.mode htpasswd or token"}},
 		{"retention policy without keep rules", "retention:\n  policies:\n    - repositories: [\"ci/**\"]\n", []string{"f.yaml:3:", "retention.policies[0].keep", "must say what it keeps"}},
 	}
 	for _, tt := range tests {

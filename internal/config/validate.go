@@ -42,6 +42,9 @@ func (c Config) Validate() []FieldError {
 	if c.TLS.ClientCA != "" && c.TLS.Cert == "" {
 		add("tls.client_ca", "needs tls.cert and tls.key")
 	}
+	if c.TLS.ClientCA != "" && (c.Auth.Mode == "none" || c.Auth.Mode == "") {
+		add("tls.client_ca", "client certificates name identities for the access rules, which need auth.mode htpasswd or token")
+	}
 	if c.Upstream.URL != "" {
 		u, err := url.Parse(c.Upstream.URL)
 		switch {
@@ -190,21 +193,6 @@ func (c Config) Validate() []FieldError {
 	}
 	if c.Verify.Schedule < 0 || c.Verify.Schedule > 0 && c.Verify.Schedule.Std() < time.Second {
 		add("verify.schedule", "want 0 (never) or at least 1s, got %s", c.Verify.Schedule.Std())
-	}
-	errs = append(errs, c.unsupported()...)
-	return errs
-}
-
-// unsupported refuses settings this version parses but does not enforce
-// yet. Accepting them silently would let an operator believe, say, that
-// authentication is on while it is off.
-func (c Config) unsupported() []FieldError {
-	var errs []FieldError
-	not := func(path, what string) {
-		errs = append(errs, FieldError{Path: path, Msg: what + " is not supported by this version of taglock yet; remove it"})
-	}
-	if c.TLS.ClientCA != "" {
-		not("tls.client_ca", "client-certificate authentication")
 	}
 	return errs
 }

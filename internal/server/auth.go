@@ -19,6 +19,16 @@ import (
 // clientAuth builds the authenticator and access rules the auth and access
 // sections describe; a nil Authenticator means authentication is off.
 func clientAuth(cfg config.Config, log zerolog.Logger) (proxy.Authenticator, policy.Access, error) {
+	a, access, err := credentialAuth(cfg, log)
+	if err != nil || a == nil || cfg.TLS.ClientCA == "" {
+		return a, access, err
+	}
+	log.Info().Str("client_ca", cfg.TLS.ClientCA).Msg("client certificates verified against client_ca name identities (subject common name)")
+	return auth.NewClientCert(a, cfg.Auth.Groups), access, nil
+}
+
+// credentialAuth is the authenticator for credentials sent in requests.
+func credentialAuth(cfg config.Config, log zerolog.Logger) (proxy.Authenticator, policy.Access, error) {
 	access, err := cfg.AccessPolicy()
 	if err != nil {
 		return nil, policy.Access{}, err
