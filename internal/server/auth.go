@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -101,4 +102,22 @@ func upstreamCredentials(u config.Upstream, tr http.RoundTripper, log zerolog.Lo
 		return auth.NewBearerToken(secret, tr), nil
 	}
 	return auth.NewBasic(secret, tr), nil
+}
+
+// ledgerGate keeps the ledger API and web page to loopback peers while
+// authentication is on: they list every repository, tag and pusher, which
+// access rules would hide from most callers. With authentication off they
+// stay open, as before.
+func ledgerGate(authOn bool, h http.Handler) http.Handler {
+	if !authOn {
+		return h
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host, _, err := net.SplitHostPort(r.RemoteAddr)
+		if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
+			http.Error(w, "taglock: with authentication on, the ledger API and web page answer only on loopback (use the taglock commands on the server's host)", http.StatusForbidden)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
