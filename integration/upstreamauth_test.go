@@ -16,9 +16,15 @@ import (
 	"github.com/distribution/distribution/v3/configuration"
 	_ "github.com/distribution/distribution/v3/registry/auth/htpasswd" // the upstream's Basic auth
 	"github.com/distribution/distribution/v3/registry/handlers"
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"github.com/rs/zerolog"
+
 	"github.com/taglock/taglock/internal/config"
+	"github.com/taglock/taglock/internal/server"
+	"github.com/taglock/taglock/proxy"
+	"github.com/taglock/taglock/storage"
 )
 
 // mustBasicUpstream serves a Distribution registry that demands Basic
@@ -128,4 +134,43 @@ func readFile(t *testing.T, path string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// TestOfflineImportWithUpstreamBasic ensures the commands that reach the
+// upstream without serve (import, verify) use the service account too:
+// importing from an upstream that demands a password adopts its tags.
+func TestOfflineImportWithUpstreamBasic(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	upHtpasswd := filepath.Join(dir, "upstream.htpasswd")
+	if err := os.WriteFile(upHtpasswd, []byte(readFile(t, mustHtpasswd(t, map[string]string{"AWS": "pw"}))), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	up := mustBasicUpstream(t, upHtpasswd)
+	img := MustImage(t)
+	opts := append(ggcrOpts(t), remote.WithAuth(&authn.Basic{Username: "AWS", Password: "pw"}))
+	if err := remote.Write(mustRef(t, up, "ecr/old:v1"), img, opts...); err != nil {
+		t.Fatalf("seed the upstream: %v", err)
+	}
+	cfg := config.Default()
+	cfg.Data = t.TempDir()
+	cfg.Upstream.URL = "http://" + up
+	cfg.Upstream.Auth = config.UpstreamAuth{Mode: "basic", Username: "AWS", Password: "pw"}
+	l, err := storage.Open(server.LedgerPath(cfg.Data), storage.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	off, err := server.NewOffline(t.Context(), cfg, l, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer off.Close()
+	rep, err := off.Proxy().ImportTags(t.Context(), proxy.ImportOptions{})
+	if err != nil || rep.Adopted != 1 {
+		t.Fatalf("offline import: %+v, %v; want one tag adopted", rep, err)
+	}
+	if b, err := l.Binding(t.Context(), "ecr/old", "v1"); err != nil || b.Digest != MustDigest(t, img) {
+		t.Fatalf("binding ecr/old:v1 = %+v, %v", b, err)
+	}
 }

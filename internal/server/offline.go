@@ -43,7 +43,11 @@ func NewOffline(ctx context.Context, cfg config.Config, ledger proxy.Ledger, log
 		if err != nil {
 			return nil, err
 		}
-		up = proxy.NewRemote(base, tr, nil)
+		creds, err := upstreamCredentials(cfg.Upstream, tr, log)
+		if err != nil {
+			return nil, err
+		}
+		up = proxy.NewRemote(base, creds, nil)
 	}
 	im, err := cfg.ImmutabilityPolicy()
 	if err != nil {
