@@ -87,12 +87,12 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request, rt *Route) (s
 	ri := info(r.Context())
 	c, err := s.auth.Authenticate(r)
 	if err != nil {
-		return s.unauthorized(w, r, *rt, "credentials", err.Error()), true
+		return s.unauthorized(w, r, *rt, "credentials", err.Error(), false), true
 	}
 	ri.user = userName(c.Identity)
 	if rt.Kind == KindPing && c.Identity.User == "" && r.Header.Get("Authorization") == "" {
 		// docker login sends credentials only when challenged.
-		return s.unauthorized(w, r, *rt, "ping", "authentication required"), true
+		return s.unauthorized(w, r, *rt, "ping", "authentication required", false), true
 	}
 	for _, n := range needs(*rt) {
 		if st, refused := s.check(w, r, *rt, c, n); refused {
@@ -113,7 +113,7 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request, rt *Route) (s
 	switch {
 	case rt.Kind == KindCatalog:
 		if c.Scope != nil && !c.Scope("", policy.Pull) {
-			return s.unauthorized(w, r, *rt, "catalog", "the credentials do not grant the catalog"), true
+			return s.unauthorized(w, r, *rt, "catalog", "the credentials do not grant the catalog", r.Header.Get("Authorization") != ""), true
 		}
 		return s.filtered(w, r, *rt, func(name string) bool {
 			return s.access.CanPullAny(c.Identity, name)
@@ -129,7 +129,7 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request, rt *Route) (s
 // check decides one need; it answers the request when it is refused.
 func (s *Server) check(w http.ResponseWriter, r *http.Request, rt Route, c Caller, n need) (int, bool) {
 	if c.Scope != nil && !c.Scope(n.repo, n.action) {
-		return s.unauthorized(w, r, rt, string(n.action), fmt.Sprintf("the token does not grant %s on %s", n.action, n.repo)), true
+		return s.unauthorized(w, r, rt, string(n.action), fmt.Sprintf("the token does not grant %s on %s", n.action, n.repo), r.Header.Get("Authorization") != ""), true
 	}
 	d := s.access.Decide(policy.AccessRequest{Identity: c.Identity, Action: n.action, Repo: n.repo, Tag: n.tag})
 	if d.Allowed {
@@ -143,27 +143,27 @@ func (s *Server) check(w http.ResponseWriter, r *http.Request, rt Route, c Calle
 	}
 	if c.Identity.User == "" {
 		// Anonymous: ask for credentials, which may be allowed.
-		return s.challenge(w, r, rt, errcode.ErrorCodeUnauthorized.WithMessage("authentication required: "+d.Reason)), true
+		return s.challenge(w, rt, errcode.ErrorCodeUnauthorized.WithMessage("authentication required: "+d.Reason), false), true
 	}
 	return serveOCI(w, http.StatusForbidden, errcode.ErrorCodeDenied.WithMessage(d.Reason).WithDetail(map[string]string{
 		"identity": c.Identity.User, "action": string(n.action), "repository": n.repo, "tag": n.tag, "rule": d.Rule})), true
 }
 
 // unauthorized answers 401 with the authenticator's challenge and writes
-// one audit line.
-func (s *Server) unauthorized(w http.ResponseWriter, r *http.Request, rt Route, what, msg string) int {
+// one audit line; insufficient says valid credentials lacked the scope.
+func (s *Server) unauthorized(w http.ResponseWriter, r *http.Request, rt Route, what, msg string, insufficient bool) int {
 	ri := info(r.Context())
 	s.audit.Warn().Str("event", "refused").Str("reason", "unauthenticated").Str("need", what).Str("repo", rt.Name).
 		Str("user", ri.user).Str("request_id", ri.id).Msg(msg)
 	if s.metrics != nil {
 		s.metrics.refused("unauthenticated")
 	}
-	return s.challenge(w, r, rt, errcode.ErrorCodeUnauthorized.WithMessage(msg))
+	return s.challenge(w, rt, errcode.ErrorCodeUnauthorized.WithMessage(msg), insufficient)
 }
 
 // challenge answers 401 with the authenticator's challenge for the scope rt
-// needs.
-func (s *Server) challenge(w http.ResponseWriter, r *http.Request, rt Route, e errcode.Error) int {
+// needs; insufficient says valid credentials lacked it.
+func (s *Server) challenge(w http.ResponseWriter, rt Route, e errcode.Error, insufficient bool) int {
 	scope := ""
 	switch {
 	case rt.Kind == KindCatalog:
@@ -180,7 +180,7 @@ func (s *Server) challenge(w http.ResponseWriter, r *http.Request, rt Route, e e
 		}
 		scope = "repository:" + rt.Name + ":" + strings.Join(actions, ",")
 	}
-	w.Header().Set("WWW-Authenticate", s.auth.Challenge(scope, r.Header.Get("Authorization") != ""))
+	w.Header().Set("WWW-Authenticate", s.auth.Challenge(scope, insufficient))
 	return serveOCI(w, http.StatusUnauthorized, e)
 }
 
