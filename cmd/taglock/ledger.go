@@ -1,7 +1,10 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -93,8 +96,13 @@ func (g *globals) open(ctx context.Context, mode openMode) (*session, error) {
 	l, err := storage.Open(path, storage.Options{LockTimeout: lockWait, ReadOnly: mode == readOnly})
 	if errors.Is(err, storage.ErrLocked) {
 		base := adminURL(cfg)
+		tlsCfg, err := adminTLS(cfg)
+		if err != nil {
+			return nil, err
+		}
 		c, err := admin.NewClient(base, &http.Client{Transport: &http.Transport{
 			DialContext:           (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
+			TLSClientConfig:       tlsCfg,
 			ResponseHeaderTimeout: 0, // imports and verifies answer when done
 		}})
 		if err != nil {
@@ -147,7 +155,33 @@ func (s *session) explain(err error) error {
 // adminURL is where a serve with cfg answers: its listen address, with an
 // unspecified host replaced by loopback.
 func adminURL(cfg config.Config) string {
+	if cfg.TLS.Cert != "" {
+		return "https://" + dialable(cfg.Listen)
+	}
 	return "http://" + dialable(cfg.Listen)
+}
+
+// adminTLS trusts exactly the certificate serve is configured with: the
+// commands reach it on loopback, which the certificate need not name.
+func adminTLS(cfg config.Config) (*tls.Config, error) {
+	if cfg.TLS.Cert == "" {
+		return nil, nil
+	}
+	pair, err := tls.LoadX509KeyPair(cfg.TLS.Cert, cfg.TLS.Key)
+	if err != nil {
+		return nil, fmt.Errorf("tls.cert: %w", err)
+	}
+	want := pair.Certificate[0]
+	return &tls.Config{
+		MinVersion:         tls.VersionTLS12,
+		InsecureSkipVerify: true, // replaced by the exact comparison below
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			if len(raw) == 0 || !bytes.Equal(raw[0], want) {
+				return errors.New("the server on the listen address does not present tls.cert")
+			}
+			return nil
+		},
+	}, nil
 }
 
 // outputFlag adds -o/--output and returns a check that it is text or json.

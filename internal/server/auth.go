@@ -121,3 +121,25 @@ func ledgerGate(authOn bool, h http.Handler) http.Handler {
 		h.ServeHTTP(w, r)
 	})
 }
+
+// keepPasswords stops taglock's own htpasswd passwords from travelling on to
+// the upstream: with auth.mode htpasswd the client's Basic credentials are
+// taglock's secrets, not the upstream's. An upstream that needs credentials
+// gets taglock's own through upstream.auth basic or token, which replace the
+// client's header themselves.
+func keepPasswords(cfg config.Config, tr http.RoundTripper) http.RoundTripper {
+	if cfg.Auth.Mode != "htpasswd" || (cfg.Upstream.Auth.Mode != "" && cfg.Upstream.Auth.Mode != "passthrough") {
+		return tr
+	}
+	return stripBasic{tr}
+}
+
+type stripBasic struct{ next http.RoundTripper }
+
+func (s stripBasic) RoundTrip(r *http.Request) (*http.Response, error) {
+	if strings.HasPrefix(strings.ToLower(r.Header.Get("Authorization")), "basic ") {
+		r = r.Clone(r.Context())
+		r.Header.Del("Authorization")
+	}
+	return s.next.RoundTrip(r)
+}

@@ -82,7 +82,7 @@ func Start(ctx context.Context, cfg config.Config, log zerolog.Logger) (_ *Serve
 		if err != nil {
 			return nil, err
 		}
-		s.up = proxy.NewRemote(base, creds, nil)
+		s.up = proxy.NewRemote(base, keepPasswords(cfg, creds), nil)
 	}
 	im, err := cfg.ImmutabilityPolicy()
 	if err != nil {
