@@ -48,7 +48,7 @@ func newRetentionParts(cfg config.Config, ledger *storage.Ledger, log zerolog.Lo
 
 // start builds the runner on the proxy and, when retention.schedule is
 // set, applies it on that schedule until stop.
-func (p *retentionParts) start(cfg config.Config, ledger *storage.Ledger, px *proxy.Server, reg prometheus.Registerer, log zerolog.Logger) error {
+func (p *retentionParts) start(cfg config.Config, ledger *storage.Ledger, px *proxy.Server, reg prometheus.Registerer, log zerolog.Logger, audit *zerolog.Logger) error {
 	pol, err := cfg.RetentionSettings()
 	if err != nil {
 		return err
@@ -58,7 +58,7 @@ func (p *retentionParts) start(cfg config.Config, ledger *storage.Ledger, px *pr
 		return err
 	}
 	o := retention.Options{Policy: pol, Immutability: im, Ledger: ledger, Upstream: px, Dir: RetentionDir(cfg.Data),
-		Log: log, Metrics: retention.NewMetrics(reg)}
+		Log: log, Audit: audit, Metrics: retention.NewMetrics(reg)}
 	if p.gate != nil {
 		gate, dir := p.gate, RegistryStorage(cfg.Data)
 		o.GC = func(ctx context.Context) (retention.GCResult, error) {

@@ -125,7 +125,7 @@ func Start(ctx context.Context, cfg config.Config, log zerolog.Logger) (_ *Serve
 		log.Warn().Err(err).Msg("start-up reconcile incomplete; pending reservations keep their tags held")
 	}
 
-	if err := s.ret.start(cfg, s.ledger, s.proxy, reg, log); err != nil {
+	if err := s.ret.start(cfg, s.ledger, s.proxy, reg, log, s.insight.auditLogger()); err != nil {
 		return nil, err
 	}
 	mux := http.NewServeMux()
