@@ -101,12 +101,28 @@ type Upstream struct {
 	stopOnce sync.Once
 }
 
+// UpstreamOptions shape the Distribution registry MustUpstreamWith starts.
+type UpstreamOptions struct {
+	// Auth is YAML for Distribution's auth: section, indented by two
+	// spaces (htpasswd or token); empty means no authentication.
+	Auth string
+	// Cert and Key, when set, serve HTTPS with that certificate.
+	Cert, Key string
+}
+
 // MustUpstream starts a Distribution registry storing under a fresh
 // t.TempDir(), stopped at cleanup.
-func MustUpstream(t *testing.T) *Upstream {
+func MustUpstream(t *testing.T) *Upstream { return MustUpstreamWith(t, UpstreamOptions{}) }
+
+// MustUpstreamWith is MustUpstream with authentication or HTTPS.
+func MustUpstreamWith(t *testing.T, o UpstreamOptions) *Upstream {
 	t.Helper()
 	secret := make([]byte, 16)
 	_, _ = rand.Read(secret)
+	auth := ""
+	if o.Auth != "" {
+		auth = "auth:\n" + o.Auth
+	}
 	cfg, err := configuration.Parse(strings.NewReader(fmt.Sprintf(`
 version: 0.1
 log:
@@ -123,7 +139,7 @@ storage:
 http:
   addr: 127.0.0.1:0
   secret: %q
-`, t.TempDir(), hex.EncodeToString(secret))))
+%s`, t.TempDir(), hex.EncodeToString(secret), auth)))
 	if err != nil {
 		t.Fatalf("upstream config: %v", err)
 	}
@@ -140,7 +156,11 @@ http:
 		}),
 		ReadHeaderTimeout: 10 * time.Second,
 	}
-	go func() { _ = u.srv.Serve(ln) }()
+	if o.Cert != "" {
+		go func() { _ = u.srv.ServeTLS(ln, o.Cert, o.Key) }()
+	} else {
+		go func() { _ = u.srv.Serve(ln) }()
+	}
 	t.Cleanup(u.Stop)
 	return u
 }

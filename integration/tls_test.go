@@ -1,16 +1,13 @@
 package integration
 
 import (
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/hex"
 	"encoding/pem"
-	"fmt"
 	"math/big"
 	"net"
 	"net/http"
@@ -20,8 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/distribution/distribution/v3/configuration"
-	"github.com/distribution/distribution/v3/registry/handlers"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
@@ -171,43 +166,6 @@ func TestTLSServing(t *testing.T) {
 	}
 }
 
-// mustTLSUpstream serves a Distribution registry over HTTPS with the
-// certificate in cert and key, and returns its address.
-func mustTLSUpstream(t *testing.T, cert, key string) string {
-	t.Helper()
-	secret := make([]byte, 16)
-	_, _ = rand.Read(secret)
-	cfg, err := configuration.Parse(strings.NewReader(fmt.Sprintf(`
-version: 0.1
-log:
-  level: error
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: %q
-  delete:
-    enabled: true
-  redirect:
-    disable: true
-http:
-  addr: 127.0.0.1:0
-  secret: %q
-`, t.TempDir(), hex.EncodeToString(secret))))
-	if err != nil {
-		t.Fatal(err)
-	}
-	app := handlers.NewApp(context.Background(), cfg)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: app, ReadHeaderTimeout: 10 * time.Second}
-	go func() { _ = srv.ServeTLS(ln, cert, key) }()
-	t.Cleanup(func() { _ = srv.Close(); _ = app.Shutdown() })
-	return ln.Addr().String()
-}
-
 // TestUpstreamTLSVerified ensures taglock verifies the upstream's
 // certificate: with the upstream's CA in upstream.tls.ca a push goes
 // through, and without it the push is refused with 502 and never trusts
@@ -218,7 +176,7 @@ func TestUpstreamTLSVerified(t *testing.T) {
 	cert, key := filepath.Join(dir, "up.crt"), filepath.Join(dir, "up.key")
 	ca := mustCA(t, "upstream CA")
 	ca.mustLeaf(t, cert, key)
-	up := mustTLSUpstream(t, cert, key)
+	up := MustUpstreamWith(t, UpstreamOptions{Cert: cert, Key: key}).Addr
 	caFile := ca.mustWrite(t)
 
 	trusted := MustEnv(t, Embedded, func(c *config.Config) {

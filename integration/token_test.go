@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -17,9 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/distribution/distribution/v3/configuration"
 	"github.com/distribution/distribution/v3/registry/auth/token" // also registers the upstream's token auth
-	"github.com/distribution/distribution/v3/registry/handlers"
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -137,56 +134,12 @@ func (is *testIssuer) mustMint(t *testing.T, sub, repo string, actions ...string
 	return tok
 }
 
-// countingUpstream is a Distribution registry that requires tokens from
+// mustTokenUpstream is a Distribution registry that requires tokens from
 // is, like Harbor's registry does, and counts the requests it receives.
-type countingUpstream struct {
-	Addr     string
-	requests atomic.Int64
-}
-
-func mustTokenUpstream(t *testing.T, is *testIssuer) *countingUpstream {
+func mustTokenUpstream(t *testing.T, is *testIssuer) *Upstream {
 	t.Helper()
-	secret := make([]byte, 16)
-	_, _ = rand.Read(secret)
-	cfg, err := configuration.Parse(strings.NewReader(fmt.Sprintf(`
-version: 0.1
-log:
-  level: error
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: %q
-  delete:
-    enabled: true
-  redirect:
-    disable: true
-auth:
-  token:
-    realm: %q
-    service: %q
-    issuer: %q
-    jwks: %q
-http:
-  addr: 127.0.0.1:0
-  secret: %q
-`, t.TempDir(), is.URL, tokenService, tokenIssuer, is.JWKS, hex.EncodeToString(secret))))
-	if err != nil {
-		t.Fatal(err)
-	}
-	app := handlers.NewApp(context.Background(), cfg)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	u := &countingUpstream{Addr: ln.Addr().String()}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		u.requests.Add(1)
-		app.ServeHTTP(w, r)
-	}), ReadHeaderTimeout: 10 * time.Second}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Close(); _ = app.Shutdown() })
-	return u
+	return MustUpstreamWith(t, UpstreamOptions{Auth: fmt.Sprintf("  token:\n    realm: %q\n    service: %q\n    issuer: %q\n    jwks: %q\n",
+		is.URL, tokenService, tokenIssuer, is.JWKS)})
 }
 
 // harborGrant is the token service's own policy: alice and dev get what

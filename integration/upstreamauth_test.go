@@ -1,21 +1,14 @@
 package integration
 
 import (
-	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/distribution/distribution/v3/configuration"
 	_ "github.com/distribution/distribution/v3/registry/auth/htpasswd" // the upstream's Basic auth
-	"github.com/distribution/distribution/v3/registry/handlers"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
@@ -32,41 +25,7 @@ import (
 // address. Distribution re-reads the file when it changes.
 func mustBasicUpstream(t *testing.T, htpasswd string) string {
 	t.Helper()
-	secret := make([]byte, 16)
-	_, _ = rand.Read(secret)
-	cfg, err := configuration.Parse(strings.NewReader(fmt.Sprintf(`
-version: 0.1
-log:
-  level: error
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: %q
-  delete:
-    enabled: true
-  redirect:
-    disable: true
-auth:
-  htpasswd:
-    realm: ecr-like
-    path: %q
-http:
-  addr: 127.0.0.1:0
-  secret: %q
-`, t.TempDir(), htpasswd, hex.EncodeToString(secret))))
-	if err != nil {
-		t.Fatal(err)
-	}
-	app := handlers.NewApp(context.Background(), cfg)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: app, ReadHeaderTimeout: 10 * time.Second}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Close(); _ = app.Shutdown() })
-	return ln.Addr().String()
+	return MustUpstreamWith(t, UpstreamOptions{Auth: fmt.Sprintf("  htpasswd:\n    realm: ecr-like\n    path: %q\n", htpasswd)}).Addr
 }
 
 // rotate writes content to path and moves its modification time forward,
