@@ -12,6 +12,8 @@ import (
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
+
+	"github.com/taglock/taglock/integration/internal/proc"
 )
 
 // Sizes and counts. They keep `make bench` (every benchmark at 3x) under
@@ -180,7 +182,7 @@ func BenchmarkManifestGet(b *testing.B) {
 // over the idle RSS and fails if it exceeds 256 MiB: streamed bodies must
 // never be buffered whole.
 func BenchmarkMemory1GiB(b *testing.B) {
-	registry := startRegistry(b)
+	registry := proc.StartRegistry(b, "warn")
 	body := newPatternReader(3, memoryBlobSize)
 	d := mustDigest(b, body)
 	b.Run("upstream", func(b *testing.B) {
@@ -210,7 +212,7 @@ func measureMemory(b *testing.B, p *process, body *patternReader, d digest.Diges
 	if err := t.downloadBlob(ctx, repo, wd, 16*mib, io.Discard, buf); err != nil {
 		b.Fatal(err)
 	}
-	base, _, err := p.rssKiB()
+	base, _, err := rssKiB(p)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -233,7 +235,7 @@ func measureMemory(b *testing.B, p *process, body *patternReader, d digest.Diges
 	if err != nil {
 		b.Fatal(err)
 	}
-	_, hwm, err := p.rssKiB()
+	_, hwm, err := rssKiB(p)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -246,9 +248,9 @@ func measureMemory(b *testing.B, p *process, body *patternReader, d digest.Diges
 	b.ReportMetric(median(rates(up, memoryBlobSize/mib)), "upload-MiB/s")
 	b.ReportMetric(median(rates(down, memoryBlobSize/mib)), "download-MiB/s")
 	b.Logf("%s: %d samples; RSS idle %.0f MiB, peak %.0f MiB (VmHWM %.0f MiB)",
-		p.name, sampled(), float64(base)/1024, float64(peak)/1024, float64(hwm)/1024)
+		p.Name, sampled(), float64(base)/1024, float64(peak)/1024, float64(hwm)/1024)
 	if growth > 256 {
-		b.Fatalf("%s: RSS grew by %.0f MiB while a 1 GiB blob passed through; want it flat (under 256 MiB)", p.name, growth)
+		b.Fatalf("%s: RSS grew by %.0f MiB while a 1 GiB blob passed through; want it flat (under 256 MiB)", p.Name, growth)
 	}
 }
 
@@ -269,7 +271,7 @@ func sampleRSS(ctx context.Context, p *process, interval time.Duration) (samples
 		tick := time.NewTicker(interval)
 		defer tick.Stop()
 		for {
-			rss, _, err := p.rssKiB()
+			rss, _, err := rssKiB(p)
 			mu.Lock()
 			if err != nil && first == nil {
 				first = err
@@ -313,7 +315,7 @@ func (r *recorder) measure(b *testing.B, t *target, fn func() error) {
 	var cpu0 time.Duration
 	if t.proc != nil {
 		var err error
-		if cpu0, err = t.proc.cpu(); err != nil {
+		if cpu0, err = cpuTime(t.proc); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -323,7 +325,7 @@ func (r *recorder) measure(b *testing.B, t *target, fn func() error) {
 	}
 	r.wall[t.name] = append(r.wall[t.name], time.Since(start))
 	if t.proc != nil {
-		cpu1, err := t.proc.cpu()
+		cpu1, err := cpuTime(t.proc)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/taglock/taglock/integration/internal/proc"
 )
 
 // controlEnv, when set to an upstream URL, makes the test binary serve as
@@ -96,6 +98,6 @@ func startControl(b testing.TB, upstream string) *process {
 	if err != nil {
 		b.Fatal(err)
 	}
-	return startProcess(b, "control proxy", exe, []string{"-test.run=^$"},
-		environ(controlEnv+"="+upstream), taglockAddr, "/readyz")
+	return proc.Start(b, proc.Spec{Name: "control proxy", Bin: exe, Args: []string{"-test.run=^$"},
+		Env: proc.Environ(controlEnv + "=" + upstream), AddrFrom: proc.TaglockAddr, Ready: "/readyz"})
 }

@@ -75,38 +75,6 @@ func statusKiB(status, field string) (int64, error) {
 	return 0, fmt.Errorf("%s: not in status", field)
 }
 
-// listeners returns the "127.0.0.1:PORT" addresses of the IPv4 sockets in
-// LISTEN state in netTCP (the text of /proc/<pid>/net/tcp) whose inode is in
-// inodes, the sockets one process holds. Sockets on other addresses are
-// left out.
-func listeners(netTCP string, inodes map[string]bool) ([]string, error) {
-	var addrs []string
-	for line := range strings.Lines(netTCP) {
-		f := strings.Fields(line)
-		if len(f) < 10 || f[0] == "sl" {
-			continue
-		}
-		const listen = "0A"
-		if f[3] != listen || !inodes[f[9]] {
-			continue
-		}
-		ip, port, ok := strings.Cut(f[1], ":")
-		if !ok {
-			return nil, fmt.Errorf("local address %q", f[1])
-		}
-		p, err := strconv.ParseUint(port, 16, 16)
-		if err != nil {
-			return nil, fmt.Errorf("local port %q: %w", port, err)
-		}
-		const loopback = "0100007F" // 127.0.0.1, little-endian
-		if ip == loopback {
-			addrs = append(addrs, "127.0.0.1:"+strconv.FormatUint(p, 10))
-		}
-	}
-	slices.Sort(addrs)
-	return addrs, nil
-}
-
 // median returns the median of xs, which must not be empty.
 func median(xs []float64) float64 {
 	s := slices.Clone(xs)

@@ -3,7 +3,6 @@
 package e2e
 
 import (
-	"bufio"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -17,14 +16,14 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/crypto/bcrypt"
+
+	"github.com/taglock/taglock/integration/internal/proc"
 )
 
 // authPasswords are the users of the access tests.
@@ -90,7 +89,7 @@ access:
 // never pulls anonymously from a Basic-auth registry).
 func TestAuthDockerMatrix(t *testing.T) {
 	t.Parallel()
-	docker := toolPath(t, "DOCKER")
+	docker := proc.Tool(t, "DOCKER")
 	if os.Getenv("DOCKER_HOST") == "" {
 		t.Fatal("DOCKER_HOST is not set: scripts/test.sh starts a private Docker daemon and sets it")
 	}
@@ -145,7 +144,7 @@ func TestAuthDockerMatrix(t *testing.T) {
 	// answers a Basic challenge it has no login for with "no basic auth
 	// credentials", as it does against Distribution with htpasswd.
 	mustRun(t, s.cmd(docker, "logout", tl.Addr))
-	out = mustRun(t, command{bin: toolPath(t, "CRANE"), args: []string{"digest", "--insecure", s.ref("public/base", "1")},
+	out = mustRun(t, command{bin: proc.Tool(t, "CRANE"), args: []string{"digest", "--insecure", s.ref("public/base", "1")},
 		env: []string{"DOCKER_CONFIG=" + t.TempDir()}})
 	if got, want := strings.TrimSpace(out), resolveAs(t, tl.Addr, "reader", "public/base", "1"); got != want {
 		t.Errorf("anonymous crane digest public/base:1 = %q, want %q", got, want)
@@ -191,10 +190,10 @@ func lookupAs(t testing.TB, host, user, repo, tag string) (string, error) {
 // password.
 func TestAuthCLIs(t *testing.T) {
 	t.Parallel()
-	crane := toolPath(t, "CRANE")
-	oras := toolPath(t, "ORAS")
-	regctl := toolPath(t, "REGCTL")
-	skopeo := toolPath(t, "SKOPEO")
+	crane := proc.Tool(t, "CRANE")
+	oras := proc.Tool(t, "ORAS")
+	regctl := proc.Tool(t, "REGCTL")
+	skopeo := proc.Tool(t, "SKOPEO")
 	tl := startTaglock(t, serveOptions{config: aclConfig(writeHtpasswd(t), "")})
 	im := makeImage(t)
 	const created = "org.opencontainers.image.created=2000-01-01T00:00:00Z"
@@ -328,64 +327,15 @@ func (ca *e2eCA) leaf(t *testing.T, cert, key string, step int) {
 // until /healthz answers over TLS, trusting pool.
 func startTLSTaglock(t *testing.T, config string, pool *x509.CertPool) *process {
 	t.Helper()
-	bin := toolPath(t, "TAGLOCK_BIN")
+	bin := proc.Tool(t, "TAGLOCK_BIN")
 	f := filepath.Join(t.TempDir(), "taglock.yaml")
 	if err := os.WriteFile(f, []byte(config), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p := &process{name: "taglock", out: &lines{}, done: make(chan struct{})}
-	p.cmd = exec.Command(bin, "serve", "--listen", "127.0.0.1:0", "--data", t.TempDir(), "--config", f)
-	pr, pw := io.Pipe()
-	p.cmd.Stdout, p.cmd.Stderr = pw, pw
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	addrc := make(chan string, 1)
-	var once sync.Once
-	go func() {
-		sc := bufio.NewScanner(pr)
-		sc.Buffer(make([]byte, 64*1024), 4*1024*1024)
-		for sc.Scan() {
-			p.out.add(sc.Text())
-			if a, ok := taglockAddr(sc.Text()); ok {
-				once.Do(func() { addrc <- a })
-			}
-		}
-		_, _ = io.Copy(io.Discard, pr)
-	}()
-	go func() {
-		p.err = p.cmd.Wait()
-		_ = pw.Close()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		p.Stop(t)
-		if t.Failed() {
-			t.Logf("last lines logged by taglock:\n%s", indent(p.out.tail(60)))
-		}
-	})
-	select {
-	case p.Addr = <-addrc:
-	case <-p.done:
-		t.Fatalf("taglock exited before it listened (%v):\n%s", p.err, indent(p.out.String()))
-	case <-time.After(startTimeout):
-		t.Fatalf("taglock logged no listening address:\n%s", indent(p.out.String()))
-	}
 	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}, Timeout: 5 * time.Second}
-	deadline := time.Now().Add(startTimeout)
-	for {
-		resp, err := client.Get("https://" + p.Addr + "/healthz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return p
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("https://%s/healthz did not answer 200: %v", p.Addr, describe(resp, err))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	return proc.Start(t, proc.Spec{Name: "taglock", Bin: bin, Env: os.Environ(),
+		Args:     []string{"serve", "--listen", "127.0.0.1:0", "--data", t.TempDir(), "--config", f},
+		AddrFrom: proc.TaglockAddr, Ready: "https://%s/healthz", Client: client})
 }
 
 // TestAuthTLSClients ensures docker (with the test CA in
@@ -395,9 +345,9 @@ func startTLSTaglock(t *testing.T, config string, pool *x509.CertPool) *process 
 // the next client without a restart.
 func TestAuthTLSClients(t *testing.T) {
 	t.Parallel()
-	docker := toolPath(t, "DOCKER")
-	crane := toolPath(t, "CRANE")
-	skopeo := toolPath(t, "SKOPEO")
+	docker := proc.Tool(t, "DOCKER")
+	crane := proc.Tool(t, "CRANE")
+	skopeo := proc.Tool(t, "SKOPEO")
 	dir := t.TempDir()
 	cert, key := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
 	ca := newCA(t, "taglock e2e CA")

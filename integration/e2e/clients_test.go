@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"regexp"
 	"testing"
+
+	"github.com/taglock/taglock/integration/internal/proc"
 )
 
 // session is one client's private state while it talks to one registry:
@@ -52,11 +54,11 @@ var digestRE = regexp.MustCompile(`sha256:[0-9a-f]{64}`)
 // clients returns the five clients. Each needs its program from the environment.
 func clients(t *testing.T) map[string]cli {
 	t.Helper()
-	crane := toolPath(t, "CRANE")
-	oras := toolPath(t, "ORAS")
-	regctl := toolPath(t, "REGCTL")
-	skopeo := toolPath(t, "SKOPEO")
-	docker := toolPath(t, "DOCKER")
+	crane := proc.Tool(t, "CRANE")
+	oras := proc.Tool(t, "ORAS")
+	regctl := proc.Tool(t, "REGCTL")
+	skopeo := proc.Tool(t, "SKOPEO")
+	docker := proc.Tool(t, "DOCKER")
 
 	craneDelete := func(t *testing.T, s *session, ref string) (string, error) {
 		return run(t, s.cmd(crane, "delete", "--insecure", ref))
@@ -304,7 +306,7 @@ func TestClientsEmbedded(t *testing.T) {
 // itself never moved: its 1.0.0 still holds the first image.
 func TestClientsUpstream(t *testing.T) {
 	all := clients(t)
-	up := startRegistry(t)
+	up := proc.StartRegistry(t, "info")
 	tl := startTaglock(t, serveOptions{upstream: "http://" + up.Addr})
 	for _, name := range []string{"crane", "docker"} {
 		c := all[name]
@@ -326,8 +328,8 @@ func TestClientsUpstream(t *testing.T) {
 // to it through taglock is refused with a message naming the upstream's
 // digest, and the upstream keeps it.
 func TestUpstreamTagBeforeTaglock(t *testing.T) {
-	crane := toolPath(t, "CRANE")
-	up := startRegistry(t)
+	crane := proc.Tool(t, "CRANE")
+	up := proc.StartRegistry(t, "info")
 	a, b := makeImage(t), makeImage(t)
 	const repo = "legacy/team/app"
 	mustRun(t, command{bin: crane, args: []string{"push", "--insecure", a.layout, up.Addr + "/" + repo + ":1.0.0"}})

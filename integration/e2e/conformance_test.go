@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"github.com/taglock/taglock/storage"
+
+	"github.com/taglock/taglock/integration/internal/proc"
 )
 
 // Repositories the conformance program writes to.
@@ -75,7 +77,7 @@ func (r conformanceResult) failed() []conformanceCase {
 // reported, whatever its exit status.
 func runConformance(t *testing.T, addr string) conformanceResult {
 	t.Helper()
-	bin := toolPath(t, "CONFORMANCE_BIN")
+	bin := proc.Tool(t, "CONFORMANCE_BIN")
 	dir := t.TempDir()
 	results := filepath.Join(dir, "results")
 	c := command{
@@ -121,7 +123,7 @@ func TestConformance(t *testing.T) {
 				if mode == "embedded" {
 					return ""
 				}
-				return "http://" + startRegistry(t).Addr
+				return "http://" + proc.StartRegistry(t, "info").Addr
 			}
 
 			t.Run("mutable by policy", func(t *testing.T) {

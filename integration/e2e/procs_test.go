@@ -3,51 +3,22 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/taglock/taglock/integration/internal/proc"
 )
 
-// Time limits. They are generous for 2 busy cores and still end a hung run.
-const (
-	cmdTimeout   = 3 * time.Minute  // one CLI invocation
-	startTimeout = 30 * time.Second // until a server logs its address and answers
-	stopTimeout  = 30 * time.Second // from SIGTERM until exit
-)
-
-// toolPath returns the absolute path of the program that the environment
-// variable env names, and fails the test when it is unset, relative or not
-// an executable file. scripts/test.sh sets every one of them.
-func toolPath(t testing.TB, env string) string {
-	t.Helper()
-	p := os.Getenv(env)
-	if p == "" {
-		t.Fatalf("%s is not set: run the end-to-end tests with `make test` (scripts/test.sh), which installs the tools and sets it", env)
-	}
-	if !filepath.IsAbs(p) {
-		t.Fatalf("%s=%q is not an absolute path", env, p)
-	}
-	fi, err := os.Stat(p)
-	if err != nil {
-		t.Fatalf("%s: %v", env, err)
-	}
-	if fi.IsDir() || fi.Mode()&0o111 == 0 {
-		t.Fatalf("%s=%q is not an executable file", env, p)
-	}
-	return p
-}
+// cmdTimeout bounds one CLI invocation: generous for 2 busy cores, and it
+// still ends a hung run.
+const cmdTimeout = 3 * time.Minute
 
 // command describes one CLI invocation.
 type command struct {
@@ -128,163 +99,9 @@ func indent(s string) string {
 	return "    " + strings.ReplaceAll(s, "\n", "\n    ")
 }
 
-// lines collects a process's output, line by line, safe for concurrent use.
-type lines struct {
-	mu  sync.Mutex
-	all []string
-}
-
-func (l *lines) add(s string) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.all = append(l.all, s)
-}
-
-// String returns everything collected so far.
-func (l *lines) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return strings.Join(l.all, "\n")
-}
-
-// tail returns the last n lines.
-func (l *lines) tail(n int) string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	from := max(0, len(l.all)-n)
-	return strings.Join(l.all[from:], "\n")
-}
-
-// process is a server started by a test: taglock or the Distribution registry.
-type process struct {
-	name string
-	keep func(line string) bool // which log lines to collect; nil keeps all
-	Addr string                 // host:port it listens on, read from its log
-	cmd  *exec.Cmd
-	out  *lines
-	done chan struct{} // closed once the process has exited
-	err  error         // Wait's result, valid after done
-	once sync.Once
-}
-
-// startProcess starts bin with args, reads its stdout and stderr line by line
-// until addrFrom finds the listening address in one of them, then polls
-// http://ADDR+readyPath until it answers 200. The process is stopped with
-// SIGTERM when the test ends, and must then exit with status 0.
-func startProcess(t *testing.T, p *process, bin string, args, env []string, addrFrom func(line string) (string, bool), readyPath string) *process {
-	t.Helper()
-	name := p.name
-	p.out, p.done = &lines{}, make(chan struct{})
-	p.cmd = exec.Command(bin, args...)
-	p.cmd.Env = env
-	stdout, err := p.cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stderr, err := p.cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
-	}
-	addrc := make(chan string, 1)
-	var readers sync.WaitGroup
-	scan := func(r io.Reader) {
-		defer readers.Done()
-		sc := bufio.NewScanner(r)
-		sc.Buffer(make([]byte, 64*1024), 4*1024*1024)
-		for sc.Scan() {
-			line := sc.Text()
-			if p.keep == nil || p.keep(line) {
-				p.out.add(line)
-			}
-			if a, ok := addrFrom(line); ok {
-				select {
-				case addrc <- a:
-				default:
-				}
-			}
-		}
-		_, _ = io.Copy(io.Discard, r) // a line over 4 MiB: keep the pipe drained
-	}
-	readers.Add(2)
-	go scan(stdout)
-	go scan(stderr)
-	go func() {
-		readers.Wait() // Wait closes the pipes: read them to the end first
-		p.err = p.cmd.Wait()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		p.Stop(t)
-		if t.Failed() {
-			t.Logf("last lines logged by %s:\n%s", name, indent(p.out.tail(60)))
-		}
-	})
-
-	select {
-	case p.Addr = <-addrc:
-	case <-p.done:
-		t.Fatalf("%s exited before it listened (%v):\n%s", name, p.err, indent(p.out.String()))
-	case <-time.After(startTimeout):
-		t.Fatalf("%s logged no listening address within %v:\n%s", name, startTimeout, indent(p.out.String()))
-	}
-	deadline := time.Now().Add(startTimeout)
-	url := "http://" + p.Addr + readyPath
-	for {
-		resp, err := http.Get(url)
-		if err == nil {
-			_ = resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return p
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: GET %s did not answer 200 within %v (last: %v)", name, url, startTimeout, describe(resp, err))
-		}
-		select {
-		case <-p.done:
-			t.Fatalf("%s exited while starting (%v):\n%s", name, p.err, indent(p.out.String()))
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-}
-
-func describe(resp *http.Response, err error) string {
-	if err != nil {
-		return err.Error()
-	}
-	return resp.Status
-}
-
-// Stop sends SIGTERM and waits for the process to exit; it reports an error
-// unless the process exits with status 0 within stopTimeout. It is safe to
-// call more than once.
-func (p *process) Stop(t testing.TB) {
-	t.Helper()
-	p.once.Do(func() {
-		select {
-		case <-p.done:
-			t.Errorf("%s had already exited (%v):\n%s", p.name, p.err, indent(p.out.tail(40)))
-			return
-		default:
-		}
-		if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-			t.Errorf("signal %s: %v", p.name, err)
-		}
-		select {
-		case <-p.done:
-			if p.err != nil {
-				t.Errorf("%s did not shut down cleanly after SIGTERM: %v\n%s", p.name, p.err, indent(p.out.tail(40)))
-			}
-		case <-time.After(stopTimeout):
-			_ = p.cmd.Process.Kill()
-			<-p.done
-			t.Errorf("%s still running %v after SIGTERM; killed it", p.name, stopTimeout)
-		}
-	})
-}
+// process is a server started by a test: taglock or the Distribution
+// registry.
+type process = proc.Process
 
 // serveOptions are the knobs of one `taglock serve` run.
 type serveOptions struct {
@@ -303,7 +120,7 @@ type taglock struct {
 // bound address from its "listening" log line and waits for /readyz.
 func startTaglock(t *testing.T, o serveOptions) *taglock {
 	t.Helper()
-	bin := toolPath(t, "TAGLOCK_BIN")
+	bin := proc.Tool(t, "TAGLOCK_BIN")
 	if o.data == "" {
 		o.data = t.TempDir()
 	}
@@ -318,73 +135,6 @@ func startTaglock(t *testing.T, o serveOptions) *taglock {
 	if o.upstream != "" {
 		args = append(args, "--upstream", o.upstream)
 	}
-	p := startProcess(t, &process{name: "taglock"}, bin, args, os.Environ(), taglockAddr, "/readyz")
+	p := proc.Start(t, proc.Spec{Name: "taglock", Bin: bin, Args: args, Env: os.Environ(), AddrFrom: proc.TaglockAddr, Ready: "/readyz"})
 	return &taglock{process: p, Data: o.data}
-}
-
-// taglockAddr finds the address in taglock's zerolog line
-// {"level":"info","addr":"127.0.0.1:PORT",...,"message":"listening"}.
-func taglockAddr(line string) (string, bool) {
-	var m struct {
-		Message string `json:"message"`
-		Addr    string `json:"addr"`
-	}
-	if json.Unmarshal([]byte(line), &m) != nil || m.Message != "listening" || m.Addr == "" {
-		return "", false
-	}
-	return m.Addr, true
-}
-
-// startRegistry runs the Distribution registry binary as a separate upstream:
-// filesystem storage in a temporary directory, deletes enabled, bound to
-// 127.0.0.1:0. It returns the address the registry logged.
-func startRegistry(t *testing.T) *process {
-	t.Helper()
-	bin := toolPath(t, "REGISTRY_BIN")
-	dir := t.TempDir()
-	config := fmt.Sprintf(`version: 0.1
-log:
-  level: info
-  formatter: json
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: %s
-  delete:
-    enabled: true
-  redirect:
-    disable: true
-  maintenance:
-    uploadpurging:
-      enabled: false
-http:
-  addr: 127.0.0.1:0
-  secret: taglock-e2e
-  draintimeout: 5s # without it the registry ignores SIGTERM's chance to exit cleanly
-`, filepath.Join(dir, "data"))
-	f := filepath.Join(dir, "config.yml")
-	if err := os.WriteFile(f, []byte(config), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	// The registry reads REGISTRY_* variables as configuration: pass none.
-	env := command{drop: []string{"REGISTRY_", "OTEL_"}, env: []string{"OTEL_TRACES_EXPORTER=none"}}.environ()
-	p := &process{name: "registry", keep: func(line string) bool {
-		// one line per request: too many to read next to taglock's own
-		return !strings.Contains(line, `"msg":"response completed`)
-	}}
-	return startProcess(t, p, bin, []string{"serve", f}, env, registryAddr, "/v2/")
-}
-
-// registryAddr finds the address in Distribution's JSON log line
-// {"level":"info","msg":"listening on 127.0.0.1:PORT",...}.
-func registryAddr(line string) (string, bool) {
-	var m struct {
-		Msg string `json:"msg"`
-	}
-	if json.Unmarshal([]byte(line), &m) != nil {
-		return "", false
-	}
-	addr, ok := strings.CutPrefix(m.Msg, "listening on ")
-	return addr, ok && addr != ""
 }

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/taglock/taglock/integration/internal/proc"
 )
 
 // promotionConfig is the three-line guard the README shows: prod/ takes only
@@ -30,9 +32,9 @@ promotion:
 //     an identical re-push.
 func TestPromotionDocker(t *testing.T) {
 	t.Parallel()
-	docker := toolPath(t, "DOCKER")
-	crane := toolPath(t, "CRANE")
-	taglockBin := toolPath(t, "TAGLOCK_BIN")
+	docker := proc.Tool(t, "DOCKER")
+	crane := proc.Tool(t, "CRANE")
+	taglockBin := proc.Tool(t, "TAGLOCK_BIN")
 	tl := startTaglock(t, serveOptions{config: promotionConfig})
 	s := &session{host: tl.Addr, dir: t.TempDir()}
 	s.env = []string{"DOCKER_CONFIG=" + filepath.Join(s.dir, "docker")}

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"regexp"
 	"testing"
+
+	"github.com/taglock/taglock/integration/internal/proc"
 )
 
 // TestConfigValidate ensures that `taglock config validate` accepts a valid
@@ -15,7 +17,7 @@ import (
 // message that names the file and the line of each problem.
 func TestConfigValidate(t *testing.T) {
 	t.Parallel()
-	bin := toolPath(t, "TAGLOCK_BIN")
+	bin := proc.Tool(t, "TAGLOCK_BIN")
 	tests := []struct {
 		name     string
 		yaml     string

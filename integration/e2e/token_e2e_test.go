@@ -26,6 +26,8 @@ import (
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/sirupsen/logrus"
+
+	"github.com/taglock/taglock/integration/internal/proc"
 )
 
 const (
@@ -150,8 +152,8 @@ http:
 // own rules still refuse what the token service would allow.
 func TestTokenHarborDocker(t *testing.T) {
 	t.Parallel()
-	docker := toolPath(t, "DOCKER")
-	crane := toolPath(t, "CRANE")
+	docker := proc.Tool(t, "DOCKER")
+	crane := proc.Tool(t, "CRANE")
 	if os.Getenv("DOCKER_HOST") == "" {
 		t.Fatal("DOCKER_HOST is not set: scripts/test.sh starts a private Docker daemon and sets it")
 	}

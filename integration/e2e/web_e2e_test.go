@@ -18,6 +18,8 @@ import (
 	digest "github.com/opencontainers/go-digest"
 	"github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/taglock/taglock/integration/internal/proc"
 )
 
 // chromiumPath is $CHROMIUM, or Debian's chromium on the PATH
@@ -25,7 +27,7 @@ import (
 func chromiumPath(t *testing.T) string {
 	t.Helper()
 	if os.Getenv("CHROMIUM") != "" {
-		return toolPath(t, "CHROMIUM")
+		return proc.Tool(t, "CHROMIUM")
 	}
 	p, err := exec.LookPath("chromium")
 	if err != nil {
