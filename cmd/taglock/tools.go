@@ -27,8 +27,7 @@ asks the running server through its admin API on the configured listen
 address (loopback only).`
 
 func newImportCmd(g *globals) *cobra.Command {
-	var repos []string
-	var rate string
+	var w walkFlags
 	cmd := &cobra.Command{
 		Use:   "import",
 		Short: "Adopt the tags the upstream already holds into the ledger",
@@ -43,20 +42,16 @@ Run it before putting taglock in front of an existing registry.
 Exit codes: 0 success, 1 failure, 2 usage error.`,
 		Args: usageArgs(cobra.NoArgs),
 	}
-	cmd.Flags().StringSliceVar(&repos, "repos", nil, "only repositories matching these globs (repeatable or comma-separated)")
-	cmd.Flags().StringVar(&rate, "rate", "", "cap upstream requests, e.g. 20/s (default: no cap)")
+	w.add(cmd)
 	asJSON := outputFlag(cmd)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		js, err := asJSON()
 		if err != nil {
 			return err
 		}
-		r, err := parseRate(rate)
+		repos, r, err := w.parse()
 		if err != nil {
 			return err
-		}
-		if _, err := policy.CompileGlobs(repos); err != nil {
-			return exitError{code: exitUsage, msg: "--repos: " + err.Error()}
 		}
 		s, err := g.open(cmd.Context(), withUpstream)
 		if err != nil {
@@ -129,8 +124,7 @@ func (p *progress) done() {
 }
 
 func newVerifyCmd(g *globals) *cobra.Command {
-	var repos []string
-	var rate string
+	var w walkFlags
 	var repair bool
 	cmd := &cobra.Command{
 		Use:   "verify",
@@ -152,8 +146,7 @@ Exit codes: 0 no immutable tag drifted (other findings may be listed),
 --repair: still is).`,
 		Args: usageArgs(cobra.NoArgs),
 	}
-	cmd.Flags().StringSliceVar(&repos, "repos", nil, "only repositories matching these globs (repeatable or comma-separated)")
-	cmd.Flags().StringVar(&rate, "rate", "", "cap upstream requests, e.g. 20/s (default: no cap)")
+	w.add(cmd)
 	cmd.Flags().BoolVar(&repair, "repair", false, "restore moved or deleted immutable tags, then verify again")
 	asJSON := outputFlag(cmd)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
@@ -161,12 +154,9 @@ Exit codes: 0 no immutable tag drifted (other findings may be listed),
 		if err != nil {
 			return err
 		}
-		r, err := parseRate(rate)
+		repos, r, err := w.parse()
 		if err != nil {
 			return err
-		}
-		if _, err := policy.CompileGlobs(repos); err != nil {
-			return exitError{code: exitUsage, msg: "--repos: " + err.Error()}
 		}
 		s, err := g.open(cmd.Context(), withUpstream)
 		if err != nil {
@@ -405,3 +395,27 @@ func dash(s string) string {
 }
 
 func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
+
+// walkFlags are the --repos and --rate flags of the commands that walk the
+// upstream (import, verify).
+type walkFlags struct {
+	repos []string
+	rate  string
+}
+
+func (w *walkFlags) add(cmd *cobra.Command) {
+	cmd.Flags().StringSliceVar(&w.repos, "repos", nil, "only repositories matching these globs (repeatable or comma-separated)")
+	cmd.Flags().StringVar(&w.rate, "rate", "", "cap upstream requests, e.g. 20/s (default: no cap)")
+}
+
+// parse checks both flags before anything touches the ledger.
+func (w *walkFlags) parse() ([]string, float64, error) {
+	r, err := parseRate(w.rate)
+	if err != nil {
+		return nil, 0, err
+	}
+	if _, err := policy.CompileGlobs(w.repos); err != nil {
+		return nil, 0, exitError{code: exitUsage, msg: "--repos: " + err.Error()}
+	}
+	return w.repos, r, nil
+}
