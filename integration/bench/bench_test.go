@@ -297,15 +297,19 @@ func sampleRSS(ctx context.Context, p *process, interval time.Duration) (samples
 	return samples, stop
 }
 
-// recorder collects, per path, the wall time of each iteration and the CPU
-// time its taglock process used.
+// recorder collects, per path, the wall time of each iteration, the CPU
+// time its serving process used, and how busy and idle the whole machine
+// was meanwhile.
 type recorder struct {
 	wall map[string][]time.Duration
 	cpu  map[string]time.Duration
+	busy map[string]time.Duration
+	idle map[string]time.Duration
 }
 
 func newRecorder() *recorder {
-	return &recorder{wall: map[string][]time.Duration{}, cpu: map[string]time.Duration{}}
+	return &recorder{wall: map[string][]time.Duration{}, cpu: map[string]time.Duration{},
+		busy: map[string]time.Duration{}, idle: map[string]time.Duration{}}
 }
 
 // measure runs fn, one iteration over target t, and records how long it
@@ -319,11 +323,21 @@ func (r *recorder) measure(b *testing.B, t *target, fn func() error) {
 			b.Fatal(err)
 		}
 	}
+	busy0, idle0, err := machineTime()
+	if err != nil {
+		b.Fatal(err)
+	}
 	start := time.Now()
 	if err := fn(); err != nil {
 		b.Fatal(err)
 	}
 	r.wall[t.name] = append(r.wall[t.name], time.Since(start))
+	busy1, idle1, err := machineTime()
+	if err != nil {
+		b.Fatal(err)
+	}
+	r.busy[t.name] += busy1 - busy0
+	r.idle[t.name] += idle1 - idle0
 	if t.proc != nil {
 		cpu1, err := cpuTime(t.proc)
 		if err != nil {
@@ -355,6 +369,12 @@ var paths = []string{"direct", "control", "taglock", "embedded"}
 //     process serving the path (for direct, the registry; for control and
 //     taglock, the proxy alone) per GiB or per request, all iterations
 //     together. It varies far less than throughput on a busy machine.
+//   - "<path>-machine-s/GiB" or "<path>-machine-us/req": the same for the
+//     whole machine, every process and the kernel's packet processing
+//     included, and "<path>-idle-cpus": how many CPUs stayed idle on
+//     average while the path ran. A path that leaves no CPU idle is bound
+//     by the machine's CPU, and its rate cannot exceed the CPU count divided
+//     by its machine-s/GiB.
 //
 // It suppresses ns/op, which would only time all the paths together.
 func (r *recorder) report(b *testing.B, amount float64, unit string) {
@@ -378,9 +398,16 @@ func (r *recorder) report(b *testing.B, amount float64, unit string) {
 		total := amount * float64(len(r.wall[path]))
 		if unit == "MiB/s" {
 			b.ReportMetric(r.cpu[path].Seconds()/(total/1024), path+"-cpu-s/GiB")
+			b.ReportMetric(r.busy[path].Seconds()/(total/1024), path+"-machine-s/GiB")
 		} else {
 			b.ReportMetric(float64(r.cpu[path].Microseconds())/total, path+"-cpu-us/req")
+			b.ReportMetric(float64(r.busy[path].Microseconds())/total, path+"-machine-us/req")
 		}
+		var wall time.Duration
+		for _, d := range r.wall[path] {
+			wall += d
+		}
+		b.ReportMetric(r.idle[path].Seconds()/wall.Seconds(), path+"-idle-cpus")
 	}
 	b.Logf("per iteration (%s): %s", unit, strings.Join(line, "; "))
 }

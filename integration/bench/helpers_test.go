@@ -109,3 +109,29 @@ func cpuTicks(stat string) (int64, error) {
 	}
 	return total, nil
 }
+
+// machineTicks returns the busy and idle time of the whole machine, in clock
+// ticks summed over every CPU, from the aggregate "cpu" line of /proc/stat.
+// Busy is user, nice, system, irq, softirq and steal: it includes the kernel's
+// packet processing, which no process is charged for. Idle is idle and
+// iowait. Guest time is already inside user and is not counted twice.
+func machineTicks(stat string) (busy, idle int64, err error) {
+	line, _, _ := strings.Cut(stat, "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return 0, 0, fmt.Errorf("/proc/stat: first line %q is not the aggregate cpu line", line)
+	}
+	for i, s := range f[1:9] {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return 0, 0, fmt.Errorf("/proc/stat: %w", err)
+		}
+		switch i {
+		case 3, 4: // idle, iowait
+			idle += n
+		default: // user, nice, system, irq, softirq, steal
+			busy += n
+		}
+	}
+	return busy, idle, nil
+}

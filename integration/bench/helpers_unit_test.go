@@ -111,3 +111,20 @@ func TestCPUTicks(t *testing.T) {
 		})
 	}
 }
+
+// TestMachineTicks ensures the whole machine's busy time counts user, nice,
+// system, irq, softirq and steal, its idle time counts idle and iowait, and
+// a /proc/stat that does not start with the aggregate line is an error.
+func TestMachineTicks(t *testing.T) {
+	t.Parallel()
+	const stat = "cpu  100 2 30 4000 5 6 70 8 9 10\ncpu0 50 1 15 2000 2 3 35 4 4 5\n"
+	busy, idle, err := machineTicks(stat)
+	if err != nil || busy != 100+2+30+6+70+8 || idle != 4000+5 {
+		t.Errorf("machineTicks = %d, %d, %v; want 216, 4005, nil", busy, idle, err)
+	}
+	for _, bad := range []string{"cpu0 1 2 3 4 5 6 7 8\n", "cpu 1 2 3\n", "cpu 1 2 x 4 5 6 7 8\n", ""} {
+		if _, _, err := machineTicks(bad); err == nil {
+			t.Errorf("machineTicks(%q): no error", bad)
+		}
+	}
+}

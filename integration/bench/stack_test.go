@@ -41,6 +41,18 @@ func cpuTime(p *process) (time.Duration, error) {
 	return time.Duration(ticks) * (time.Second / 100), err
 }
 
+// machineTime returns how long the whole machine's CPUs, all of them
+// together, have been busy and idle since boot, at the kernel's 10 ms
+// resolution.
+func machineTime() (busy, idle time.Duration, err error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0, err
+	}
+	bt, it, err := machineTicks(string(b))
+	return time.Duration(bt) * (time.Second / 100), time.Duration(it) * (time.Second / 100), err
+}
+
 // startTaglock runs `taglock serve` on 127.0.0.1:0 with logging at warn, in
 // front of upstream, or with the embedded registry when upstream is "".
 func startTaglock(b testing.TB, upstream string) *process {
