@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs taglock's benchmarks (./integration/bench) with the same tools and
-# environment variables as the end-to-end tests. It is slow and noisy on a
+# environment variables as the end-to-end tests, plus nginx as a reference
+# proxy (installed with apt when missing). It is slow and noisy on a
 # shared machine, so `make test` leaves it out: run it with `make bench`.
 #
 # Environment: BENCHTIME (default 3x), BENCH (a -bench regexp, default .),
@@ -11,6 +12,17 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$TAGLOCK_ROOT"
 
 "$TAGLOCK_ROOT/scripts/install-deps.sh"
+# nginx is the benchmarks' reference proxy; the test suite does not need it.
+if ! command -v nginx >/dev/null; then
+  command -v apt-get >/dev/null || die "nginx not found and no apt-get: install nginx by hand"
+  log "apt-get install nginx-light (the benchmarks' reference proxy)"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive NEEDRESTART_MODE=a apt-get install -y -qq nginx-light >/dev/null
+  # The package starts a system nginx on port 80; the benchmarks run their own.
+  as_root service nginx stop >/dev/null 2>&1 || true
+fi
+NGINX_BIN=$(command -v nginx) || die "nginx still missing after apt-get install"
+export NGINX_BIN
 mkdir -p "$TAGLOCK_BIN_DIR"
 log "go build ./cmd/taglock"
 go build -o "$TAGLOCK_BIN_DIR/taglock" ./cmd/taglock

@@ -31,7 +31,8 @@ const (
 
 // BenchmarkBlobUpload256MiB measures a 256 MiB blob upload (POST, one
 // streamed PATCH, PUT) to the registry directly, through the control proxy,
-// through taglock in front of it, and to taglock's embedded registry,
+// through nginx, through taglock in front of it, and to taglock's embedded
+// registry,
 // interleaved, and reports the throughput of each and taglock's ratio to
 // direct.
 func BenchmarkBlobUpload256MiB(b *testing.B) {
@@ -61,8 +62,8 @@ func BenchmarkBlobUpload256MiB(b *testing.B) {
 
 // BenchmarkBlobDownload256MiB measures a 256 MiB blob download, read to
 // io.Discard, from the registry directly, through the control proxy, through
-// taglock and from the embedded registry, interleaved. An untimed first download through each
-// path checks the content's digest.
+// nginx, through taglock and from the embedded registry, interleaved. An
+// untimed first download through each path checks the content's digest.
 func BenchmarkBlobDownload256MiB(b *testing.B) {
 	s := startStack(b)
 	ctx := b.Context()
@@ -98,7 +99,7 @@ func BenchmarkBlobDownload256MiB(b *testing.B) {
 
 // BenchmarkManifestPut measures pushing distinct small image manifests to
 // distinct (immutable) tags from 8 concurrent clients, directly, through the
-// control proxy, through taglock and to the embedded registry, and reports
+// control proxy, nginx and taglock, and to the embedded registry, and reports
 // requests per second.
 func BenchmarkManifestPut(b *testing.B) {
 	s := startStack(b)
@@ -137,8 +138,8 @@ func BenchmarkManifestPut(b *testing.B) {
 }
 
 // BenchmarkManifestGet measures GET of image manifests by tag from 8
-// concurrent clients, directly, through the control proxy, through taglock
-// and from the embedded registry, and reports requests per second.
+// concurrent clients, directly, through the control proxy, nginx and
+// taglock, and from the embedded registry, and reports requests per second.
 func BenchmarkManifestGet(b *testing.B) {
 	s := startStack(b)
 	ctx := b.Context()
@@ -357,17 +358,18 @@ func rates(ds []time.Duration, amount float64) []float64 {
 }
 
 // paths are the targets' names, in report order.
-var paths = []string{"direct", "control", "taglock", "embedded"}
+var paths = []string{"direct", "control", "nginx", "taglock", "embedded"}
 
 // report reports, for amount (MiB or requests) per iteration in unit
 // (MiB/s or req/s):
 //   - "<path>-<unit>": the median rate of each path;
 //   - "ratio": the median over iterations of taglock's rate divided by the
-//     direct rate measured next to it, and "control-ratio" the same for the
-//     control proxy;
+//     direct rate measured next to it, and "control-ratio" and
+//     "nginx-ratio" the same for the control proxy and nginx;
 //   - "<path>-cpu-s/GiB" or "<path>-cpu-us/req": the CPU time of the
-//     process serving the path (for direct, the registry; for control and
-//     taglock, the proxy alone) per GiB or per request, all iterations
+//     process serving the path (for direct, the registry; for control,
+//     nginx (master and worker) and taglock, the proxy alone) per GiB or per
+//     request, all iterations
 //     together. It varies far less than throughput on a busy machine.
 //   - "<path>-machine-s/GiB" or "<path>-machine-us/req": the same for the
 //     whole machine, every process and the kernel's packet processing
@@ -390,7 +392,9 @@ func (r *recorder) report(b *testing.B, amount float64, unit string) {
 	b.ReportMetric(0, "ns/op")
 	b.ReportMetric(median(ratio("taglock")), "ratio")
 	b.ReportMetric(median(ratio("control")), "control-ratio")
-	line := []string{"taglock/direct " + format(ratio("taglock"), "%.3f"), "control/direct " + format(ratio("control"), "%.3f")}
+	b.ReportMetric(median(ratio("nginx")), "nginx-ratio")
+	line := []string{"taglock/direct " + format(ratio("taglock"), "%.3f"), "control/direct " + format(ratio("control"), "%.3f"),
+		"nginx/direct " + format(ratio("nginx"), "%.3f")}
 	for _, path := range paths {
 		rs := rates(r.wall[path], amount)
 		b.ReportMetric(median(rs), path+"-"+unit)

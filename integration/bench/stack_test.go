@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -31,14 +33,45 @@ func rssKiB(p *process) (rss, hwm int64, err error) {
 }
 
 // cpuTime returns the CPU time, user and system, that all of p's threads
-// have used so far, at the kernel's 10 ms resolution.
+// and its live child processes (nginx's worker) have used so far, at the
+// kernel's 10 ms resolution.
 func cpuTime(p *process) (time.Duration, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.Pid))
+	ticks, err := treeTicks(p.Pid)
+	return time.Duration(ticks) * (time.Second / 100), err
+}
+
+// treeTicks returns the CPU ticks of process pid and of its descendants.
+func treeTicks(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return 0, err
 	}
-	ticks, err := cpuTicks(string(b))
-	return time.Duration(ticks) * (time.Second / 100), err
+	total, err := cpuTicks(string(b))
+	if err != nil {
+		return 0, err
+	}
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, task := range tasks {
+		kids, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", pid, task.Name()))
+		if err != nil {
+			continue // the thread has exited
+		}
+		for _, kid := range strings.Fields(string(kids)) {
+			n, err := strconv.Atoi(kid)
+			if err != nil {
+				return 0, fmt.Errorf("/proc/%d/task/%s/children: %q", pid, task.Name(), kid)
+			}
+			t, err := treeTicks(n)
+			if err != nil {
+				continue // the child has exited
+			}
+			total += t
+		}
+	}
+	return total, nil
 }
 
 // machineTime returns how long the whole machine's CPUs, all of them
@@ -72,29 +105,35 @@ func startTaglock(b testing.TB, upstream string) *process {
 	return proc.Start(b, proc.Spec{Name: name, Bin: bin, Args: args, Env: proc.Environ(), AddrFrom: proc.TaglockAddr, Ready: "/readyz"})
 }
 
-// stack is the four ways a benchmark reaches a registry: the upstream
-// directly, through the control proxy, through taglock in front of it, and
-// taglock with its embedded registry.
+// stack is the five ways a benchmark reaches a registry: the upstream
+// directly, through the control proxy, through nginx, through taglock in
+// front of it, and taglock with its embedded registry.
 type stack struct {
-	registry, control, taglock, embedded *process
-	direct, bare, proxied, inproc        *target
+	registry, control, nginx, taglock, embedded *process
+	direct, bare, ref, proxied, inproc          *target
 }
 
 // targets returns the stack's targets in a fixed order.
-func (s *stack) targets() []*target { return []*target{s.direct, s.bare, s.proxied, s.inproc} }
+func (s *stack) targets() []*target {
+	return []*target{s.direct, s.bare, s.ref, s.proxied, s.inproc}
+}
 
-// startStack starts a fresh registry, the control proxy and a taglock in
-// front of it, and an embedded taglock, each with its own temporary storage.
+// startStack starts a fresh registry, the control proxy, nginx and a
+// taglock in front of it, and an embedded taglock, each with its own
+// temporary storage.
 func startStack(b testing.TB) *stack {
 	b.Helper()
 	s := &stack{registry: proc.StartRegistry(b, "warn")}
 	s.control = startControl(b, "http://"+s.registry.Addr)
+	s.nginx = startNginx(b, s.registry.Addr)
 	s.taglock = startTaglock(b, "http://"+s.registry.Addr)
 	s.embedded = startTaglock(b, "")
 	s.direct = newTarget("direct", s.registry.Addr)
 	s.direct.proc = s.registry
 	s.bare = newTarget("control", s.control.Addr)
 	s.bare.proc = s.control
+	s.ref = newTarget("nginx", s.nginx.Addr)
+	s.ref.proc = s.nginx
 	s.proxied = newTarget("taglock", s.taglock.Addr)
 	s.proxied.proc = s.taglock
 	s.inproc = newTarget("embedded", s.embedded.Addr)

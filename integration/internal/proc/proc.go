@@ -1,6 +1,6 @@
 // Package proc starts and stops the server processes the end-to-end tests
-// and the benchmarks run: the built taglock binary, the Distribution registry
-// and the benchmarks' control proxy.
+// and the benchmarks run: the built taglock binary, the Distribution registry,
+// and the benchmarks' control proxy and nginx.
 //
 // It owns process lifetime: start, find the listening address, wait until
 // the server answers, SIGTERM at the end and insist on a clean exit. It must
@@ -59,7 +59,8 @@ type Spec struct {
 	Env  []string
 	// Keep selects the output lines kept for failure messages; nil keeps all.
 	Keep func(line string) bool
-	// AddrFrom finds the listening address in one line of output.
+	// AddrFrom finds the listening address in one line of output; nil
+	// leaves it to Sockets.
 	AddrFrom func(line string) (string, bool)
 	// Sockets, when AddrFrom finds nothing, reads the address from the
 	// sockets the process listens on (a quiet log level may print nothing).
@@ -69,6 +70,10 @@ type Spec struct {
 	Ready string
 	// Client polls Ready; default http.DefaultClient.
 	Client *http.Client
+	// ExtraFiles are open files the process inherits as fds 3, 4, …: a
+	// listening socket the caller bound on 127.0.0.1:0, for a server that
+	// cannot bind port 0 and report it.
+	ExtraFiles []*os.File
 }
 
 // Process is a running server.
@@ -92,6 +97,7 @@ func Start(t testing.TB, s Spec) *Process {
 	p := &Process{Name: s.Name, done: make(chan struct{})}
 	p.cmd = exec.Command(s.Bin, s.Args...)
 	p.cmd.Env = s.Env
+	p.cmd.ExtraFiles = s.ExtraFiles
 	pr, pw, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
@@ -111,6 +117,9 @@ func Start(t testing.TB, s Spec) *Process {
 			line := sc.Text()
 			if s.Keep == nil || s.Keep(line) {
 				p.add(line)
+			}
+			if s.AddrFrom == nil {
+				continue
 			}
 			if a, ok := s.AddrFrom(line); ok {
 				select {
