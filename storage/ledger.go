@@ -68,6 +68,7 @@ type Options struct {
 // manifest references and pulls. It is safe for concurrent use.
 type Ledger struct {
 	db       *bolt.DB
+	writes   *group
 	path     string
 	now      func() time.Time
 	readOnly bool
@@ -106,7 +107,7 @@ func Open(path string, opts Options) (*Ledger, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open ledger %s: %w", path, err)
 	}
-	l := &Ledger{db: db, path: path, now: now, readOnly: opts.ReadOnly}
+	l := &Ledger{db: db, writes: &group{db: db}, path: path, now: now, readOnly: opts.ReadOnly}
 	if opts.ReadOnly {
 		err = db.View(checkLayout)
 	} else {
@@ -170,8 +171,10 @@ func (l *Ledger) view(ctx context.Context, fn func(*bolt.Tx) error) error {
 	return l.db.View(fn)
 }
 
-// update runs fn in one read-write transaction after checking ctx. fn must
-// not do anything slow: every other writer waits for it.
+// update runs fn in a read-write transaction after checking ctx, committed
+// together with concurrent writers' (see group). fn must not do anything
+// slow, since every other writer waits for it, and must keep its effects
+// inside the transaction, since it may run more than once.
 func (l *Ledger) update(ctx context.Context, fn func(*bolt.Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -179,5 +182,5 @@ func (l *Ledger) update(ctx context.Context, fn func(*bolt.Tx) error) error {
 	if l.readOnly {
 		return ErrReadOnly
 	}
-	return l.db.Update(fn)
+	return l.writes.update(fn)
 }

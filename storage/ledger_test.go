@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -299,6 +301,36 @@ func BenchmarkReserveCommit(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+func BenchmarkReserveCommitParallel(b *testing.B) {
+	// Eight pushes at a time, as from parallel CI jobs: the writes queue
+	// behind each other's fsyncs unless they are committed together.
+	l, err := storage.Open(filepath.Join(b.TempDir(), "taglock.db"), storage.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	ctx := context.Background()
+	var next atomic.Int64
+	b.SetParallelism(max(1, 8/runtime.GOMAXPROCS(0)))
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			tag := fmt.Sprint("v", next.Add(1))
+			bind := ledgertest.NewBinding("bench", tag, tag)
+			r, err := l.Reserve(ctx, storage.Reservation{Repo: "bench", Tags: []string{tag}, Digest: bind.Digest})
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			ev := storage.Event{Kind: storage.EventAccepted, Repo: "bench", Tag: tag, Digest: bind.Digest}
+			if err := l.Commit(ctx, r.ID, []storage.Binding{bind}, []storage.Event{ev}); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
 }
 
 func BenchmarkBinding(b *testing.B) {
