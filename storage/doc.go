@@ -34,7 +34,9 @@
 //
 // Open a ledger with [Open]; a file is locked by one process at a time
 // (readers opened with [Options.ReadOnly] share it). Every write method is a
-// single bbolt read-write transaction: it commits entirely or not at all. A
+// single bbolt read-write transaction, or part of one: it commits entirely or
+// not at all, and writes made at the same time may share a transaction (see
+// Caveats). A
 // manifest push goes through [Ledger.Reserve], then the upstream write, then
 // [Ledger.Commit] (or [Ledger.Release] when the upstream refused it). Writes
 // that need no reservation (adoption of tags found upstream, imports,
@@ -66,10 +68,13 @@
 //
 // # Caveats
 //
-// bbolt allows one writer at a time and every write is fsynced, so a write
+// bbolt allows one writer at a time and every commit is fsynced, so a write
 // costs one disk flush (about 0.05 ms on a write-caching virtual disk, 0.5-2
-// ms on cloud block storage). The ledger never batches writes with a delay and
-// never holds a write transaction across anything slow: callers must not call
+// ms on cloud block storage). Writes that arrive while a commit runs are
+// committed together in the next transaction, one flush for all of them; a
+// write that arrives when none runs commits at once. The ledger never delays a
+// write to batch it and never holds a write transaction across anything
+// slow: callers must not call
 // the upstream between Reserve and Commit while holding any other ledger
 // operation open. A reservation left behind by a crash keeps its tags busy
 // until it is committed or released; callers reconcile [Ledger.Reservations]
