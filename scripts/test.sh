@@ -2,7 +2,8 @@
 # Runs taglock's whole test suite on this machine, installing what it lacks:
 #
 #   1. scripts/install-deps.sh   skopeo, docker.io, crane, oras, regctl, registry, conformance
-#   2. gofmt -l and go vet       (go vet also with -tags e2e)
+#   2. gofmt -l and go vet       (go vet also with -tags e2e, and -tags bench, which
+#                                compiles the benchmarks that `make bench` runs)
 #   3. go build ./cmd/taglock    into bin/taglock, the binary the end-to-end tests run
 #   4. a private Docker daemon   root only: its own socket, data and exec roots in a
 #                                temporary directory, no bridge, no iptables; stopped on exit
@@ -85,7 +86,7 @@ check_gofmt() {
 }
 
 go_vet() {
-  go vet ./... && go vet -tags e2e ./integration/e2e/...
+  go vet ./... && go vet -tags e2e ./integration/e2e/... && go vet -tags bench ./integration/bench/...
 }
 
 build() {
