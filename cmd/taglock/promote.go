@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -64,7 +65,9 @@ tag and checks that the registry now serves SRC's digest there. It goes
 through taglock like any client, so it cannot promote what the promotion
 guard refuses. It prints the record a deployment pipeline keeps.
 
-The registry is --registry, or else the listen address of --config.
+The registry is --registry, or else the listen address of --config; when
+that configuration serves HTTPS (tls.cert), promote uses HTTPS even on
+loopback and trusts exactly the configured certificate.
 Loopback registries are spoken to over plain HTTP, others over HTTPS unless
 --insecure. Credentials come from the Docker configuration.
 
@@ -80,17 +83,23 @@ Exit status: 0 promoted, 1 refused or failed, 2 usage error.`,
 			if f.output != "" && f.output != "text" && f.output != "json" {
 				return usageError("-o %q: want text or json", f.output)
 			}
+			var tlsCfg *tls.Config
 			if f.registry == "" {
 				cfg, err := g.load()
 				if err != nil {
 					return usageError("%v", err)
 				}
 				f.registry = dialable(cfg.Listen)
+				// serve's own HTTPS, on an address its certificate
+				// need not name: trust exactly that certificate.
+				if tlsCfg, err = adminTLS(cfg); err != nil {
+					return err
+				}
 			}
 			if strings.Contains(f.registry, "/") {
 				return usageError("--registry %q: want HOST:PORT, without a scheme or path", f.registry)
 			}
-			p := promoter{registry: f.registry, insecure: f.insecure, keychain: authn.DefaultKeychain, now: time.Now, localUser: localUser}
+			p := promoter{registry: f.registry, insecure: f.insecure, tls: tlsCfg, keychain: authn.DefaultKeychain, now: time.Now, localUser: localUser}
 			rec, err := p.promote(cmd.Context(), args[0], args[1])
 			if err != nil {
 				return err
@@ -136,8 +145,11 @@ func localUser() string {
 
 // promoter copies one image inside one registry.
 type promoter struct {
-	registry  string // host:port
-	insecure  bool   // allow plain HTTP off loopback
+	registry string // host:port
+	insecure bool   // allow plain HTTP off loopback
+	// tls, when set, is how to reach a registry that serves HTTPS on an
+	// address go-containerregistry would talk plain HTTP to (loopback).
+	tls       *tls.Config
 	keychain  authn.Keychain
 	now       func() time.Time
 	localUser func() string
@@ -167,6 +179,11 @@ func (p promoter) promote(ctx context.Context, src, dst string) (promotion, erro
 	}
 
 	rt := &promoteTransport{next: remote.DefaultTransport, insecure: p.insecure, dstRepo: dstTag.RepositoryStr(), dstTag: dstTag.TagStr()}
+	if p.tls != nil {
+		tr := remote.DefaultTransport.(*http.Transport).Clone()
+		tr.TLSClientConfig = p.tls
+		rt.next, rt.httpsHost = tr, p.registry
+	}
 	ropts := []remote.Option{remote.WithContext(ctx), remote.WithTransport(rt), remote.WithAuthFromKeychain(p.keychain),
 		remote.WithUserAgent("taglock-promote/" + version)}
 	puller, err := remote.NewPuller(ropts...)
@@ -295,8 +312,11 @@ func printPromotion(w io.Writer, r promotion, asJSON bool) error {
 type promoteTransport struct {
 	next     http.RoundTripper
 	insecure bool
-	dstRepo  string
-	dstTag   string
+	// httpsHost, when set, is the registry's host:port, reached over
+	// HTTPS even where go-containerregistry chose plain HTTP (loopback).
+	httpsHost string
+	dstRepo   string
+	dstTag    string
 
 	mu       sync.Mutex
 	mounted  int
@@ -306,6 +326,10 @@ type promoteTransport struct {
 }
 
 func (t *promoteTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.URL.Scheme == "http" && t.httpsHost != "" && req.URL.Host == t.httpsHost {
+		req = req.Clone(req.Context())
+		req.URL.Scheme = "https"
+	}
 	if req.URL.Scheme == "http" && !t.insecure && !loopback(req.URL.Hostname()) {
 		return nil, fmt.Errorf("refusing plain HTTP to %s, which is not on loopback; use HTTPS or pass --insecure", req.URL.Host)
 	}

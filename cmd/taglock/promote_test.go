@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -370,6 +371,64 @@ func TestPromoteRegistryFromConfig(t *testing.T) {
 	}
 	if !strings.Contains(out, "registry:     127.0.0.1:"+port) || !strings.Contains(out, d.String()) {
 		t.Errorf("promote did not use 127.0.0.1:%s or print %s:\n%s", port, d, out)
+	}
+}
+
+// When the configuration serves HTTPS on loopback, promote reaches it over
+// HTTPS, although go-containerregistry talks plain HTTP to loopback, and
+// trusts exactly the configured certificate, which need not name 127.0.0.1.
+// A server presenting another certificate is not trusted.
+func TestPromoteRegistryFromConfigOverTLS(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	cert, key := writeSelfSigned(t, dir, "registry.example")
+	srv := startPromoteServer(t, promoteGuard+fmt.Sprintf("tls:\n  cert: %s\n  key: %s\n", cert, key))
+	// The test's own pushes upgrade to HTTPS the same way and skip
+	// verification; what is under test is promote's trust.
+	anyTLS := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}
+	upgrade := remote.WithTransport(roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		r = r.Clone(r.Context())
+		r.URL.Scheme = "https"
+		return anyTLS.RoundTrip(r)
+	}))
+	ref, err := name.ParseReference(srv.Addr() + "/staging/team/tls:1.0.0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := randomImage(t)
+	if err := remote.Write(ref, img, remote.WithContext(t.Context()), upgrade); err != nil {
+		t.Fatalf("push over TLS: %v", err)
+	}
+	d, _ := img.Digest()
+	writeConf := func(cert, key string) string {
+		f := filepath.Join(t.TempDir(), "taglock.yaml")
+		y := fmt.Sprintf("listen: %s\n%stls:\n  cert: %s\n  key: %s\n", srv.Addr(), promoteGuard, cert, key)
+		if err := os.WriteFile(f, []byte(y), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+
+	out, err := runCLI(t, "--config", writeConf(cert, key), "promote", "staging/team/tls:1.0.0", "prod/team/tls:1.0.0")
+	if err != nil {
+		t.Fatalf("promote over TLS: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, d.String()) {
+		t.Errorf("promote did not report %s:\n%s", d, out)
+	}
+	prod, err := name.ParseReference(srv.Addr() + "/prod/team/tls:1.0.0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := remote.Head(prod, remote.WithContext(t.Context()), upgrade)
+	if err != nil || got.Digest != d {
+		t.Errorf("prod/team/tls:1.0.0 after promote: %v, %v; want %s", got, err, d)
+	}
+
+	otherCert, otherKey := writeSelfSigned(t, dir, "other.example")
+	out, err = runCLI(t, "--config", writeConf(otherCert, otherKey), "promote", "staging/team/tls:1.0.0", "prod/team/tls:1.0.1")
+	if err == nil || !strings.Contains(err.Error()+out, "does not present tls.cert") {
+		t.Errorf("promote with another certificate configured: %v\n%s\nwant a refusal naming tls.cert", err, out)
 	}
 }
 
