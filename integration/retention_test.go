@@ -349,6 +349,54 @@ func TestRetentionLimitAndResume(t *testing.T) {
 
 }
 
+// With retention.schedule set, serve applies the policy on its own, again
+// on every tick: the old builds of a seeded repository go, and so do those
+// that newer pushes make old, while what the policy keeps stays. Shutdown
+// ends the loop.
+func TestRetentionSchedule(t *testing.T) {
+	e := NewEnv(t, Separate, retentionConfig(0))
+	e.Start(t)
+	seedRepo(t, e.Addr, "ci/sched", 6)
+	e.Stop(t)
+	e.cfg.Retention.Schedule = config.Duration(100 * time.Millisecond)
+	e.Start(t)
+	defer e.Stop(t)
+
+	tombstone := func(tag string) bool {
+		b, err := e.Ledger().Binding(t.Context(), "ci/sched", tag)
+		return err == nil && b.Deleted
+	}
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("no scheduled run %s within 20s", what)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	waitFor("deleted build-00", func() bool { return tombstone("build-00") && tombstone("build-03") })
+	for _, tag := range []string{"v1.0", "v2.0", "build-04", "build-05", "build-06"} {
+		if tombstone(tag) {
+			t.Errorf("the policy keeps %s, but a scheduled run deleted it", tag)
+		}
+	}
+	if _, err := remote.Head(mustRef(t, e.Addr, "ci/sched:build-06"), ggcrOpts(t)...); err != nil {
+		t.Errorf("kept build-06 no longer pulls: %v", err)
+	}
+
+	// Two newer builds make build-04 and build-05 old: a later tick
+	// deletes them without being asked.
+	for _, tag := range []string{"build-07", "build-08"} {
+		MustPush(t, e.Addr, "ci/sched:"+tag, MustImage(t))
+	}
+	waitFor("deleted build-05 after newer pushes", func() bool { return tombstone("build-04") && tombstone("build-05") })
+	if tombstone("build-06") || tombstone("build-08") || tombstone("v1.0") {
+		t.Error("a scheduled run deleted a tag the policy keeps")
+	}
+}
+
 func nopLog() zerolog.Logger { return zerolog.Nop() }
 
 func contextWithCancel(t *testing.T) (context.Context, context.CancelFunc) {
