@@ -8,7 +8,8 @@
 // The taglock commands use it through Client when they find the ledger
 // locked. Admin calls are answered only for loopback peers that send the
 // X-Taglock-Admin header, so neither a remote client nor a web page can
-// reach them.
+// reach them. serve puts the read half behind its authentication and gives
+// each remote caller a Viewer, which leaves out what the caller may not pull.
 //
 // The package decides nothing about tags: the ledger records and the proxy's
 // tools (ImportTags, Verify, Repair) do the work. It must not touch the

@@ -3,6 +3,7 @@ package admin
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"net/http/httptest"
@@ -276,5 +277,34 @@ func TestSplitRef(t *testing.T) {
 		if repo != tc.repo || tag != tc.tag || ok != tc.ok {
 			t.Errorf("SplitRef(%q) = %q, %q, %v; want %q, %q, %v", tc.in, repo, tag, ok, tc.repo, tc.tag, tc.ok)
 		}
+	}
+}
+
+// onlyRepo sees one repository and all its tags.
+type onlyRepo string
+
+func (o onlyRepo) Repo(repo string) bool   { return repo == string(o) }
+func (o onlyRepo) Tag(repo, _ string) bool { return repo == string(o) }
+
+// TestDriftShowsOnlyWhatTheCallerSees ensures GET drift leaves out the
+// findings of repositories the caller's Viewer hides.
+func TestDriftShowsOnlyWhatTheCallerSees(t *testing.T) {
+	t.Parallel()
+	findings := []proxy.Finding{{Repo: "team/app", Tag: "1.0", Kind: "moved"}, {Repo: "secret/db", Tag: "2.0", Kind: "deleted"}}
+	status := func() DriftStatus {
+		return DriftStatus{Schedule: "1h0m0s", Last: &DriftRun{Report: proxy.VerifyReport{Findings: findings}}}
+	}
+	h := New(Options{Ledger: mustLedger(t), Drift: status, Viewer: func(*http.Request) Viewer { return onlyRepo("team/app") }})
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, Prefix+"drift", nil))
+	var got DriftStatus
+	if err := json.Unmarshal(w.Body.Bytes(), &got); err != nil || got.Last == nil {
+		t.Fatalf("drift: %d %s (%v)", w.Code, w.Body, err)
+	}
+	if len(got.Last.Report.Findings) != 1 || got.Last.Report.Findings[0].Repo != "team/app" {
+		t.Errorf("findings shown: %+v, want team/app's only", got.Last.Report.Findings)
+	}
+	if len(findings) != 2 {
+		t.Errorf("filtering changed the status it was given: %+v", findings)
 	}
 }

@@ -2,6 +2,7 @@ package admin
 
 import (
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/taglock/taglock/proxy"
@@ -31,10 +32,16 @@ type DriftStatus struct {
 // mountDrift serves GET drift from status; nil answers that no scheduled
 // verify runs.
 func (h *Handler) mountDrift(status func() DriftStatus) {
-	h.mux.HandleFunc("GET "+Prefix+"drift", func(w http.ResponseWriter, _ *http.Request) {
+	h.mux.HandleFunc("GET "+Prefix+"drift", func(w http.ResponseWriter, r *http.Request) {
 		st := DriftStatus{}
 		if status != nil {
 			st = status()
+		}
+		if st.Last != nil {
+			v := h.view(r)
+			last := *st.Last
+			last.Report.Findings = slices.DeleteFunc(slices.Clone(last.Report.Findings), func(f proxy.Finding) bool { return !v.Tag(f.Repo, f.Tag) })
+			st.Last = &last
 		}
 		writeJSON(w, http.StatusOK, st)
 	})

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -42,18 +43,24 @@ type Options struct {
 	// Drift reports serve's scheduled verify for GET drift; nil reports
 	// that none runs.
 	Drift func() DriftStatus
+	// Viewer returns what the caller of a read route may see: repositories,
+	// tags, history, refusals and drift findings it may not see are left
+	// out, and asking for one by name is 404. nil, or a nil Viewer, shows
+	// everything.
+	Viewer func(*http.Request) Viewer
 }
 
 // Handler serves the API under Prefix.
 type Handler struct {
-	local Local
-	log   zerolog.Logger
-	mux   *http.ServeMux
+	local  Local
+	log    zerolog.Logger
+	viewer func(*http.Request) Viewer
+	mux    *http.ServeMux
 }
 
 // New returns the API handler. Mount it at Prefix.
 func New(o Options) *Handler {
-	h := &Handler{local: Local{Ledger: o.Ledger, Tools: o.Tools}, log: o.Log, mux: http.NewServeMux()}
+	h := &Handler{local: Local{Ledger: o.Ledger, Tools: o.Tools}, log: o.Log, viewer: o.Viewer, mux: http.NewServeMux()}
 	h.mux.HandleFunc("GET "+Prefix+"repositories", h.repositories)
 	h.mux.HandleFunc("GET "+Prefix+"repositories/{path...}", h.tags)
 	h.mux.HandleFunc("GET "+Prefix+"bindings/{ref...}", h.binding)
@@ -140,6 +147,8 @@ func (h *Handler) repositories(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
+	v := h.view(r)
+	repos = slices.DeleteFunc(repos, func(repo string) bool { return !v.Repo(repo) })
 	if repos == nil {
 		repos = []string{}
 	}
@@ -158,11 +167,17 @@ func (h *Handler) tags(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, fmt.Errorf("%w: want %srepositories/REPO/tags", storage.ErrNotFound, Prefix))
 		return
 	}
+	v := h.view(r)
+	if !v.Repo(repo) {
+		h.fail(w, r, fmt.Errorf("repository %s: %w", repo, storage.ErrNotFound))
+		return
+	}
 	bs, err := h.local.Bindings(r.Context(), repo)
 	if err != nil {
 		h.fail(w, r, err)
 		return
 	}
+	bs = slices.DeleteFunc(bs, func(b storage.Binding) bool { return !v.Tag(repo, b.Tag) })
 	if len(bs) == 0 {
 		h.fail(w, r, fmt.Errorf("repository %s: %w", repo, storage.ErrNotFound))
 		return
@@ -189,6 +204,10 @@ func (h *Handler) binding(w http.ResponseWriter, r *http.Request) {
 	repo, tag, ok := SplitRef(r.PathValue("ref"))
 	if !ok {
 		h.fail(w, r, fmt.Errorf("%w: want %sbindings/REPO:TAG", ErrInvalidRequest, Prefix))
+		return
+	}
+	if !h.view(r).Tag(repo, tag) {
+		h.fail(w, r, fmt.Errorf("binding %s:%s: %w", repo, tag, storage.ErrNotFound))
 		return
 	}
 	b, err := h.local.Binding(r.Context(), repo, tag)
@@ -221,6 +240,11 @@ func (h *Handler) history(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, fmt.Errorf("%w: history needs ?repo=", ErrInvalidRequest))
 		return
 	}
+	v := h.view(r)
+	if !v.Repo(repo) || tag != "" && !v.Tag(repo, tag) {
+		h.fail(w, r, fmt.Errorf("history of %s: %w", repo, storage.ErrNotFound))
+		return
+	}
 	limit, err := limitParam(r, 0)
 	if err != nil {
 		h.fail(w, r, err)
@@ -231,7 +255,7 @@ func (h *Handler) history(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, EventsResponse{Events: nonNil(ev)})
+	writeJSON(w, http.StatusOK, EventsResponse{Events: nonNil(visibleEvents(v, ev))})
 }
 
 func (h *Handler) refusals(w http.ResponseWriter, r *http.Request) {
@@ -245,7 +269,9 @@ func (h *Handler) refusals(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, EventsResponse{Events: nonNil(ev)})
+	// Up to limit refusals: those the caller may not see are left out
+	// of the newest limit, not replaced by older ones.
+	writeJSON(w, http.StatusOK, EventsResponse{Events: nonNil(visibleEvents(h.view(r), ev))})
 }
 
 func nonNil(ev []storage.Event) []storage.Event {

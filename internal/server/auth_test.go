@@ -1,34 +1,206 @@
 package server
 
 import (
+	"context"
+	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
+	"time"
+
+	digest "github.com/opencontainers/go-digest"
+	"github.com/rs/zerolog"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/taglock/taglock/internal/admin"
+	"github.com/taglock/taglock/internal/config"
+	"github.com/taglock/taglock/internal/web"
+	"github.com/taglock/taglock/storage"
 )
 
-// TestLedgerGate ensures that with authentication on the ledger API and web
-// page answer only loopback peers, and with it off everyone, as before.
-func TestLedgerGate(t *testing.T) {
-	t.Parallel()
-	ok := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
-	tests := []struct {
-		authOn bool
-		peer   string
-		want   int
-	}{
-		{true, "127.0.0.1:4000", http.StatusOK},
-		{true, "[::1]:4000", http.StatusOK},
-		{true, "10.1.2.3:4000", http.StatusForbidden},
-		{true, "garbage", http.StatusForbidden},
-		{false, "10.1.2.3:4000", http.StatusOK},
+// gated is the ledger API and web page behind ledgerGate, as serve mounts
+// them, over a ledger with team/app (1.0 and a refusal of it, latest) and
+// secret/db (1.0 and a refusal of it). With auth on, alice may pull team/**
+// except the tag latest, bob may pull nothing.
+func gated(t *testing.T, authOn bool) (http.Handler, *syncBuffer) {
+	t.Helper()
+	l, err := storage.Open(filepath.Join(t.TempDir(), "ledger.db"), storage.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, tc := range tests {
-		r := httptest.NewRequest(http.MethodGet, "/taglock/v1/repositories", nil)
-		r.RemoteAddr = tc.peer
-		w := httptest.NewRecorder()
-		ledgerGate(tc.authOn, ok).ServeHTTP(w, r)
-		if w.Code != tc.want {
-			t.Errorf("auth on %v, peer %s: %d, want %d", tc.authOn, tc.peer, w.Code, tc.want)
+	t.Cleanup(func() { _ = l.Close() })
+	at := time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
+	var bs []storage.Binding
+	var ev []storage.Event
+	for _, ref := range []string{"team/app:1.0", "team/app:latest", "secret/db:1.0"} {
+		repo, tag, _ := strings.Cut(ref, ":")
+		d := digest.FromString(ref)
+		bs = append(bs, storage.Binding{Repo: repo, Tag: tag, Digest: d, Mode: storage.ModeImmutable, PushedAt: at, PushedBy: "ci"})
+		if tag == "1.0" {
+			ev = append(ev, storage.Event{Kind: storage.EventRefused, Repo: repo, Tag: tag, Digest: digest.FromString("x" + ref),
+				Previous: d, User: "mallory", Reason: "immutable-tag-moved"})
+		}
+	}
+	if err := l.Put(context.Background(), bs, ev); err != nil {
+		t.Fatal(err)
+	}
+	cfg := config.Default()
+	if authOn {
+		var pw strings.Builder
+		for _, u := range []string{"alice", "bob"} {
+			h, err := bcrypt.GenerateFromPassword([]byte(u+"-pw"), bcrypt.MinCost)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fmt.Fprintf(&pw, "%s:%s\n", u, h)
+		}
+		path := filepath.Join(t.TempDir(), "htpasswd")
+		if err := os.WriteFile(path, []byte(pw.String()), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cfg.Auth = config.Auth{Mode: "htpasswd", Htpasswd: config.HtpasswdAuth{Path: path}}
+		cfg.Access = []config.AccessRule{
+			{Subjects: []string{"user:alice"}, Repositories: []string{"team/**"}, Tags: []string{"1.*"}, Actions: []string{"pull"}},
+			{Subjects: []string{"authenticated"}, Repositories: []string{"dev/**"}, Actions: []string{"pull", "push"}},
+		}
+	}
+	authn, access, err := clientAuth(cfg, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	audit := &syncBuffer{}
+	log := zerolog.New(audit)
+	gate := ledgerGate(authn, access, &log)
+	mux := http.NewServeMux()
+	mux.Handle(web.Prefix, gate(web.New(web.Options{Ledger: l, Viewer: webViewer})))
+	mux.Handle(admin.Prefix, gate(admin.New(admin.Options{Ledger: l, Viewer: adminViewer})))
+	return mux, audit
+}
+
+// call sends one request from peer, as user (no credentials when "").
+func call(h http.Handler, method, path, peer, user string) *httptest.ResponseRecorder {
+	r := httptest.NewRequest(method, path, nil)
+	r.RemoteAddr = peer
+	if user != "" {
+		r.SetBasicAuth(user, user+"-pw")
+	}
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	return w
+}
+
+const (
+	remotePeer = "192.0.2.7:40000" // TEST-NET-1: never dialled, only a RemoteAddr
+	localPeer  = "127.0.0.1:40000"
+)
+
+func repositories(t *testing.T, w *httptest.ResponseRecorder) []string {
+	t.Helper()
+	var body admin.RepositoriesResponse
+	if w.Code != http.StatusOK {
+		t.Fatalf("repositories: %d %s", w.Code, w.Body)
+	}
+	if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil {
+		t.Fatal(err)
+	}
+	return body.Repositories
+}
+
+// With authentication on, a caller from another host must authenticate: no
+// credentials or a wrong password is 401 with the registry's challenge, an
+// audit line, and nothing of the ledger.
+func TestLedgerGateChallengesRemoteCallers(t *testing.T) {
+	t.Parallel()
+	h, audit := gated(t, true)
+	for _, path := range []string{"/taglock/v1/repositories", "/taglock/"} {
+		for _, creds := range []func(*http.Request){
+			func(*http.Request) {},
+			func(r *http.Request) { r.SetBasicAuth("alice", "wrong") },
+		} {
+			r := httptest.NewRequest(http.MethodGet, path, nil)
+			r.RemoteAddr = remotePeer
+			creds(r)
+			w := httptest.NewRecorder()
+			h.ServeHTTP(w, r)
+			if w.Code != http.StatusUnauthorized || !strings.HasPrefix(w.Header().Get("WWW-Authenticate"), "Basic ") {
+				t.Errorf("GET %s: %d, challenge %q; want 401 with a Basic challenge", path, w.Code, w.Header().Get("WWW-Authenticate"))
+			}
+			if strings.Contains(w.Body.String(), "team/app") {
+				t.Errorf("GET %s unauthenticated showed the ledger: %s", path, w.Body)
+			}
+		}
+	}
+	if !strings.Contains(audit.String(), `"reason":"unauthenticated"`) || !strings.Contains(audit.String(), `"need":"ledger"`) {
+		t.Errorf("no audit line for the refusals:\n%s", audit)
+	}
+}
+
+// An authenticated caller from another host sees what it may pull, and
+// asking for anything else by name is 404, as if it were not there.
+func TestLedgerGateShowsWhatTheCallerMayPull(t *testing.T) {
+	t.Parallel()
+	h, _ := gated(t, true)
+	if got := repositories(t, call(h, "GET", "/taglock/v1/repositories", remotePeer, "alice")); !slices.Equal(got, []string{"team/app"}) {
+		t.Errorf("alice's repositories: %v, want [team/app]", got)
+	}
+	if got := repositories(t, call(h, "GET", "/taglock/v1/repositories", remotePeer, "bob")); len(got) != 0 {
+		t.Errorf("bob's repositories: %v, want none", got)
+	}
+	tags := call(h, "GET", "/taglock/v1/repositories/team/app/tags", remotePeer, "alice")
+	if tags.Code != http.StatusOK || !strings.Contains(tags.Body.String(), `"tag":"1.0"`) || strings.Contains(tags.Body.String(), `"latest"`) {
+		t.Errorf("alice's team/app tags: %d %s; want 1.0 and not latest", tags.Code, tags.Body)
+	}
+	refusals := call(h, "GET", "/taglock/v1/refusals", remotePeer, "alice").Body.String()
+	if !strings.Contains(refusals, "team/app") || strings.Contains(refusals, "secret/db") {
+		t.Errorf("alice's refusals: %s; want team/app's only", refusals)
+	}
+	for _, path := range []string{
+		"/taglock/v1/repositories/secret/db/tags",
+		"/taglock/v1/bindings/secret/db:1.0",
+		"/taglock/v1/bindings/team/app:latest",
+		"/taglock/v1/history?repo=secret/db",
+		"/taglock/v1/history?repo=team/app&tag=latest",
+		"/taglock/repos/secret/db",
+		"/taglock/repos/secret/db:1.0",
+		"/taglock/repos/team/app:latest",
+	} {
+		if w := call(h, "GET", path, remotePeer, "alice"); w.Code != http.StatusNotFound {
+			t.Errorf("alice GET %s: %d, want 404", path, w.Code)
+		}
+	}
+	page := call(h, "GET", "/taglock/", remotePeer, "alice")
+	if page.Code != http.StatusOK || !strings.Contains(page.Body.String(), "team/app") || strings.Contains(page.Body.String(), "secret/db") {
+		t.Errorf("alice's front page: %d; want team/app and not secret/db:\n%s", page.Code, page.Body)
+	}
+	// Admin calls stay loopback-only, whoever asks.
+	if w := call(h, "POST", "/taglock/v1/admin/ledger/check", remotePeer, "alice"); w.Code != http.StatusForbidden {
+		t.Errorf("alice POST admin/ledger/check from another host: %d, want 403", w.Code)
+	}
+}
+
+// The taglock commands on the server's host, and everyone while
+// authentication is off, see the whole ledger without credentials.
+func TestLedgerGateLoopbackAndAuthOff(t *testing.T) {
+	t.Parallel()
+	on, _ := gated(t, true)
+	off, _ := gated(t, false)
+	for _, tc := range []struct {
+		name string
+		h    http.Handler
+		peer string
+	}{
+		{"auth on, 127.0.0.1", on, localPeer},
+		{"auth on, ::1", on, "[::1]:40000"},
+		{"auth off, another host", off, remotePeer},
+	} {
+		got := repositories(t, call(tc.h, "GET", "/taglock/v1/repositories", tc.peer, ""))
+		if !slices.Equal(got, []string{"secret/db", "team/app"}) {
+			t.Errorf("%s: repositories %v, want both", tc.name, got)
 		}
 	}
 }

@@ -134,8 +134,10 @@ func Start(ctx context.Context, cfg config.Config, log zerolog.Logger) (_ *Serve
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", s.ready)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.Handle(web.Prefix, ledgerGate(authn != nil, web.New(web.Options{Ledger: s.ledger, Log: log})))
-	mux.Handle(admin.Prefix, ledgerGate(authn != nil, admin.New(admin.Options{Ledger: s.ledger, Tools: s.proxy, Log: log, Retention: s.ret.runner, Drift: s.insight.drift})))
+	gate := ledgerGate(authn, access, s.insight.auditLogger())
+	mux.Handle(web.Prefix, gate(web.New(web.Options{Ledger: s.ledger, Log: log, Viewer: webViewer})))
+	mux.Handle(admin.Prefix, gate(admin.New(admin.Options{Ledger: s.ledger, Tools: s.proxy, Log: log, Retention: s.ret.runner,
+		Drift: s.insight.drift, Viewer: adminViewer})))
 	s.http = &http.Server{
 		Handler:           rawPaths(mux, s.proxy),
 		ReadHeaderTimeout: 30 * time.Second,

@@ -17,6 +17,7 @@ import (
 	"io/fs"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -52,6 +53,46 @@ type Options struct {
 	Ledger Ledger
 	// Log receives one line per failed page. Default zerolog.Nop().
 	Log zerolog.Logger
+	// Viewer returns what the caller may see: repositories, tags, history
+	// and refusals it may not see are left out, and their pages are 404.
+	// nil, or a nil Viewer, shows everything.
+	Viewer func(*http.Request) Viewer
+}
+
+// Viewer is what one caller of the page may see. serve gives callers that
+// authenticated from another host the view their pull rights allow.
+type Viewer interface {
+	// Repo reports whether the caller may see repository repo at all.
+	Repo(repo string) bool
+	// Tag reports whether the caller may see repo:tag.
+	Tag(repo, tag string) bool
+}
+
+// everything is the view of a caller with no Viewer.
+type everything struct{}
+
+func (everything) Repo(string) bool        { return true }
+func (everything) Tag(string, string) bool { return true }
+
+// view returns r's Viewer.
+func (h *Handler) view(r *http.Request) Viewer {
+	if h.viewer != nil {
+		if v := h.viewer(r); v != nil {
+			return v
+		}
+	}
+	return everything{}
+}
+
+// visibleEvents leaves out the events v may not see: by tag, or by
+// repository for an event about the repository as a whole.
+func visibleEvents(v Viewer, ev []storage.Event) []storage.Event {
+	return slices.DeleteFunc(ev, func(e storage.Event) bool {
+		if e.Tag == "" {
+			return !v.Repo(e.Repo)
+		}
+		return !v.Tag(e.Repo, e.Tag)
+	})
 }
 
 //go:embed assets
@@ -61,13 +102,14 @@ var assets embed.FS
 type Handler struct {
 	ledger Ledger
 	log    zerolog.Logger
+	viewer func(*http.Request) Viewer
 	pages  map[string]*template.Template
 	mux    *http.ServeMux
 }
 
 // New returns the page's handler. Mount it at Prefix.
 func New(o Options) *Handler {
-	h := &Handler{ledger: o.Ledger, log: o.Log, pages: map[string]*template.Template{}, mux: http.NewServeMux()}
+	h := &Handler{ledger: o.Ledger, log: o.Log, viewer: o.Viewer, pages: map[string]*template.Template{}, mux: http.NewServeMux()}
 	funcs := template.FuncMap{
 		"stamp":   stamp,
 		"short":   short,
@@ -103,11 +145,13 @@ type repoSummary struct {
 
 func (h *Handler) index(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
+	v := h.view(r)
 	repos, err := h.ledger.Repositories(ctx)
 	if err != nil {
 		h.fail(w, r, err)
 		return
 	}
+	repos = slices.DeleteFunc(repos, func(repo string) bool { return !v.Repo(repo) })
 	data := struct {
 		page
 		Repos    []repoSummary
@@ -122,7 +166,7 @@ func (h *Handler) index(w http.ResponseWriter, r *http.Request) {
 		}
 		s := repoSummary{Name: repo}
 		for _, b := range bs {
-			if b.Deleted {
+			if b.Deleted || !v.Tag(repo, b.Tag) {
 				continue
 			}
 			s.Tags++
@@ -137,14 +181,20 @@ func (h *Handler) index(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
+	data.Refusals = visibleEvents(v, data.Refusals)
 	h.render(w, r, "index", data)
 }
 
 // repoOrTag serves repos/REPO (a repository) and repos/REPO:TAG (a tag).
 func (h *Handler) repoOrTag(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
+	v := h.view(r)
 	path := r.PathValue("path")
 	if repo, tag, ok := splitRef(path); ok {
+		if !v.Tag(repo, tag) {
+			h.fail(w, r, storage.ErrNotFound)
+			return
+		}
 		b, err := h.ledger.Binding(ctx, repo, tag)
 		if err != nil {
 			h.fail(w, r, err)
@@ -163,11 +213,16 @@ func (h *Handler) repoOrTag(w http.ResponseWriter, r *http.Request) {
 		}{page{Title: repo + ":" + tag, Base: Prefix}, b, hist})
 		return
 	}
+	if !v.Repo(path) {
+		h.fail(w, r, storage.ErrNotFound)
+		return
+	}
 	bs, err := h.ledger.Bindings(ctx, path)
 	if err != nil {
 		h.fail(w, r, err)
 		return
 	}
+	bs = slices.DeleteFunc(bs, func(b storage.Binding) bool { return !v.Tag(path, b.Tag) })
 	if len(bs) == 0 {
 		h.fail(w, r, storage.ErrNotFound)
 		return
@@ -177,6 +232,7 @@ func (h *Handler) repoOrTag(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
+	hist = visibleEvents(v, hist)
 	h.render(w, r, "repo", struct {
 		page
 		Repo     string
