@@ -171,7 +171,12 @@ func (v callerView) Tag(repo, tag string) bool {
 	return v.scoped(repo) && v.access.Decide(policy.AccessRequest{Identity: v.id, Action: policy.Pull, Repo: repo, Tag: tag}).Allowed
 }
 
-func (v callerView) scoped(repo string) bool { return v.scope == nil || v.scope(repo, policy.Pull) }
+// scoped applies a bearer token's scope as the registry's catalog does: a
+// token granting the catalog leaves the view to the access rules, and one
+// granting repositories shows those only.
+func (v callerView) scoped(repo string) bool {
+	return v.scope == nil || v.scope("", policy.Pull) || v.scope(repo, policy.Pull)
+}
 
 // adminViewer and webViewer hand the view ledgerGate set to the API and the
 // page; nil (everything) for loopback peers and with authentication off.

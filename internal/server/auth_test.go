@@ -20,6 +20,7 @@ import (
 	"github.com/taglock/taglock/internal/admin"
 	"github.com/taglock/taglock/internal/config"
 	"github.com/taglock/taglock/internal/web"
+	"github.com/taglock/taglock/policy"
 	"github.com/taglock/taglock/storage"
 )
 
@@ -201,6 +202,45 @@ func TestLedgerGateLoopbackAndAuthOff(t *testing.T) {
 		got := repositories(t, call(tc.h, "GET", "/taglock/v1/repositories", tc.peer, ""))
 		if !slices.Equal(got, []string{"secret/db", "team/app"}) {
 			t.Errorf("%s: repositories %v, want both", tc.name, got)
+		}
+	}
+}
+
+// A bearer token's scope narrows the view as it narrows the catalog: a token
+// for the catalog leaves it to the access rules, a token for one
+// repository shows that repository only, and the access rules still apply
+// inside the token's scope.
+func TestCallerViewHonoursTokenScope(t *testing.T) {
+	t.Parallel()
+	cfg := config.Default()
+	cfg.Auth.Mode = "token"
+	cfg.Access = []config.AccessRule{{Subjects: []string{"user:carol"}, Repositories: []string{"team/**"}, Actions: []string{"pull"}}}
+	access, err := cfg.AccessPolicy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := policy.Identity{User: "carol"}
+	catalog := func(repo string, a policy.Action) bool { return repo == "" && a == policy.Pull }
+	oneRepo := func(repo string, a policy.Action) bool { return repo == "team/app" && a == policy.Pull }
+	tests := []struct {
+		name  string
+		scope func(string, policy.Action) bool
+		repo  string
+		want  bool
+	}{
+		{"no token scope", nil, "team/web", true},
+		{"catalog token", catalog, "team/web", true},
+		{"catalog token, repository the rules deny", catalog, "secret/db", false},
+		{"repository token, that repository", oneRepo, "team/app", true},
+		{"repository token, another repository", oneRepo, "team/web", false},
+	}
+	for _, tc := range tests {
+		v := callerView{id: id, scope: tc.scope, access: access}
+		if got := v.Repo(tc.repo); got != tc.want {
+			t.Errorf("%s: Repo(%s) = %v, want %v", tc.name, tc.repo, got, tc.want)
+		}
+		if got := v.Tag(tc.repo, "1.0"); got != tc.want {
+			t.Errorf("%s: Tag(%s, 1.0) = %v, want %v", tc.name, tc.repo, got, tc.want)
 		}
 	}
 }
