@@ -2,10 +2,7 @@ package server
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -13,10 +10,8 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/taglock/taglock/internal/admin"
 	"github.com/taglock/taglock/internal/auth"
 	"github.com/taglock/taglock/internal/config"
-	"github.com/taglock/taglock/internal/web"
 	"github.com/taglock/taglock/policy"
 	"github.com/taglock/taglock/proxy"
 )
@@ -106,92 +101,6 @@ func upstreamCredentials(u config.Upstream, tr http.RoundTripper, log zerolog.Lo
 		return auth.NewBearerToken(secret, tr), nil
 	}
 	return auth.NewBasic(secret, tr), nil
-}
-
-// ledgerGate guards the ledger API and web page while authentication is on.
-// Loopback peers, the taglock commands on the server's host, see everything,
-// as with authentication off. Other callers authenticate as registry clients
-// do, and see only the repositories and tags their pull rights (and a
-// token's scope) cover; a caller without credentials is challenged. Admin
-// calls stay loopback-only whoever asks (package admin).
-func ledgerGate(authn proxy.Authenticator, access policy.Access, audit *zerolog.Logger) func(http.Handler) http.Handler {
-	return func(h http.Handler) http.Handler {
-		if authn == nil {
-			return h
-		}
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if loopbackPeer(r) {
-				h.ServeHTTP(w, r)
-				return
-			}
-			c, err := authn.Authenticate(r)
-			if err == nil && c.Identity.User == "" {
-				err = errors.New("authentication required to see the ledger")
-			}
-			if err != nil {
-				audit.Warn().Str("event", "refused").Str("reason", "unauthenticated").Str("need", "ledger").
-					Str("path", r.URL.Path).Str("peer", r.RemoteAddr).Msg(err.Error())
-				w.Header().Set("WWW-Authenticate", authn.Challenge("registry:catalog:*", false))
-				if strings.HasPrefix(r.URL.Path, admin.Prefix) {
-					w.Header().Set("Content-Type", "application/json")
-					w.WriteHeader(http.StatusUnauthorized)
-					_ = json.NewEncoder(w).Encode(map[string]string{"error": err.Error(), "code": "unauthorized"})
-					return
-				}
-				http.Error(w, "taglock: "+err.Error(), http.StatusUnauthorized)
-				return
-			}
-			v := callerView{id: c.Identity, scope: c.Scope, access: access}
-			h.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), viewKey{}, v)))
-		})
-	}
-}
-
-func loopbackPeer(r *http.Request) bool {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	ip := net.ParseIP(host)
-	return err == nil && ip != nil && ip.IsLoopback()
-}
-
-// callerView is what an authenticated caller of the ledger API and web page
-// may see: what it may pull.
-type callerView struct {
-	id     policy.Identity
-	scope  func(repo string, a policy.Action) bool
-	access policy.Access
-}
-
-type viewKey struct{}
-
-func (v callerView) Repo(repo string) bool {
-	return v.scoped(repo) && v.access.CanPullAny(v.id, repo)
-}
-
-func (v callerView) Tag(repo, tag string) bool {
-	return v.scoped(repo) && v.access.Decide(policy.AccessRequest{Identity: v.id, Action: policy.Pull, Repo: repo, Tag: tag}).Allowed
-}
-
-// scoped applies a bearer token's scope as the registry's catalog does: a
-// token granting the catalog leaves the view to the access rules, and one
-// granting repositories shows those only.
-func (v callerView) scoped(repo string) bool {
-	return v.scope == nil || v.scope("", policy.Pull) || v.scope(repo, policy.Pull)
-}
-
-// adminViewer and webViewer hand the view ledgerGate set to the API and the
-// page; nil (everything) for loopback peers and with authentication off.
-func adminViewer(r *http.Request) admin.Viewer {
-	if v, ok := r.Context().Value(viewKey{}).(callerView); ok {
-		return v
-	}
-	return nil
-}
-
-func webViewer(r *http.Request) web.Viewer {
-	if v, ok := r.Context().Value(viewKey{}).(callerView); ok {
-		return v
-	}
-	return nil
 }
 
 // keepPasswords stops taglock's own htpasswd passwords from travelling on to
