@@ -14,6 +14,7 @@ import (
 
 	digest "github.com/opencontainers/go-digest"
 
+	"github.com/taglock/taglock/internal/view"
 	"github.com/taglock/taglock/proxy"
 	"github.com/taglock/taglock/storage"
 )
@@ -294,7 +295,7 @@ func TestDriftShowsOnlyWhatTheCallerSees(t *testing.T) {
 	status := func() DriftStatus {
 		return DriftStatus{Schedule: "1h0m0s", Last: &DriftRun{Report: proxy.VerifyReport{Findings: findings}}}
 	}
-	h := New(Options{Ledger: mustLedger(t), Drift: status, Viewer: func(*http.Request) Viewer { return onlyRepo("team/app") }})
+	h := New(Options{Ledger: mustLedger(t), Drift: status, Viewer: func(*http.Request) view.Viewer { return onlyRepo("team/app") }})
 	w := httptest.NewRecorder()
 	h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, Prefix+"drift", nil))
 	var got DriftStatus

@@ -7,12 +7,12 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/rs/zerolog"
 
+	"github.com/taglock/taglock/internal/view"
 	"github.com/taglock/taglock/storage"
 )
 
@@ -47,14 +47,14 @@ type Options struct {
 	// tags, history, refusals and drift findings it may not see are left
 	// out, and asking for one by name is 404. nil, or a nil Viewer, shows
 	// everything.
-	Viewer func(*http.Request) Viewer
+	Viewer func(*http.Request) view.Viewer
 }
 
 // Handler serves the API under Prefix.
 type Handler struct {
 	local  Local
 	log    zerolog.Logger
-	viewer func(*http.Request) Viewer
+	viewer func(*http.Request) view.Viewer
 	mux    *http.ServeMux
 }
 
@@ -79,6 +79,14 @@ func New(o Options) *Handler {
 
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
+
+// view is what the caller of r may see.
+func (h *Handler) view(r *http.Request) view.Viewer {
+	if h.viewer == nil {
+		return view.All{}
+	}
+	return view.Or(h.viewer(r))
+}
 
 // apiError is the body of every error answer.
 type apiError struct {
@@ -147,8 +155,7 @@ func (h *Handler) repositories(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	v := h.view(r)
-	repos = slices.DeleteFunc(repos, func(repo string) bool { return !v.Repo(repo) })
+	repos = view.Repos(h.view(r), repos)
 	if repos == nil {
 		repos = []string{}
 	}
@@ -177,7 +184,7 @@ func (h *Handler) tags(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	bs = slices.DeleteFunc(bs, func(b storage.Binding) bool { return !v.Tag(repo, b.Tag) })
+	bs = view.Bindings(v, repo, bs)
 	if len(bs) == 0 {
 		h.fail(w, r, fmt.Errorf("repository %s: %w", repo, storage.ErrNotFound))
 		return
@@ -255,7 +262,7 @@ func (h *Handler) history(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, EventsResponse{Events: nonNil(visibleEvents(v, ev))})
+	writeJSON(w, http.StatusOK, EventsResponse{Events: nonNil(view.Events(v, ev))})
 }
 
 func (h *Handler) refusals(w http.ResponseWriter, r *http.Request) {
@@ -271,7 +278,7 @@ func (h *Handler) refusals(w http.ResponseWriter, r *http.Request) {
 	}
 	// Up to limit refusals: those the caller may not see are left out
 	// of the newest limit, not replaced by older ones.
-	writeJSON(w, http.StatusOK, EventsResponse{Events: nonNil(visibleEvents(h.view(r), ev))})
+	writeJSON(w, http.StatusOK, EventsResponse{Events: nonNil(view.Events(h.view(r), ev))})
 }
 
 func nonNil(ev []storage.Event) []storage.Event {

@@ -11,7 +11,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/taglock/taglock/internal/admin"
-	"github.com/taglock/taglock/internal/web"
+	"github.com/taglock/taglock/internal/view"
 	"github.com/taglock/taglock/policy"
 	"github.com/taglock/taglock/proxy"
 )
@@ -86,16 +86,9 @@ func (v callerView) scoped(repo string) bool {
 	return v.scope == nil || v.scope("", policy.Pull) || v.scope(repo, policy.Pull)
 }
 
-// adminViewer and webViewer hand the view ledgerGate set to the API and the
-// page; nil (everything) for loopback peers and with authentication off.
-func adminViewer(r *http.Request) admin.Viewer {
-	if v, ok := r.Context().Value(viewKey{}).(callerView); ok {
-		return v
-	}
-	return nil
-}
-
-func webViewer(r *http.Request) web.Viewer {
+// viewer hands the view ledgerGate set to the API and the page; nil
+// (everything) for loopback peers and with authentication off.
+func viewer(r *http.Request) view.Viewer {
 	if v, ok := r.Context().Value(viewKey{}).(callerView); ok {
 		return v
 	}

@@ -78,8 +78,8 @@ func gated(t *testing.T, authOn bool) (http.Handler, *syncBuffer) {
 	log := zerolog.New(audit)
 	gate := ledgerGate(authn, access, &log)
 	mux := http.NewServeMux()
-	mux.Handle(web.Prefix, gate(web.New(web.Options{Ledger: l, Viewer: webViewer})))
-	mux.Handle(admin.Prefix, gate(admin.New(admin.Options{Ledger: l, Viewer: adminViewer})))
+	mux.Handle(web.Prefix, gate(web.New(web.Options{Ledger: l, Viewer: viewer})))
+	mux.Handle(admin.Prefix, gate(admin.New(admin.Options{Ledger: l, Viewer: viewer})))
 	return mux, audit
 }
 

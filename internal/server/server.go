@@ -135,9 +135,9 @@ func Start(ctx context.Context, cfg config.Config, log zerolog.Logger) (_ *Serve
 	mux.HandleFunc("GET /readyz", s.ready)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	gate := ledgerGate(authn, access, s.insight.auditLogger())
-	mux.Handle(web.Prefix, gate(web.New(web.Options{Ledger: s.ledger, Log: log, Viewer: webViewer})))
+	mux.Handle(web.Prefix, gate(web.New(web.Options{Ledger: s.ledger, Log: log, Viewer: viewer})))
 	mux.Handle(admin.Prefix, gate(admin.New(admin.Options{Ledger: s.ledger, Tools: s.proxy, Log: log, Retention: s.ret.runner,
-		Drift: s.insight.drift, Viewer: adminViewer})))
+		Drift: s.insight.drift, Viewer: viewer})))
 	s.http = &http.Server{
 		Handler:           rawPaths(mux, s.proxy),
 		ReadHeaderTimeout: 30 * time.Second,

@@ -17,13 +17,13 @@ import (
 	"io/fs"
 	"net/http"
 	"net/url"
-	"slices"
 	"strings"
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
 	"github.com/rs/zerolog"
 
+	"github.com/taglock/taglock/internal/view"
 	"github.com/taglock/taglock/storage"
 )
 
@@ -56,43 +56,15 @@ type Options struct {
 	// Viewer returns what the caller may see: repositories, tags, history
 	// and refusals it may not see are left out, and their pages are 404.
 	// nil, or a nil Viewer, shows everything.
-	Viewer func(*http.Request) Viewer
+	Viewer func(*http.Request) view.Viewer
 }
 
-// Viewer is what one caller of the page may see. serve gives callers that
-// authenticated from another host the view their pull rights allow.
-type Viewer interface {
-	// Repo reports whether the caller may see repository repo at all.
-	Repo(repo string) bool
-	// Tag reports whether the caller may see repo:tag.
-	Tag(repo, tag string) bool
-}
-
-// everything is the view of a caller with no Viewer.
-type everything struct{}
-
-func (everything) Repo(string) bool        { return true }
-func (everything) Tag(string, string) bool { return true }
-
-// view returns r's Viewer.
-func (h *Handler) view(r *http.Request) Viewer {
-	if h.viewer != nil {
-		if v := h.viewer(r); v != nil {
-			return v
-		}
+// view is what the caller of r may see.
+func (h *Handler) view(r *http.Request) view.Viewer {
+	if h.viewer == nil {
+		return view.All{}
 	}
-	return everything{}
-}
-
-// visibleEvents leaves out the events v may not see: by tag, or by
-// repository for an event about the repository as a whole.
-func visibleEvents(v Viewer, ev []storage.Event) []storage.Event {
-	return slices.DeleteFunc(ev, func(e storage.Event) bool {
-		if e.Tag == "" {
-			return !v.Repo(e.Repo)
-		}
-		return !v.Tag(e.Repo, e.Tag)
-	})
+	return view.Or(h.viewer(r))
 }
 
 //go:embed assets
@@ -102,7 +74,7 @@ var assets embed.FS
 type Handler struct {
 	ledger Ledger
 	log    zerolog.Logger
-	viewer func(*http.Request) Viewer
+	viewer func(*http.Request) view.Viewer
 	pages  map[string]*template.Template
 	mux    *http.ServeMux
 }
@@ -151,7 +123,7 @@ func (h *Handler) index(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	repos = slices.DeleteFunc(repos, func(repo string) bool { return !v.Repo(repo) })
+	repos = view.Repos(v, repos)
 	data := struct {
 		page
 		Repos    []repoSummary
@@ -181,7 +153,7 @@ func (h *Handler) index(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	data.Refusals = visibleEvents(v, data.Refusals)
+	data.Refusals = view.Events(v, data.Refusals)
 	h.render(w, r, "index", data)
 }
 
@@ -222,7 +194,7 @@ func (h *Handler) repoOrTag(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	bs = slices.DeleteFunc(bs, func(b storage.Binding) bool { return !v.Tag(path, b.Tag) })
+	bs = view.Bindings(v, path, bs)
 	if len(bs) == 0 {
 		h.fail(w, r, storage.ErrNotFound)
 		return
@@ -232,7 +204,7 @@ func (h *Handler) repoOrTag(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	hist = visibleEvents(v, hist)
+	hist = view.Events(v, hist)
 	h.render(w, r, "repo", struct {
 		page
 		Repo     string
