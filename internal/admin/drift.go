@@ -5,6 +5,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/taglock/taglock/internal/view"
 	"github.com/taglock/taglock/proxy"
 )
 
@@ -38,7 +39,7 @@ func (h *Handler) mountDrift(status func() DriftStatus) {
 			st = status()
 		}
 		if st.Last != nil {
-			v := h.view(r)
+			v := view.Of(h.viewer, r)
 			last := *st.Last
 			last.Report.Findings = slices.DeleteFunc(slices.Clone(last.Report.Findings), func(f proxy.Finding) bool { return !v.Tag(f.Repo, f.Tag) })
 			st.Last = &last

@@ -80,14 +80,6 @@ func New(o Options) *Handler {
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
 
-// view is what the caller of r may see.
-func (h *Handler) view(r *http.Request) view.Viewer {
-	if h.viewer == nil {
-		return view.All{}
-	}
-	return view.Or(h.viewer(r))
-}
-
 // apiError is the body of every error answer.
 type apiError struct {
 	Error string `json:"error"`
@@ -155,7 +147,7 @@ func (h *Handler) repositories(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	repos = view.Repos(h.view(r), repos)
+	repos = view.Repos(view.Of(h.viewer, r), repos)
 	if repos == nil {
 		repos = []string{}
 	}
@@ -174,7 +166,7 @@ func (h *Handler) tags(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, fmt.Errorf("%w: want %srepositories/REPO/tags", storage.ErrNotFound, Prefix))
 		return
 	}
-	v := h.view(r)
+	v := view.Of(h.viewer, r)
 	if !v.Repo(repo) {
 		h.fail(w, r, fmt.Errorf("repository %s: %w", repo, storage.ErrNotFound))
 		return
@@ -213,7 +205,7 @@ func (h *Handler) binding(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, fmt.Errorf("%w: want %sbindings/REPO:TAG", ErrInvalidRequest, Prefix))
 		return
 	}
-	if !h.view(r).Tag(repo, tag) {
+	if !view.Of(h.viewer, r).Tag(repo, tag) {
 		h.fail(w, r, fmt.Errorf("binding %s:%s: %w", repo, tag, storage.ErrNotFound))
 		return
 	}
@@ -247,7 +239,7 @@ func (h *Handler) history(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, fmt.Errorf("%w: history needs ?repo=", ErrInvalidRequest))
 		return
 	}
-	v := h.view(r)
+	v := view.Of(h.viewer, r)
 	if !v.Repo(repo) || tag != "" && !v.Tag(repo, tag) {
 		h.fail(w, r, fmt.Errorf("history of %s: %w", repo, storage.ErrNotFound))
 		return
@@ -278,7 +270,7 @@ func (h *Handler) refusals(w http.ResponseWriter, r *http.Request) {
 	}
 	// Up to limit refusals: those the caller may not see are left out
 	// of the newest limit, not replaced by older ones.
-	writeJSON(w, http.StatusOK, EventsResponse{Events: nonNil(view.Events(h.view(r), ev))})
+	writeJSON(w, http.StatusOK, EventsResponse{Events: nonNil(view.Events(view.Of(h.viewer, r), ev))})
 }
 
 func nonNil(ev []storage.Event) []storage.Event {

@@ -5,6 +5,7 @@
 package view
 
 import (
+	"net/http"
 	"slices"
 
 	"github.com/taglock/taglock/storage"
@@ -28,12 +29,16 @@ func (All) Repo(string) bool { return true }
 // Tag implements Viewer.
 func (All) Tag(string, string) bool { return true }
 
-// Or returns v, or All when v is nil.
-func Or(v Viewer) Viewer {
-	if v == nil {
+// Of returns the Viewer viewer gives r's caller: All when viewer, or what
+// it returns, is nil.
+func Of(viewer func(*http.Request) Viewer, r *http.Request) Viewer {
+	if viewer == nil {
 		return All{}
 	}
-	return v
+	if v := viewer(r); v != nil {
+		return v
+	}
+	return All{}
 }
 
 // Event reports whether v may see e: by its tag, or by its repository for

@@ -1,6 +1,8 @@
 package view
 
 import (
+	"net/http"
+	"net/http/httptest"
 	"slices"
 	"testing"
 
@@ -33,10 +35,13 @@ func TestFilters(t *testing.T) {
 	if len(ev) != 2 || ev[0].Tag != "1.0" || ev[1].Tag != "" || ev[1].Repo != "team/app" {
 		t.Errorf("Events = %+v", ev)
 	}
-	if all := Or(nil); !all.Repo("x") || !all.Tag("x", "y") {
-		t.Error("Or(nil) hides something")
+	r := httptest.NewRequest(http.MethodGet, "/taglock/", nil)
+	for _, f := range []func(*http.Request) Viewer{nil, func(*http.Request) Viewer { return nil }} {
+		if all := Of(f, r); !all.Repo("x") || !all.Tag("x", "y") {
+			t.Error("Of without a Viewer hides something")
+		}
 	}
-	if Or(v) != Viewer(v) {
-		t.Error("Or(v) is not v")
+	if Of(func(*http.Request) Viewer { return v }, r) != Viewer(v) {
+		t.Error("Of does not return the caller's Viewer")
 	}
 }

@@ -59,14 +59,6 @@ type Options struct {
 	Viewer func(*http.Request) view.Viewer
 }
 
-// view is what the caller of r may see.
-func (h *Handler) view(r *http.Request) view.Viewer {
-	if h.viewer == nil {
-		return view.All{}
-	}
-	return view.Or(h.viewer(r))
-}
-
 //go:embed assets
 var assets embed.FS
 
@@ -117,7 +109,7 @@ type repoSummary struct {
 
 func (h *Handler) index(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
-	v := h.view(r)
+	v := view.Of(h.viewer, r)
 	repos, err := h.ledger.Repositories(ctx)
 	if err != nil {
 		h.fail(w, r, err)
@@ -160,7 +152,7 @@ func (h *Handler) index(w http.ResponseWriter, r *http.Request) {
 // repoOrTag serves repos/REPO (a repository) and repos/REPO:TAG (a tag).
 func (h *Handler) repoOrTag(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
-	v := h.view(r)
+	v := view.Of(h.viewer, r)
 	path := r.PathValue("path")
 	if repo, tag, ok := splitRef(path); ok {
 		if !v.Tag(repo, tag) {
