@@ -158,9 +158,16 @@ const (
 // Decide decides req. With access disabled everything is allowed. Otherwise
 // the first rule that applies decides: a rule applies when one of its
 // subjects matches the identity, its repositories match req.Repo and, if
-// the rule has tag globs and the request names a tag, its tags match
-// req.Tag. The actions it lists are allowed and all others denied. When no
-// rule applies the request is denied.
+// the rule has tag globs, either the request names a tag its globs match,
+// or it names no tag and is not a delete. The actions it lists are allowed
+// and all others denied. When no rule applies the request is denied.
+//
+// A tag-scoped rule thus decides blob uploads, blob and digest pulls and
+// pushes by digest, which a tag push needs, but never a delete that names
+// no tag: a delete by digest removes every tag on that digest and a blob
+// delete can break any of them, so those need a rule for the whole
+// repository. (The proxy also asks about each tag a delete by digest would
+// remove.)
 func (a Access) Decide(req AccessRequest) AccessDecision {
 	if !a.Enabled {
 		return AccessDecision{Allowed: true, Rule: RuleAccessDisabled, Reason: "access control is disabled"}
@@ -170,7 +177,7 @@ func (a Access) Decide(req AccessRequest) AccessDecision {
 		target += ":" + req.Tag
 	}
 	for i, r := range a.Rules {
-		if !r.applies(req.Identity, req.Repo, req.Tag) {
+		if !r.applies(req.Identity, req.Action, req.Repo, req.Tag) {
 			continue
 		}
 		name := ruleName(r.Name, "access", i)
@@ -212,11 +219,16 @@ func (a Access) CanPullAny(id Identity, repo string) bool {
 	return false
 }
 
-func (r AccessRule) applies(id Identity, repo, tag string) bool {
-	if !r.matchesSubject(id) || !r.Repositories.Match(repo) {
+func (r AccessRule) applies(id Identity, action Action, repo, tag string) bool {
+	switch {
+	case !r.matchesSubject(id) || !r.Repositories.Match(repo):
 		return false
+	case len(r.Tags) == 0:
+		return true
+	case tag == "":
+		return action != Delete
 	}
-	return tag == "" || len(r.Tags) == 0 || r.Tags.Match(tag)
+	return r.Tags.Match(tag)
 }
 
 func (r AccessRule) matchesSubject(id Identity) bool {

@@ -254,3 +254,40 @@ func TestParseAction(t *testing.T) {
 		}
 	}
 }
+
+// TestAccessTagScopedDelete ensures a right to delete some tags is not a
+// right to delete content: a delete by digest or of a blob names no tag and
+// removes or breaks every tag on it, so a tag-scoped rule never grants it,
+// while a later repository-wide rule still can.
+func TestAccessTagScopedDelete(t *testing.T) {
+	t.Parallel()
+	mallory := Identity{User: "mallory"}
+	acl := Access{Enabled: true, Rules: []AccessRule{
+		{Name: "own-tags", Subjects: []string{"mallory"}, Repositories: Globs{MustGlob("shared/**")},
+			Tags: Globs{MustGlob("mallory-*")}, Actions: []Action{Pull, Push, Delete}},
+		{Name: "scratch", Subjects: []string{"mallory"}, Repositories: Globs{MustGlob("scratch/**")},
+			Actions: []Action{Pull, Push, Delete}},
+	}}
+	tests := []struct {
+		name     string
+		req      AccessRequest
+		allowed  bool
+		wantRule string
+	}{
+		{"deleting an own tag", AccessRequest{mallory, Delete, "shared/app", "mallory-1"}, true, "own-tags"},
+		{"deleting another's tag", AccessRequest{mallory, Delete, "shared/app", "latest"}, false, RuleNoAccessRule},
+		{"deleting by digest", AccessRequest{mallory, Delete, "shared/app", ""}, false, RuleNoAccessRule},
+		{"uploading blobs for an own tag", AccessRequest{mallory, Push, "shared/app", ""}, true, "own-tags"},
+		{"pulling by digest", AccessRequest{mallory, Pull, "shared/app", ""}, true, "own-tags"},
+		{"deleting by digest where a repository-wide rule allows it", AccessRequest{mallory, Delete, "scratch/app", ""}, true, "scratch"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			d := acl.Decide(tc.req)
+			if d.Allowed != tc.allowed || d.Rule != tc.wantRule {
+				t.Errorf("Decide(%+v) = %+v; want allowed %v by %q", tc.req, d, tc.allowed, tc.wantRule)
+			}
+		})
+	}
+}

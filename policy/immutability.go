@@ -138,6 +138,15 @@ func Effective(configured Mode, recorded string) Mode {
 	return Immutable
 }
 
+// Binds reports whether a tag's recorded binding still binds it, given the
+// mode that governs the tag (see Effective): a live binding always does; a
+// tombstone, left when the tag was deleted, binds only an immutable tag, so
+// that deleting an immutable tag never frees it for other content. A mode
+// that is not a Mode binds, so a damaged record fails closed.
+func Binds(mode Mode, deleted bool) bool {
+	return !deleted || (mode != Mutable && mode != Warn)
+}
+
 // Verdict is the outcome of a tag write.
 type Verdict uint8
 

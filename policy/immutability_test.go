@@ -169,6 +169,42 @@ func TestEffective(t *testing.T) {
 	}
 }
 
+// TestBinds ensures a tombstone keeps its tag bound exactly when the tag's
+// governing mode is immutable, whatever mode it was recorded with: a tag
+// recorded in warn mode and released under an immutable rule stays bound.
+func TestBinds(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name       string
+		configured Mode
+		recorded   string
+		deleted    bool
+		want       bool
+	}{
+		{"a live binding binds a mutable tag", Mutable, "mutable", false, true},
+		{"a live binding binds a warn tag", Warn, "warn", false, true},
+		{"a live binding binds an immutable tag", Immutable, "immutable", false, true},
+		{"a mutable tombstone frees its tag", Mutable, "mutable", true, false},
+		{"a warn tombstone frees its tag under warn", Warn, "warn", true, false},
+		{"an immutable tombstone binds its tag", Immutable, "immutable", true, true},
+		{"an immutable tombstone binds its tag after the rule relaxes", Mutable, "immutable", true, true},
+		{"a warn tombstone binds its tag once the rule is immutable", Immutable, "warn", true, true},
+		{"a mutable tombstone binds its tag once the rule is immutable", Immutable, "mutable", true, true},
+		{"a damaged recorded mode binds", Mutable, "frozen", true, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			if got := Binds(Effective(tc.configured, tc.recorded), tc.deleted); got != tc.want {
+				t.Errorf("Binds(Effective(%v, %q), %v) = %v, want %v", tc.configured, tc.recorded, tc.deleted, got, tc.want)
+			}
+		})
+	}
+	if !Binds(Mode(42), true) {
+		t.Errorf("Binds(Mode(42), true) = false; a mode that is not a Mode must bind")
+	}
+}
+
 // TestDecideWrite ensures tag writes bind, re-confirm, move or are denied
 // exactly as the mode says.
 func TestDecideWrite(t *testing.T) {
