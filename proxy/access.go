@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -89,7 +90,7 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request, rt *Route) (s
 	if err != nil {
 		return s.unauthorized(w, r, *rt, "credentials", err.Error(), false), true
 	}
-	ri.user = userName(c.Identity)
+	ri.user, ri.identity = userName(c.Identity), c.Identity
 	if rt.Kind == KindPing && c.Identity.User == "" && r.Header.Get("Authorization") == "" {
 		// docker login sends credentials only when challenged.
 		return s.unauthorized(w, r, *rt, "ping", "authentication required", false), true
@@ -135,18 +136,24 @@ func (s *Server) check(w http.ResponseWriter, r *http.Request, rt Route, c Calle
 	if d.Allowed {
 		return 0, false
 	}
-	ri := info(r.Context())
-	s.audit.Warn().Str("event", "refused").Str("reason", "access-denied").Str("action", string(n.action)).
-		Str("repo", n.repo).Str("tag", n.tag).Str("rule", d.Rule).Str("user", ri.user).Str("request_id", ri.id).Msg(d.Reason)
-	if s.metrics != nil {
-		s.metrics.refused("access-denied")
-	}
+	e := &accessDenied{action: n.action, repo: n.repo, tag: n.tag, rule: d.Rule, identity: c.Identity, reason: d.Reason}
+	s.auditAccess(r.Context(), e)
 	if c.Identity.User == "" {
 		// Anonymous: ask for credentials, which may be allowed.
 		return s.challenge(w, rt, errcode.ErrorCodeUnauthorized.WithMessage("authentication required: "+d.Reason), false), true
 	}
-	return serveOCI(w, http.StatusForbidden, errcode.ErrorCodeDenied.WithMessage(d.Reason).WithDetail(map[string]string{
-		"identity": c.Identity.User, "action": string(n.action), "repository": n.repo, "tag": n.tag, "rule": d.Rule})), true
+	return writeError(w, e, &s.log), true
+}
+
+// auditAccess writes the audit line and counts a refusal by the access
+// rules.
+func (s *Server) auditAccess(ctx context.Context, e *accessDenied) {
+	ri := info(ctx)
+	s.audit.Warn().Str("event", "refused").Str("reason", ReasonAccessDenied).Str("action", string(e.action)).
+		Str("repo", e.repo).Str("tag", e.tag).Str("rule", e.rule).Str("user", ri.user).Str("request_id", ri.id).Msg(e.reason)
+	if s.metrics != nil {
+		s.metrics.refused(ReasonAccessDenied)
+	}
 }
 
 // unauthorized answers 401 with the authenticator's challenge and writes

@@ -38,7 +38,7 @@ func TestNeeds(t *testing.T) {
 		{http.MethodPut, "/v2/a/manifests/v1", []need{{policy.Push, "a", "v1"}}},
 		{http.MethodPut, "/v2/a/manifests/" + d, []need{{policy.Push, "a", ""}}},
 		{http.MethodPut, "/v2/a/manifests/" + d + "?tag=v2&tag=latest", []need{{policy.Push, "a", "latest"}, {policy.Push, "a", "v2"}}},
-		{http.MethodPut, "/v2/a/manifests/v1?tag=v1&tag=v3", []need{{policy.Push, "a", "v1"}, {policy.Push, "a", "v3"}}},
+		{http.MethodPut, "/v2/a/manifests/" + d + "?tag=v1&tag=v3&tag=v1", []need{{policy.Push, "a", "v1"}, {policy.Push, "a", "v3"}}},
 		{http.MethodDelete, "/v2/a/manifests/v1", []need{{policy.Delete, "a", "v1"}}},
 		{http.MethodDelete, "/v2/a/blobs/" + d, []need{{policy.Delete, "a", ""}}},
 		{http.MethodPost, "/v2/a/blobs/uploads/?mount=" + d + "&from=b", []need{{policy.Push, "a", ""}}},

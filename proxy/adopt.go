@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	digest "github.com/opencontainers/go-digest"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/taglock/taglock/policy"
 	"github.com/taglock/taglock/storage"
@@ -29,13 +30,13 @@ func (s *Server) adopt(ctx context.Context, h http.Header, repo, tag string, mod
 	if err != nil {
 		return storage.Binding{}, false, fmt.Errorf("%w: upstream manifest %s:%s does not parse: %v", ErrLookup, repo, tag, err)
 	}
-	closure, err := s.closure(ctx, h, repo, refs)
+	g, err := s.closure(ctx, h, repo, refs)
 	if err != nil {
 		return storage.Binding{}, false, err
 	}
 	now := s.now()
 	b := storage.Binding{Repo: repo, Tag: tag, Digest: dgst, MediaType: refs.MediaType, Size: int64(len(body)),
-		Mode: mode.String(), Rule: rule, PushedAt: now, PushedBy: "upstream (adopted)", Closure: closure}
+		Mode: mode.String(), Rule: rule, PushedAt: now, PushedBy: "upstream (adopted)", Closure: g.closure}
 	if mode == policy.Immutable {
 		b.Manifest = body
 	}
@@ -45,7 +46,7 @@ func (s *Server) adopt(ctx context.Context, h http.Header, repo, tag string, mod
 	if err := s.ledger.Put(ctx, []storage.Binding{b}, []storage.Event{ev}); err != nil {
 		return storage.Binding{}, false, fmt.Errorf("%w: adopt: %v", ErrLedger, err)
 	}
-	s.recordManifest(ctx, repo, dgst, int64(len(body)), refs)
+	s.recordManifests(ctx, append(g.learned, manifestRecord(repo, dgst, int64(len(body)), refs)))
 	s.audit.Info().Str("event", "adopted").Str("repo", repo).Str("tag", tag).Str("digest", dgst.String()).Str("rule", rule).
 		Str("request_id", ri.id).Msg("adopted upstream tag into the ledger")
 	return b, true, nil
@@ -96,79 +97,133 @@ func (s *Server) getManifest(ctx context.Context, h http.Header, repo, ref strin
 	}
 }
 
-// closure lists everything a manifest references: its blobs, its child
-// manifests and, recursively, theirs. Child manifests come from the ledger,
-// or from the upstream when taglock never saw them pushed.
-func (s *Server) closure(ctx context.Context, h http.Header, repo string, refs manifestRefs) ([]digest.Digest, error) {
+// maxGraphManifests bounds how many child manifests one manifest's graph
+// may hold. taglock protects a binding's whole graph or binds nothing, so a
+// graph larger than this is refused rather than partly protected.
+const maxGraphManifests = 1000
+
+// lookupParallelism is how many child manifests closure fetches from the
+// upstream at once.
+const lookupParallelism = 8
+
+// graph is what closure learned about a manifest's graph.
+type graph struct {
+	// closure is every child manifest and blob the manifest references,
+	// transitively: what deleting would break a binding of it.
+	closure []digest.Digest
+	// learned are the child manifests fetched from the upstream because
+	// the ledger had no record of them; the caller records them.
+	learned []storage.Manifest
+}
+
+// graphTooLarge is a manifest graph over maxGraphManifests.
+type graphTooLarge struct{ manifests int }
+
+func (e *graphTooLarge) Error() string {
+	return fmt.Sprintf("the manifest's graph holds more than %d child manifests (%d seen); taglock protects every manifest and blob an immutable tag depends on, so it refuses a graph it cannot walk whole", maxGraphManifests, e.manifests)
+}
+
+// closure walks the whole graph below refs, level by level, with no depth
+// limit: every blob, every child manifest and, recursively, theirs. Each
+// manifest is visited once, so cycles end, and the number of child manifests
+// is bounded by maxGraphManifests, checked before each level is fetched, so
+// an index naming thousands of children is refused before any lookup. Child
+// manifests come from the ledger, or from the upstream (lookupParallelism at
+// a time) when taglock never saw them.
+func (s *Server) closure(ctx context.Context, h http.Header, repo string, refs manifestRefs) (graph, error) {
+	var g graph
 	seen := map[digest.Digest]bool{}
-	var out []digest.Digest
-	var walk func(refs manifestRefs, depth int) error
-	walk = func(refs manifestRefs, depth int) error {
+	var frontier []digest.Digest
+	add := func(refs manifestRefs) {
 		for _, b := range refs.Blobs {
 			if !seen[b] {
 				seen[b] = true
-				out = append(out, b)
+				g.closure = append(g.closure, b)
 			}
 		}
 		for _, c := range refs.Children {
-			if seen[c] {
-				continue
-			}
-			seen[c] = true
-			out = append(out, c)
-			if depth >= 4 {
-				continue
-			}
-			child, err := s.childRefs(ctx, h, repo, c)
-			if err != nil {
-				return err
-			}
-			if err := walk(child, depth+1); err != nil {
-				return err
+			if !seen[c] {
+				seen[c] = true
+				g.closure = append(g.closure, c)
+				frontier = append(frontier, c)
 			}
 		}
-		return nil
 	}
-	if err := walk(refs, 0); err != nil {
-		return nil, err
+	add(refs)
+	manifests := 0
+	for len(frontier) > 0 {
+		level := frontier
+		frontier = nil
+		if manifests += len(level); manifests > maxGraphManifests {
+			return graph{}, &graphTooLarge{manifests: manifests}
+		}
+		children := make([]manifestRefs, len(level))
+		learned := make([]*storage.Manifest, len(level))
+		eg, ectx := errgroup.WithContext(ctx)
+		eg.SetLimit(lookupParallelism)
+		for i, d := range level {
+			eg.Go(func() error {
+				var err error
+				children[i], learned[i], err = s.childRefs(ectx, h, repo, d)
+				return err
+			})
+		}
+		if err := eg.Wait(); err != nil {
+			return graph{}, err
+		}
+		for i := range level {
+			add(children[i])
+			if learned[i] != nil {
+				g.learned = append(g.learned, *learned[i])
+			}
+		}
 	}
-	return out, nil
+	return g, nil
 }
 
-func (s *Server) childRefs(ctx context.Context, h http.Header, repo string, d digest.Digest) (manifestRefs, error) {
+// childRefs returns what child manifest d references, from the ledger's
+// record, or from the upstream with the record to keep.
+func (s *Server) childRefs(ctx context.Context, h http.Header, repo string, d digest.Digest) (manifestRefs, *storage.Manifest, error) {
 	m, err := s.ledger.Manifest(ctx, repo, d)
 	if err == nil {
-		return manifestRefs{MediaType: m.MediaType, Children: m.Children, Blobs: m.Blobs, Subject: m.Subject}, nil
+		return manifestRefs{MediaType: m.MediaType, Children: m.Children, Blobs: m.Blobs, Subject: m.Subject}, nil, nil
 	}
 	if !errors.Is(err, storage.ErrNotFound) {
-		return manifestRefs{}, fmt.Errorf("%w: manifest %s: %v", ErrLedger, d, err)
+		return manifestRefs{}, nil, fmt.Errorf("%w: manifest %s: %v", ErrLedger, d, err)
 	}
 	body, mediaType, found, err := s.getManifest(ctx, h, repo, d.String())
 	if err != nil {
-		return manifestRefs{}, err
+		return manifestRefs{}, nil, err
 	}
 	if !found {
 		// The upstream decides whether an index may name a missing
 		// child; there is nothing below it to protect.
-		return manifestRefs{}, nil
+		return manifestRefs{}, nil, nil
 	}
 	if got := d.Algorithm().FromBytes(body); got != d {
-		return manifestRefs{}, fmt.Errorf("%w: upstream returned content with digest %s for %s", ErrLookup, got, d)
+		return manifestRefs{}, nil, fmt.Errorf("%w: upstream returned content with digest %s for %s", ErrLookup, got, d)
 	}
 	refs, err := parseManifest(mediaType, body)
 	if err != nil {
-		return manifestRefs{}, fmt.Errorf("%w: child manifest %s does not parse: %v", ErrLookup, d, err)
+		return manifestRefs{}, nil, fmt.Errorf("%w: child manifest %s does not parse: %v", ErrLookup, d, err)
 	}
-	s.recordManifest(ctx, repo, d, int64(len(body)), refs)
-	return refs, nil
+	rec := manifestRecord(repo, d, int64(len(body)), refs)
+	return refs, &rec, nil
 }
 
 // recordManifest remembers what a manifest references. It is a cache of the
 // upstream's graph, so a failure is logged, not fatal: closure falls back to
 // the upstream.
 func (s *Server) recordManifest(ctx context.Context, repo string, d digest.Digest, size int64, refs manifestRefs) {
-	if err := s.ledger.PutManifest(context.WithoutCancel(ctx), manifestRecord(repo, d, size, refs)); err != nil {
-		s.log.Warn().Err(err).Str("repo", repo).Str("digest", d.String()).Msg("could not record manifest references")
+	s.recordManifests(ctx, []storage.Manifest{manifestRecord(repo, d, size, refs)})
+}
+
+// recordManifests is recordManifest for several records.
+func (s *Server) recordManifests(ctx context.Context, ms []storage.Manifest) {
+	for _, m := range ms {
+		if err := s.ledger.PutManifest(context.WithoutCancel(ctx), m); err != nil {
+			s.log.Warn().Err(err).Str("repo", m.Repo).Str("digest", m.Digest.String()).Msg("could not record manifest references")
+		}
 	}
 }
 
@@ -179,8 +234,9 @@ func manifestRecord(repo string, d digest.Digest, size int64, refs manifestRefs)
 }
 
 // adoptRepo adopts every upstream tag of repo that the ledger has never
-// seen and that is not mutable, so a delete by digest or of a blob sees
-// every tag it could remove.
+// seen, mutable ones included, so a delete by digest or of a blob sees every
+// tag it could remove or break: to protect the immutable ones, to ask the
+// access rules about each, and to record each one it removes.
 func (s *Server) adoptRepo(ctx context.Context, h http.Header, repo string) error {
 	last := ""
 	for range 10000 {
@@ -190,9 +246,6 @@ func (s *Server) adoptRepo(ctx context.Context, h http.Header, repo string) erro
 		}
 		for _, tag := range tags {
 			mode, rule := s.im.ModeFor(repo, tag)
-			if mode == policy.Mutable {
-				continue
-			}
 			if _, err := s.ledger.Binding(ctx, repo, tag); err == nil {
 				continue
 			} else if !errors.Is(err, storage.ErrNotFound) {

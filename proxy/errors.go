@@ -12,6 +12,9 @@ import (
 	"github.com/distribution/distribution/v3/registry/api/errcode"
 	digest "github.com/opencontainers/go-digest"
 	"github.com/rs/zerolog"
+
+	"github.com/taglock/taglock/policy"
+	"github.com/taglock/taglock/storage"
 )
 
 // Reasons name why a request was refused; they label metrics and audit
@@ -21,8 +24,8 @@ const (
 	ReasonTagDeleted      = "immutable-tag-deleted"
 	ReasonManifestDeleted = "protected-manifest-deleted"
 	ReasonBlobDeleted     = "protected-blob-deleted"
-	ReasonTagReserved     = "tag-reserved"
 	ReasonNotPromoted     = "not-promoted"
+	ReasonAccessDenied    = "access-denied"
 )
 
 // Violation is a request that would move or remove an immutable tag. It
@@ -78,8 +81,6 @@ func (v *Violation) Error() string {
 		}
 		return fmt.Sprintf("%s %s is protected: immutable tag %q %s (%srule %s); deleting it is refused. %s",
 			what, v.Attempted, v.Repo+":"+v.Tag, via, pushed, v.Rule, v.Hint)
-	case ReasonTagReserved:
-		return fmt.Sprintf("tag %q is being pushed with %s by another request; refusing %s. %s", v.Repo+":"+v.Tag, v.Recorded, v.Attempted, v.Hint)
 	}
 	return fmt.Sprintf("tag %q: %s", v.Repo+":"+v.Tag, v.Reason)
 }
@@ -92,9 +93,80 @@ var (
 	ErrLookup = errors.New("upstream lookup failed")
 	// errTooLarge is a manifest over maxManifestSize.
 	errTooLarge = errors.New("manifest too large")
-	// errBusy is a tag held by a push that did not finish in time.
-	errBusy = errors.New("tag busy")
+	// ErrUnknownOutcome wraps a push or delete the upstream did not answer
+	// clearly: it may or may not have happened, and the settler finds out.
+	ErrUnknownOutcome = errors.New("outcome unknown")
 )
+
+// busyError is a reservation another request held longer than the wait.
+type busyError struct {
+	*storage.BusyError
+	// settling is true when no request of this process holds it: it is
+	// an earlier request whose outcome the settler is finding out.
+	settling bool
+	// settleBy is when the settler gives up waiting for the upstream.
+	settleBy time.Time
+}
+
+func (e *busyError) message() string {
+	h := e.Holder
+	since := h.CreatedAt.UTC().Format(time.RFC3339)
+	subject := fmt.Sprintf("tag %q", e.Repo+":"+e.Tag)
+	if e.Tag == "" {
+		subject = e.Repo + "@" + e.Digest.String()
+	}
+	switch {
+	case e.settling && h.IsDelete():
+		return fmt.Sprintf("taglock: %s is held by an earlier delete of %s (since %s) whose outcome taglock is still settling with the upstream, at the latest by %s; nothing was changed; retry then",
+			subject, describe(h), since, e.settleBy.UTC().Format(time.RFC3339))
+	case e.settling:
+		return fmt.Sprintf("taglock: %s is held by an earlier push of %s (since %s) whose outcome taglock is still settling with the upstream, at the latest by %s; nothing was changed; retry then",
+			subject, h.Digest, since, e.settleBy.UTC().Format(time.RFC3339))
+	case h.IsDelete():
+		return fmt.Sprintf("taglock: %s is being deleted by another request (since %s); nothing was changed; retry shortly", subject, since)
+	case e.Tag == "":
+		return fmt.Sprintf("taglock: %s is part of a push of %s in flight (since %s); nothing was changed; retry shortly", subject, h.Digest, since)
+	}
+	return fmt.Sprintf("taglock: %s is being pushed with %s by another request (since %s); nothing was changed; retry shortly", subject, h.Digest, since)
+}
+
+// unknownOutcome is a push or delete the upstream did not answer, or
+// answered without a usable status: whether it happened is not known yet.
+type unknownOutcome struct {
+	op  string
+	err error
+}
+
+func (e *unknownOutcome) Error() string { return e.op + ": " + e.err.Error() }
+
+// Unwrap returns ErrUnknownOutcome and the cause.
+func (e *unknownOutcome) Unwrap() []error { return []error{ErrUnknownOutcome, e.err} }
+
+// unrecorded is a push or delete the upstream carried out that the ledger
+// could not record yet.
+type unrecorded struct {
+	op  string
+	err error
+}
+
+func (e *unrecorded) Error() string {
+	return e.op + ": the ledger could not record it: " + e.err.Error()
+}
+
+// Unwrap returns the ledger's error.
+func (e *unrecorded) Unwrap() error { return e.err }
+
+// accessDenied is a request the access rules refuse.
+type accessDenied struct {
+	action   policy.Action
+	repo     string
+	tag      string
+	rule     string
+	identity policy.Identity
+	reason   string
+}
+
+func (e *accessDenied) Error() string { return e.reason }
 
 // upstreamAnswer relays an upstream response as it is, for example a 401
 // challenge to a lookup made with the client's credentials.
@@ -113,6 +185,11 @@ func writeError(w http.ResponseWriter, err error, log *zerolog.Logger) int {
 		v  *Violation
 		re *requestError
 		ua *upstreamAnswer
+		ad *accessDenied
+		gt *graphTooLarge
+		be *busyError
+		uo *unknownOutcome
+		ur *unrecorded
 	)
 	switch {
 	case errors.As(err, &v):
@@ -120,6 +197,23 @@ func writeError(w http.ResponseWriter, err error, log *zerolog.Logger) int {
 		return serveOCI(w, http.StatusForbidden, errcode.ErrorCodeDenied.WithMessage(v.Error()).WithDetail(detail))
 	case errors.As(err, &re):
 		return serveOCI(w, re.status, re.code.WithMessage(re.msg))
+	case errors.As(err, &ad):
+		return serveOCI(w, http.StatusForbidden, errcode.ErrorCodeDenied.WithMessage(ad.reason).WithDetail(map[string]string{
+			"identity": ad.identity.User, "action": string(ad.action), "repository": ad.repo, "tag": ad.tag, "rule": ad.rule}))
+	case errors.As(err, &gt):
+		return serveOCI(w, http.StatusBadRequest, errcode.ErrorCodeManifestInvalid.WithMessage(gt.Error()))
+	case errors.As(err, &be):
+		w.Header().Set("Retry-After", "1")
+		return serveOCI(w, http.StatusServiceUnavailable, errcode.ErrorCodeUnavailable.WithMessage(be.message()))
+	case errors.As(err, &uo):
+		log.Error().Err(err).Msg("upstream did not answer a write: its outcome is being settled")
+		return serveOCI(w, http.StatusBadGateway, errcode.ErrorCodeUnavailable.WithMessage(
+			"taglock: the upstream registry did not answer the "+uo.op+", so whether it took effect is not known yet; taglock keeps what it touches held until the upstream shows the outcome. Retry the same request, or look the tag up (taglock resolve)"))
+	case errors.As(err, &ur):
+		log.Error().Err(err).Msg("ledger failure after an upstream write: its outcome is being settled")
+		w.Header().Set("Retry-After", "1")
+		return serveOCI(w, http.StatusServiceUnavailable, errcode.ErrorCodeUnavailable.WithMessage(
+			"taglock: the upstream registry carried out the "+ur.op+", but the ledger could not record it yet; taglock keeps what it touches held and records it when the ledger recovers. Retry the same request"))
 	case errors.As(err, &ua):
 		for k, vs := range ua.header {
 			w.Header()[k] = vs
@@ -131,10 +225,6 @@ func writeError(w http.ResponseWriter, err error, log *zerolog.Logger) int {
 	case errors.Is(err, errTooLarge):
 		return serveOCI(w, http.StatusRequestEntityTooLarge,
 			errcode.ErrorCodeSizeInvalid.WithMessage(fmt.Sprintf("manifest exceeds the %d byte limit", maxManifestSize)))
-	case errors.Is(err, errBusy):
-		w.Header().Set("Retry-After", "1")
-		return serveOCI(w, http.StatusServiceUnavailable,
-			errcode.ErrorCodeUnavailable.WithMessage("taglock: "+err.Error()+"; retry shortly"))
 	case errors.Is(err, context.Canceled):
 		// The client went away; nobody reads an answer.
 		return 499

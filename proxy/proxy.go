@@ -6,7 +6,6 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -15,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/distribution/distribution/v3/registry/api/errcode"
 	digest "github.com/opencontainers/go-digest"
 	"github.com/rs/zerolog"
 
@@ -29,6 +29,7 @@ type Ledger interface {
 	Referencing(ctx context.Context, repo string, d digest.Digest) ([]storage.Binding, error)
 	Reserve(ctx context.Context, r storage.Reservation) (storage.Reservation, error)
 	Commit(ctx context.Context, reservationID string, bindings []storage.Binding, events []storage.Event, manifests ...storage.Manifest) error
+	CommitDelete(ctx context.Context, reservationID string, ev storage.Event) ([]storage.Binding, error)
 	Release(ctx context.Context, reservationID string) error
 	Reservations(ctx context.Context) ([]storage.Reservation, error)
 	Put(ctx context.Context, bindings []storage.Binding, events []storage.Event) error
@@ -64,11 +65,21 @@ type Options struct {
 	Metrics *Metrics
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
-	// ReserveWait is how long a push waits for a conflicting in-flight push
-	// of the same tag to finish before it is refused with 503. Default 10s.
+	// ReserveWait is how long a push or delete waits for a conflicting
+	// request in flight (a push of the same tag, a delete of content it
+	// uses) to finish before it is refused with 503. Default 10s.
 	ReserveWait time.Duration
-	// LookupTimeout bounds taglock's own upstream requests. Default 30s.
+	// LookupTimeout bounds taglock's own upstream requests, manifest pushes
+	// and deletes included. Default 30s.
 	LookupTimeout time.Duration
+	// SettleMargin is how long after its deadline a push or delete whose
+	// outcome taglock did not learn is still taken to be able to land on
+	// the upstream; until then its reservation keeps holding its tags.
+	// Default DefaultSettleMargin.
+	SettleMargin time.Duration
+	// Owner names this process in the reservations it makes. Default: a
+	// random name.
+	Owner string
 	// Auth authenticates clients; nil turns authentication and access
 	// rules off, and every request is allowed.
 	Auth Authenticator
@@ -100,15 +111,17 @@ type Server struct {
 	access   policy.Access
 	pulls    *PullTracker
 	gate     *WriteGate
-	inflight sync.Map // reservation ID -> struct{}: reservations this process is still working on
-	bg       sync.WaitGroup
+	margin   time.Duration
+	owner    string
+	inflight sync.Map      // reservation ID -> struct{}: reservations requests of this process are still working on
+	kick     chan struct{} // wakes the settler
 }
 
 // New returns a Server.
 func New(o Options) *Server {
 	s := &Server{up: o.Upstream, ledger: o.Ledger, im: o.Immutability, promo: o.Promotion, pin: o.PinOnRead, log: o.Log, metrics: o.Metrics,
 		now: o.Now, wait: o.ReserveWait, timeout: o.LookupTimeout, auth: o.Auth, access: o.Access,
-		pulls: o.Pulls, gate: o.Gate}
+		pulls: o.Pulls, gate: o.Gate, margin: o.SettleMargin, owner: o.Owner, kick: make(chan struct{}, 1)}
 	if s.auth != nil {
 		s.access.Enabled = true
 	}
@@ -126,25 +139,32 @@ func New(o Options) *Server {
 	if s.timeout == 0 {
 		s.timeout = 30 * time.Second
 	}
+	if s.margin == 0 {
+		s.margin = DefaultSettleMargin
+	}
+	if s.owner == "" {
+		var b [6]byte
+		_, _ = rand.Read(b[:])
+		s.owner = "taglock-" + hex.EncodeToString(b[:])
+	}
 	return s
 }
-
-// Wait blocks until background reconciliations started by requests finish.
-func (s *Server) Wait() { s.bg.Wait() }
 
 type ctxKey struct{}
 
 // reqInfo travels with a request for the request log.
 type reqInfo struct {
-	id    string
-	user  string
-	route Route
+	id   string
+	user string // as logged and recorded: verified, or marked unverified
+	// identity is the verified caller; zero with authentication off.
+	identity policy.Identity
+	route    Route
 }
 
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := s.now()
-	info := &reqInfo{id: requestID(r), user: Identity(r)}
+	info := &reqInfo{id: requestID(r), user: unverified(Identity(r))}
 	w.Header().Set("X-Request-Id", info.id)
 	sw := &statusWriter{ResponseWriter: w}
 	r = r.WithContext(context.WithValue(r.Context(), ctxKey{}, info))
@@ -207,28 +227,38 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt Route) {
 	s.up.Forward(w, out)
 }
 
-// pinned serves a manifest GET/HEAD by tag; an immutable tag is served by
-// its recorded digest, so a tag moved on the upstream behind taglock's back
-// still pulls what it was bound to.
+// pinned serves a manifest GET/HEAD by tag; a live immutable tag is served
+// by its recorded digest, so a tag moved on the upstream behind taglock's
+// back still pulls what it was bound to. A deleted tag is not served.
 func (s *Server) pinned(w http.ResponseWriter, r *http.Request, rt Route) error {
-	b, err := s.ledger.Binding(r.Context(), rt.Name, rt.Tag)
-	switch {
-	case errors.Is(err, storage.ErrNotFound):
-	case err != nil:
-		return fmt.Errorf("%w: binding %s:%s: %v", ErrLedger, rt.Name, rt.Tag, err)
-	default:
-		configured, _ := s.im.ModeFor(rt.Name, rt.Tag)
-		if policy.Effective(configured, b.Mode) == policy.Immutable {
-			rt.Tag, rt.Digest = "", b.Digest
+	st, err := s.readState(r.Context(), rt.Name, rt.Tag)
+	if err != nil {
+		return err
+	}
+	if st.found && st.mode == policy.Immutable {
+		if st.current.Deleted {
+			return &requestError{code: errcode.ErrorCodeManifestUnknown, status: http.StatusNotFound,
+				msg: fmt.Sprintf("tag %q was deleted; it stays bound to %s", rt.Name+":"+rt.Tag, st.current.Digest)}
 		}
+		rt.Tag, rt.Digest = "", st.current.Digest
 	}
 	s.forward(w, r, rt)
 	return nil
 }
 
+// unverified marks a claimed name as such for the log and the ledger; with
+// authentication off nothing verifies what a request says it is.
+func unverified(name string) string {
+	if name == "anonymous" {
+		return name
+	}
+	return name + " (unverified)"
+}
+
 // Identity is the name the request carries: the Basic user name, or the
-// subject of a bearer token, or "anonymous". It is not verified here; it
-// only labels ledger records.
+// subject of a bearer token, or "anonymous". It is not verified here: with
+// authentication off the proxy records it marked "(unverified)", and with
+// authentication on it records the verified identity instead.
 func Identity(r *http.Request) string {
 	if u, _, ok := r.BasicAuth(); ok && u != "" {
 		return u

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/distribution/distribution/v3/registry/api/errcode"
@@ -19,15 +20,25 @@ import (
 
 // tagDecision is the verdict for one tag a manifest PUT writes.
 type tagDecision struct {
-	tag     string
-	mode    policy.Mode
-	rule    string
-	current storage.Binding // the binding before this push, when found
-	bound   digest.Digest   // live binding digest ("" = free)
+	tagState
 	verdict policy.Verdict
 }
 
-// putManifest handles PUT /v2/<name>/manifests/<ref>[?tag=...].
+// putManifest handles PUT /v2/<name>/manifests/<ref>[?tag=...]. A push that
+// writes tags goes through these steps, each in one function:
+//
+//  1. read and parse the exact bytes, and walk the manifest's whole graph
+//     (closure);
+//  2. decide every tag on its effective state, adopting tags the upstream
+//     holds and the ledger never saw (decideWrite);
+//  3. reserve the tags and the graph in the ledger, on the condition that
+//     no binding changed since step 2 (reservePush); a delete of anything
+//     in the graph now waits for this push, and this push waited for any
+//     delete already under way;
+//  4. forward the bytes with a deadline the reservation records;
+//  5. commit the tags the upstream applied, release on a definite refusal,
+//     and leave the reservation to the settler when the outcome is unknown
+//     (finishPush).
 func (s *Server) putManifest(w http.ResponseWriter, r *http.Request, rt Route) error {
 	ctx := r.Context()
 	body, err := readManifest(r)
@@ -49,7 +60,7 @@ func (s *Server) putManifest(w http.ResponseWriter, r *http.Request, rt Route) e
 	if len(rt.Tags) == 0 {
 		// A push by digest binds no tag; it only becomes part of the
 		// graph that later tags and deletes consult.
-		resp, err := s.sendManifest(ctx, r, rt, body)
+		resp, err := s.sendManifest(ctx, r, rt, body, s.now().Add(s.timeout))
 		if err != nil {
 			return err
 		}
@@ -59,78 +70,90 @@ func (s *Server) putManifest(w http.ResponseWriter, r *http.Request, rt Route) e
 		return s.relay(w, resp, dgst)
 	}
 
-	var (
-		decisions []tagDecision
-		res       storage.Reservation
-	)
-	deadline := s.now().Add(s.wait)
-	for {
-		decisions, err = s.decideWrite(ctx, r, rt.Name, rt.Tags, dgst)
-		if err != nil {
-			return err
-		}
-		expect := map[string]digest.Digest{}
-		for _, d := range decisions {
-			expect[d.tag] = d.bound
-		}
-		res, err = s.ledger.Reserve(ctx, storage.Reservation{Repo: rt.Name, Tags: rt.Tags, Digest: dgst, Expect: expect})
-		if err == nil {
-			break
-		}
-		var busy *storage.BusyError
-		switch {
-		case errors.Is(err, storage.ErrChanged):
-			continue // another push committed in between: decide again
-		case errors.As(err, &busy):
-			if s.now().After(deadline) {
-				return fmt.Errorf("%w: %s:%s is being pushed with %s since %s", errBusy, busy.Repo, busy.Tag, busy.Digest, busy.Since.UTC().Format(time.RFC3339))
-			}
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(20 * time.Millisecond):
-			}
-		default:
-			return fmt.Errorf("%w: reserve: %v", ErrLedger, err)
-		}
+	g, err := s.closure(ctx, r.Header, rt.Name, refs)
+	if err != nil {
+		return err
 	}
-	s.inflight.Store(res.ID, struct{}{})
+	decisions, res, err := s.reservePush(ctx, r, rt, dgst, g.closure)
+	if err != nil {
+		return err
+	}
 	defer s.inflight.Delete(res.ID)
-
-	closure, err := s.closure(ctx, r.Header, rt.Name, refs)
+	resp, err := s.sendManifest(ctx, r, rt, body, res.Deadline)
 	if err != nil {
-		s.releaseOrLog(res.ID)
-		return err
+		// The upstream may or may not have stored it: the settler finds
+		// out, and keeps the tags held until it knows.
+		s.settleLater(res)
+		return &unknownOutcome{op: "push of " + rt.Name + ":" + strings.Join(rt.Tags, ","), err: err}
 	}
-	resp, err := s.sendManifest(ctx, r, rt, body)
-	if err != nil {
-		// The upstream may or may not have stored it: find out later.
-		s.reconcileLater(res)
+	p := pushed{res: res, decisions: decisions, digest: dgst, body: body, refs: refs, graph: g}
+	if err := s.finishPush(ctx, rt, resp, p); err != nil {
+		drain(resp)
 		return err
-	}
-	switch {
-	case resp.StatusCode/100 == 2:
-		applied := rt.Tags
-		if rt.Tag == "" {
-			// Tags given as ?tag= are applied only by registries that say
-			// so with OCI-Tag headers; the ledger records what was applied.
-			applied = nil
-			for _, t := range resp.Header.Values("OCI-Tag") {
-				if slices.Contains(rt.Tags, t) {
-					applied = append(applied, t)
-				}
-			}
-		}
-		if err := s.commit(ctx, r, res, decisions, applied, dgst, int64(len(body)), refs, closure, body); err != nil {
-			drain(resp)
-			return err
-		}
-	case resp.StatusCode >= 500:
-		s.reconcileLater(res)
-	default:
-		s.releaseOrLog(res.ID)
 	}
 	return s.relay(w, resp, dgst)
+}
+
+// reservePush decides every tag and reserves them, deciding again whenever
+// a binding changed in between, and waiting (up to the configured wait)
+// while another request holds a tag or the graph.
+func (s *Server) reservePush(ctx context.Context, r *http.Request, rt Route, dgst digest.Digest, closure []digest.Digest) ([]tagDecision, storage.Reservation, error) {
+	id, err := storage.NewReservationID()
+	if err != nil {
+		return nil, storage.Reservation{}, err
+	}
+	// Mark the reservation as this process's before it exists, so the
+	// settler never mistakes it for one left behind.
+	s.inflight.Store(id, struct{}{})
+	ri := info(ctx)
+	wait := s.waiter()
+	for {
+		decisions, err := s.decideWrite(ctx, r, rt.Name, rt.Tags, dgst)
+		if err != nil {
+			s.inflight.Delete(id)
+			return nil, storage.Reservation{}, err
+		}
+		expect := map[string]storage.Seen{}
+		for _, d := range decisions {
+			expect[d.tag] = d.seen()
+		}
+		res, err := s.ledger.Reserve(ctx, storage.Reservation{ID: id, Repo: rt.Name, Tags: rt.Tags, Digest: dgst, Closure: closure,
+			Deadline: s.now().Add(s.timeout), Owner: s.owner, User: ri.user, Expect: expect})
+		if err == nil {
+			return decisions, res, nil
+		}
+		if errors.Is(err, storage.ErrChanged) {
+			continue // another request changed a binding in between: decide again
+		}
+		if err := wait(ctx, err); err != nil {
+			s.inflight.Delete(id)
+			return nil, storage.Reservation{}, err
+		}
+	}
+}
+
+// waiter returns the function a request calls when the ledger refuses a
+// reservation: it waits and returns nil while another reservation holds
+// what the request needs and the wait has time left, and otherwise returns
+// the error to answer with.
+func (s *Server) waiter() func(context.Context, error) error {
+	deadline := s.now().Add(s.wait)
+	return func(ctx context.Context, err error) error {
+		var busy *storage.BusyError
+		if !errors.As(err, &busy) {
+			return fmt.Errorf("%w: reserve: %v", ErrLedger, err)
+		}
+		if s.now().After(deadline) {
+			_, mine := s.inflight.Load(busy.Holder.ID)
+			return &busyError{BusyError: busy, settling: !mine, settleBy: busy.Holder.DoubtEnds(s.margin)}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+			return nil
+		}
+	}
 }
 
 // decideWrite looks up (adopting from the upstream when the ledger has never
@@ -138,11 +161,11 @@ func (s *Server) putManifest(w http.ResponseWriter, r *http.Request, rt Route) e
 func (s *Server) decideWrite(ctx context.Context, r *http.Request, repo string, tags []string, dgst digest.Digest) ([]tagDecision, error) {
 	out := make([]tagDecision, 0, len(tags))
 	for _, tag := range tags {
-		d, err := s.lookupTag(ctx, r.Header, repo, tag)
+		st, err := s.lookupTag(ctx, r.Header, repo, tag)
 		if err != nil {
 			return nil, err
 		}
-		d.verdict = policy.DecideWrite(d.mode, d.bound, dgst)
+		d := tagDecision{tagState: st, verdict: policy.DecideWrite(st.mode, st.bound, dgst)}
 		if d.verdict == policy.Deny {
 			v := &Violation{Reason: ReasonTagMoved, Repo: repo, Tag: tag, Recorded: d.bound, Attempted: dgst,
 				PushedAt: d.current.PushedAt, PushedBy: d.current.PushedBy, Rule: d.rule, Mode: d.mode.String(),
@@ -189,107 +212,121 @@ func (s *Server) checkPromotion(ctx context.Context, repo, tag string, dgst dige
 	return v
 }
 
-// lookupTag returns the tag's mode and live binding, adopting an upstream
-// tag the ledger has never seen (for tags that are not mutable).
-func (s *Server) lookupTag(ctx context.Context, h http.Header, repo, tag string) (tagDecision, error) {
-	configured, rule := s.im.ModeFor(repo, tag)
-	d := tagDecision{tag: tag, mode: configured, rule: rule}
-	b, err := s.ledger.Binding(ctx, repo, tag)
-	switch {
-	case err == nil:
-		d.current = b
-		d.mode = policy.Effective(configured, b.Mode)
-		if d.mode != configured {
-			d.rule = b.Rule + " (recorded when first pushed)"
-		}
-		if !b.Deleted || b.Mode == policy.Immutable.String() {
-			d.bound = b.Digest
-		}
-		return d, nil
-	case !errors.Is(err, storage.ErrNotFound):
-		return d, fmt.Errorf("%w: binding %s:%s: %v", ErrLedger, repo, tag, err)
-	}
-	if configured == policy.Mutable {
-		return d, nil
-	}
-	b, found, err := s.adopt(ctx, h, repo, tag, configured, rule)
-	if err != nil {
-		if configured == policy.Warn && !errors.As(err, new(*upstreamAnswer)) {
-			// Warn never refuses, so a failed lookup cannot make it allow
-			// something it should not; note it and go on.
-			s.log.Warn().Err(err).Str("repo", repo).Str("tag", tag).Msg("warn mode: upstream lookup failed")
-			return d, nil
-		}
-		return d, err
-	}
-	if found {
-		d.current, d.bound = b, b.Digest
-	}
-	return d, nil
+// pushed is a push the upstream answered.
+type pushed struct {
+	res       storage.Reservation
+	decisions []tagDecision
+	digest    digest.Digest
+	body      []byte
+	refs      manifestRefs
+	graph     graph
 }
 
-// commit records the accepted push.
-func (s *Server) commit(ctx context.Context, r *http.Request, res storage.Reservation, decisions []tagDecision, applied []string,
-	dgst digest.Digest, size int64, refs manifestRefs, closure []digest.Digest, body []byte) error {
+// finishPush settles the reservation on the upstream's answer: a 2xx
+// commits the tags the upstream applied, a 5xx leaves the outcome to the
+// settler, and any other answer releases the tags.
+func (s *Server) finishPush(ctx context.Context, rt Route, resp *http.Response, p pushed) error {
+	switch {
+	case resp.StatusCode/100 == 2:
+		return s.commit(ctx, p, appliedTags(rt, resp))
+	case resp.StatusCode >= 500:
+		s.settleLater(p.res)
+	default:
+		s.releaseOrLog(p.res.ID)
+	}
+	return nil
+}
+
+// appliedTags is what a 2xx answer to a manifest PUT applied: the path's
+// tag, or the ?tag= parameters the upstream names in OCI-Tag headers
+// (comma-separated lists, RFC 9110). A registry that ignores ?tag= names
+// none, and the ledger then binds none.
+func appliedTags(rt Route, resp *http.Response) []string {
+	if rt.Tag != "" {
+		return []string{rt.Tag}
+	}
+	var applied []string
+	for _, v := range resp.Header.Values("OCI-Tag") {
+		for t := range strings.SplitSeq(v, ",") {
+			if t = strings.TrimSpace(t); slices.Contains(rt.Tags, t) && !slices.Contains(applied, t) {
+				applied = append(applied, t)
+			}
+		}
+	}
+	return applied
+}
+
+// commit records the accepted push: the bindings of the applied tags, their
+// history, and the manifest records the closure learned, in one write.
+func (s *Server) commit(ctx context.Context, p pushed, applied []string) error {
 	now := s.now()
 	ri := info(ctx)
 	var (
 		bindings []storage.Binding
 		events   []storage.Event
 	)
-	for _, d := range decisions {
+	for _, d := range p.decisions {
 		if !slices.Contains(applied, d.tag) {
 			continue
 		}
-		ev := storage.Event{Time: now, Repo: res.Repo, Tag: d.tag, Digest: dgst, Previous: d.bound, User: ri.user, Rule: d.rule, RequestID: ri.id}
-		b := storage.Binding{Repo: res.Repo, Tag: d.tag, Digest: dgst, MediaType: refs.MediaType, Size: size,
-			Mode: d.mode.String(), Rule: d.rule, PushedAt: now, PushedBy: ri.user, Closure: closure}
-		if d.mode == policy.Immutable {
-			b.Manifest = body
-		}
+		b, ev := s.binding(p.res, d, now, ri.user, p.body, p.refs)
+		ev.RequestID = ri.id
 		switch d.verdict {
-		case policy.Bind:
-			ev.Kind = storage.EventAccepted
 		case policy.Identical:
-			ev.Kind = storage.EventIdentical
-			// Keep the first push's record; a re-push only revives a
-			// deleted tag and refreshes what the ledger knows of it.
-			b.PushedAt, b.PushedBy = d.current.PushedAt, d.current.PushedBy
-			if b.PushedAt.IsZero() {
-				b.PushedAt, b.PushedBy = now, ri.user
-			}
-			if policy.Effective(d.mode, d.current.Mode) == policy.Immutable {
-				b.Mode = policy.Immutable.String()
-			}
-		case policy.Move:
-			ev.Kind = storage.EventMoved
-		case policy.WarnMove:
-			ev.Kind = storage.EventWarned
-			ev.Reason = ReasonTagMoved
-			ev.Message = fmt.Sprintf("warn mode: tag %q moved from %s to %s; immutable mode would have refused it", res.Repo+":"+d.tag, d.bound, dgst)
-			s.warned(ev)
-		}
-		if ev.Kind == storage.EventIdentical {
-			s.audit.Info().Str("event", "identical").Str("repo", res.Repo).Str("tag", d.tag).Str("digest", dgst.String()).
+			s.audit.Info().Str("event", "identical").Str("repo", p.res.Repo).Str("tag", d.tag).Str("digest", p.digest.String()).
 				Str("user", ri.user).Str("request_id", ri.id).Msg("identical re-push accepted")
+		case policy.WarnMove:
+			ev.Reason = ReasonTagMoved
+			ev.Message = fmt.Sprintf("warn mode: tag %q moved from %s to %s; immutable mode would have refused it", p.res.Repo+":"+d.tag, d.bound, p.digest)
+			s.warned(ev)
 		}
 		bindings = append(bindings, b)
 		events = append(events, ev)
 	}
-	m := manifestRecord(res.Repo, dgst, size, refs)
-	if err := s.ledger.Commit(ctx, res.ID, bindings, events, m); err != nil {
+	ms := append(slices.Clone(p.graph.learned), manifestRecord(p.res.Repo, p.digest, int64(len(p.body)), p.refs))
+	if err := s.ledger.Commit(ctx, p.res.ID, bindings, events, ms...); err != nil {
 		// The upstream holds the manifest but the ledger could not record
-		// it; the reservation stays and is reconciled, and the client is
-		// told the push did not complete.
-		s.reconcileLater(res)
-		return fmt.Errorf("%w: commit: %v", ErrLedger, err)
+		// it; the reservation stays and is settled when the ledger can
+		// be written again.
+		s.settleLater(p.res)
+		return &unrecorded{op: "push of " + p.res.Repo + ":" + strings.Join(applied, ","), err: err}
 	}
 	return nil
 }
 
-// sendManifest PUTs the exact bytes received to the upstream.
-func (s *Server) sendManifest(ctx context.Context, r *http.Request, rt Route, body []byte) (*http.Response, error) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.timeout)
+// binding is the record a push of res makes for one decided tag, and its
+// history event. The mode recorded is the mode that governed the decision,
+// so a tag decided as immutable is recorded immutable whatever the
+// configuration says; an identical re-push keeps the first push's record.
+func (s *Server) binding(res storage.Reservation, d tagDecision, now time.Time, user string, body []byte, refs manifestRefs) (storage.Binding, storage.Event) {
+	ev := storage.Event{Time: now, Repo: res.Repo, Tag: d.tag, Digest: res.Digest, Previous: d.bound, User: user, Rule: d.rule}
+	b := storage.Binding{Repo: res.Repo, Tag: d.tag, Digest: res.Digest, MediaType: refs.MediaType, Size: int64(len(body)),
+		Mode: d.mode.String(), Rule: d.rule, PushedAt: now, PushedBy: user, Closure: res.Closure}
+	if d.mode == policy.Immutable {
+		b.Manifest = body
+	}
+	switch d.verdict {
+	case policy.Bind:
+		ev.Kind = storage.EventAccepted
+	case policy.Identical:
+		ev.Kind = storage.EventIdentical
+		// Keep the first push's record; a re-push only revives a deleted
+		// tag and refreshes what the ledger knows of it.
+		if !d.current.PushedAt.IsZero() {
+			b.PushedAt, b.PushedBy = d.current.PushedAt, d.current.PushedBy
+		}
+	case policy.Move:
+		ev.Kind = storage.EventMoved
+	case policy.WarnMove:
+		ev.Kind = storage.EventWarned
+	}
+	return b, ev
+}
+
+// sendManifest PUTs the exact bytes received to the upstream, giving up at
+// deadline.
+func (s *Server) sendManifest(ctx context.Context, r *http.Request, rt Route, body []byte, deadline time.Time) (*http.Response, error) {
+	ctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline)
 	h := r.Header.Clone()
 	h.Del("Content-Length")
 	req, err := newRequest(ctx, http.MethodPut, rt.URL(), body, h)

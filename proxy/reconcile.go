@@ -2,18 +2,38 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"time"
 
+	"github.com/taglock/taglock/policy"
 	"github.com/taglock/taglock/storage"
 )
 
-// Reconcile settles reservations left by a crash or by a push whose outcome
-// was unclear: a tag the upstream now holds with the reserved digest is
-// committed, any other is released. A reservation whose upstream lookup fails
-// stays, so conflicting pushes keep waiting rather than guessing. Reservations
-// of requests still in flight in this process are skipped.
+// The settler finds out what became of requests whose outcome taglock did
+// not learn: a push or delete the upstream did not answer (or answered with
+// a 5xx), one whose result the ledger could not record, and every
+// reservation a crashed process left. An outcome that is unknown stays
+// unknown until it cannot change any more: a reservation is settled by what
+// the upstream shows when that is final (the pushed tag holds the digest;
+// the deleted tag, manifest or blob is gone), and otherwise only once its
+// request can no longer land, SettleMargin after its deadline. Until then
+// it keeps holding its tags and digests, so no other push or delete can
+// slip in between.
+
+// DefaultSettleMargin is how long after its deadline a request to the
+// upstream is still taken to be able to land, when Options.SettleMargin is
+// zero.
+const DefaultSettleMargin = 30 * time.Second
+
+// errInDoubt means a reservation's outcome is not known yet.
+var errInDoubt = errors.New("outcome not known yet")
+
+// Reconcile tries once to settle every pending reservation that no request
+// of this process is working on, and returns the first error; reservations
+// whose outcome is still in doubt are not errors.
 func (s *Server) Reconcile(ctx context.Context) error {
 	pending, err := s.ledger.Reservations(ctx)
 	if err != nil {
@@ -24,14 +44,92 @@ func (s *Server) Reconcile(ctx context.Context) error {
 		if _, busy := s.inflight.Load(res.ID); busy {
 			continue
 		}
-		if err := s.reconcileOne(ctx, res); err != nil && firstErr == nil {
+		if err := s.settle(ctx, res); err != nil && !errors.Is(err, errInDoubt) && firstErr == nil {
 			firstErr = err
 		}
 	}
 	return firstErr
 }
 
-func (s *Server) reconcileOne(ctx context.Context, res storage.Reservation) error {
+// Settle runs the settler until ctx ends: at once, then whenever a request
+// hands over a reservation and every interval while any is pending. Each
+// reservation is retried with a backoff from interval up to 10s.
+func (s *Server) Settle(ctx context.Context, interval time.Duration) {
+	if interval <= 0 {
+		interval = time.Second
+	}
+	next := map[string]time.Time{}
+	delays := map[string]time.Duration{}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		pending, err := s.ledger.Reservations(ctx)
+		if err != nil && ctx.Err() == nil {
+			s.log.Warn().Err(err).Msg("settler: cannot list reservations")
+		}
+		now := s.now()
+		live := map[string]bool{}
+		for _, res := range pending {
+			live[res.ID] = true
+			if _, busy := s.inflight.Load(res.ID); busy || now.Before(next[res.ID]) {
+				continue
+			}
+			err := s.settle(ctx, res)
+			if err == nil {
+				continue
+			}
+			d := min(max(2*delays[res.ID], interval), 10*time.Second)
+			delays[res.ID], next[res.ID] = d, now.Add(d)
+			if !errors.Is(err, errInDoubt) {
+				s.log.Warn().Err(err).Str("reservation", res.ID).Msg("settler: will retry")
+			}
+		}
+		for id := range next {
+			if !live[id] {
+				delete(next, id)
+				delete(delays, id)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-s.kick:
+		}
+	}
+}
+
+// settleLater hands a reservation whose outcome is unknown to the settler.
+func (s *Server) settleLater(res storage.Reservation) {
+	s.inflight.Delete(res.ID)
+	s.log.Warn().Str("reservation", res.ID).Str("repo", res.Repo).Strs("tags", res.Tags).Str("digest", res.Digest.String()).
+		Str("kind", string(res.Kind)).Msg("outcome unknown; the settler holds the reservation until the upstream shows it")
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// releaseOrLog releases a reservation after a definite failure.
+func (s *Server) releaseOrLog(id string) {
+	if err := s.ledger.Release(context.Background(), id); err != nil {
+		s.log.Error().Err(err).Str("reservation", id).Msg("could not release reservation; it will be reconciled")
+	}
+}
+
+// settle settles one reservation if its outcome is known, and returns an
+// error wrapping errInDoubt when it is not yet.
+func (s *Server) settle(ctx context.Context, res storage.Reservation) error {
+	if res.IsDelete() {
+		return s.settleDelete(ctx, res)
+	}
+	return s.settlePush(ctx, res)
+}
+
+// settlePush commits the tags the upstream holds with the reserved digest
+// once all of them do, or, once the push can no longer land, those that do,
+// releasing the rest.
+func (s *Server) settlePush(ctx context.Context, res storage.Reservation) error {
 	now := s.now()
 	var (
 		bindings []storage.Binding
@@ -42,75 +140,109 @@ func (s *Server) reconcileOne(ctx context.Context, res storage.Reservation) erro
 	for _, tag := range res.Tags {
 		b, mediaType, found, err := s.getManifest(ctx, http.Header{}, res.Repo, tag)
 		if err != nil {
-			return fmt.Errorf("reconcile %s:%s: %w", res.Repo, tag, err)
+			return fmt.Errorf("settle %s:%s: %w", res.Repo, tag, err)
 		}
 		if !found || res.Digest.Algorithm().FromBytes(b) != res.Digest {
 			continue
 		}
 		if refs, err = parseManifest(mediaType, b); err != nil {
-			return fmt.Errorf("reconcile %s:%s: %w", res.Repo, tag, err)
+			return fmt.Errorf("settle %s:%s: %w", res.Repo, tag, err)
 		}
 		body = b
-		mode, rule := s.im.ModeFor(res.Repo, tag)
-		prev, err := s.ledger.Binding(ctx, res.Repo, tag)
-		kind := storage.EventAccepted
-		if err == nil && prev.Digest == res.Digest {
-			kind = storage.EventIdentical
-		} else if err == nil {
-			kind = storage.EventMoved
-		}
-		closure, err := s.closure(ctx, http.Header{}, res.Repo, refs)
+		st, err := s.readState(ctx, res.Repo, tag)
 		if err != nil {
-			return fmt.Errorf("reconcile %s:%s: %w", res.Repo, tag, err)
+			return err
 		}
-		nb := storage.Binding{Repo: res.Repo, Tag: tag, Digest: res.Digest, MediaType: refs.MediaType, Size: int64(len(b)),
-			Mode: mode.String(), Rule: rule, PushedAt: res.CreatedAt, PushedBy: "unknown (reconciled)", Closure: closure}
-		if kind == storage.EventIdentical {
-			nb.PushedAt, nb.PushedBy = prev.PushedAt, prev.PushedBy
+		d := tagDecision{tagState: st, verdict: policy.DecideWrite(st.mode, st.bound, res.Digest)}
+		if d.verdict == policy.Deny {
+			// The reservation kept the binding as the push found it, so
+			// this means the binding was rewritten around taglock (an
+			// import): verify reports the tag, repair puts it back.
+			s.log.Error().Str("repo", res.Repo).Str("tag", tag).Str("bound", st.bound.String()).Str("upstream", res.Digest.String()).
+				Msg("settle: the upstream holds a digest the tag's binding refuses; not recording it")
+			continue
 		}
-		if mode.String() == "immutable" {
-			nb.Manifest = b
+		user := res.User
+		if user == "" {
+			user = "unknown"
 		}
+		nb, ev := s.binding(res, d, now, user+" (reconciled)", b, refs)
+		ev.Message = "reconciled: the upstream holds the reserved digest"
 		bindings = append(bindings, nb)
-		events = append(events, storage.Event{Time: now, Kind: kind, Repo: res.Repo, Tag: tag, Digest: res.Digest,
-			Previous: prev.Digest, Message: "reconciled: the upstream holds the reserved digest"})
+		events = append(events, ev)
 	}
-	if err := s.ledger.Commit(ctx, res.ID, bindings, events); err != nil {
-		return fmt.Errorf("%w: reconcile commit: %v", ErrLedger, err)
+	if len(bindings) < len(res.Tags) && res.InDoubt(now, s.margin) {
+		return fmt.Errorf("push %s: %w", describe(res), errInDoubt)
 	}
+	var ms []storage.Manifest
 	if body != nil {
-		s.recordManifest(ctx, res.Repo, res.Digest, int64(len(body)), refs)
+		ms = append(ms, manifestRecord(res.Repo, res.Digest, int64(len(body)), refs))
 	}
-	s.log.Info().Str("repo", res.Repo).Strs("tags", res.Tags).Str("digest", res.Digest.String()).
-		Int("committed", len(bindings)).Msg("reconciled reservation")
+	if err := s.ledger.Commit(ctx, res.ID, bindings, events, ms...); err != nil {
+		if errors.Is(err, storage.ErrNotFound) {
+			return nil // settled meanwhile
+		}
+		return fmt.Errorf("%w: settle commit: %v", ErrLedger, err)
+	}
+	s.log.Info().Str("reservation", res.ID).Str("repo", res.Repo).Strs("tags", res.Tags).Str("digest", res.Digest.String()).
+		Int("committed", len(bindings)).Msg("settled push")
 	return nil
 }
 
-// reconcileLater settles a reservation whose push had an unclear outcome,
-// in the background, retrying until it is settled or the server stops.
-func (s *Server) reconcileLater(res storage.Reservation) {
-	s.inflight.Delete(res.ID)
-	s.bg.Add(1)
-	go func() {
-		defer s.bg.Done()
-		delay := 100 * time.Millisecond
-		for attempt := 0; attempt < 20; attempt++ {
-			ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
-			err := s.reconcileOne(ctx, res)
-			cancel()
-			if err == nil {
-				return
-			}
-			s.log.Warn().Err(err).Str("reservation", res.ID).Msg("reconcile failed; will retry")
-			time.Sleep(delay)
-			delay = min(2*delay, 30*time.Second)
+// settleDelete records a delete once the upstream no longer holds what it
+// removes, and releases it once it can no longer land.
+func (s *Server) settleDelete(ctx context.Context, res storage.Reservation) error {
+	path := "/v2/" + res.Repo + "/manifests/" + res.Digest.String()
+	switch {
+	case len(res.Tags) > 0:
+		path = "/v2/" + res.Repo + "/manifests/" + res.Tags[0]
+	case res.Blob:
+		path = "/v2/" + res.Repo + "/blobs/" + res.Digest.String()
+	}
+	gone, err := s.absent(ctx, path)
+	if err != nil {
+		return fmt.Errorf("settle delete of %s: %w", describe(res), err)
+	}
+	if gone {
+		ev := storage.Event{Time: s.now(), Kind: storage.EventDeleted, User: res.User,
+			Message: "reconciled: the upstream no longer holds it"}
+		marked, err := s.ledger.CommitDelete(ctx, res.ID, ev)
+		if err != nil && !errors.Is(err, storage.ErrNotFound) {
+			return fmt.Errorf("%w: settle delete: %v", ErrLedger, err)
 		}
-	}()
+		s.log.Info().Str("reservation", res.ID).Str("target", describe(res)).Int("deleted", len(marked)).Msg("settled delete")
+		return nil
+	}
+	if res.InDoubt(s.now(), s.margin) {
+		return fmt.Errorf("delete of %s: %w", describe(res), errInDoubt)
+	}
+	if err := s.ledger.Release(ctx, res.ID); err != nil {
+		return fmt.Errorf("%w: settle release: %v", ErrLedger, err)
+	}
+	s.log.Info().Str("reservation", res.ID).Str("target", describe(res)).Msg("settled delete: it did not happen")
+	return nil
 }
 
-// releaseOrLog releases a reservation after a definite failure.
-func (s *Server) releaseOrLog(id string) {
-	if err := s.ledger.Release(context.Background(), id); err != nil {
-		s.log.Error().Err(err).Str("reservation", id).Msg("could not release reservation; it will be reconciled")
+// absent HEADs path on the upstream with taglock's own credentials and the
+// full manifest Accept list: true on a 404, false on a 2xx, an error
+// otherwise.
+func (s *Server) absent(ctx context.Context, path string) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	req, err := newRequest(ctx, http.MethodHead, &url.URL{Path: path}, nil, http.Header{"Accept": manifestAccept})
+	if err != nil {
+		return false, err
 	}
+	resp, err := s.up.RoundTrip(req)
+	if err != nil {
+		return false, fmt.Errorf("%w: HEAD %s: %v", ErrLookup, path, err)
+	}
+	drain(resp)
+	switch {
+	case resp.StatusCode/100 == 2:
+		return false, nil
+	case resp.StatusCode == http.StatusNotFound:
+		return true, nil
+	}
+	return false, fmt.Errorf("%w: HEAD %s answered %d", ErrLookup, path, resp.StatusCode)
 }

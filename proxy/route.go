@@ -103,6 +103,11 @@ var (
 	mediaTypeRE   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$`)
 )
 
+// MaxTagsPerPush is how many ?tag= parameters one manifest push by digest
+// may carry; more are refused with 414, as the spec allows. The spec asks
+// registries to accept at least 10.
+const MaxTagsPerPush = 64
+
 // maxNameLength is the longest repository name accepted, as in Distribution.
 const maxNameLength = 255
 
@@ -365,16 +370,29 @@ func allowedQuery(rt *Route, q url.Values) (url.Values, error) {
 		}
 	case KindManifest:
 		if rt.Method == http.MethodPut {
-			tags := slices.Clone(q["tag"])
+			params := q["tag"]
 			if rt.Tag != "" {
-				tags = append(tags, rt.Tag)
+				if len(params) > 0 {
+					// The spec defines ?tag= only for a push by digest;
+					// what a registry does with both differs (Distribution
+					// ignores the parameters), so neither is guessed.
+					return nil, badRequest(errcode.ErrorCodeTagInvalid,
+						"tag parameters are allowed only when pushing by digest (PUT /v2/<name>/manifests/<digest>?tag=...); this request names the tag %q in its path", rt.Tag)
+				}
+				rt.Tags = []string{rt.Tag}
+				break
 			}
-			for _, t := range q["tag"] {
+			if len(params) > MaxTagsPerPush {
+				return nil, &requestError{code: errcode.ErrorCodeTagInvalid, status: http.StatusRequestURITooLong,
+					msg: fmt.Sprintf("%d tag parameters; at most %d are accepted in one push", len(params), MaxTagsPerPush)}
+			}
+			for _, t := range params {
 				if !tagRE.MatchString(t) {
 					return nil, badRequest(errcode.ErrorCodeTagInvalid, "invalid tag parameter %q", t)
 				}
 				out.Add("tag", t)
 			}
+			tags := slices.Clone(params)
 			slices.Sort(tags)
 			rt.Tags = slices.Compact(tags)
 		}

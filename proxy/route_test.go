@@ -116,9 +116,6 @@ func acceptCases() []acceptCase {
 		{"manifest put by digest with tags", "PUT", "/v2/x/manifests/" + d256.String() + "?tag=b&tag=a&tag=b",
 			Route{Kind: KindManifest, Method: "PUT", Name: "x", Digest: d256, Tags: []string{"a", "b"}, Query: url.Values{"tag": {"b", "a", "b"}}},
 			"/v2/x/manifests/" + d256.String() + "?tag=b&tag=a&tag=b"},
-		{"manifest put by tag with tag parameter", "PUT", "/v2/x/manifests/v1?tag=v0",
-			Route{Kind: KindManifest, Method: "PUT", Name: "x", Tag: "v1", Tags: []string{"v0", "v1"}, Query: q("tag", "v0")},
-			"/v2/x/manifests/v1?tag=v0"},
 		{"manifest delete by tag", "DELETE", "/v2/x/manifests/v1",
 			Route{Kind: KindManifest, Method: "DELETE", Name: "x", Tag: "v1", Query: none}, "/v2/x/manifests/v1"},
 		{"manifest delete by digest", "DELETE", "/v2/x/manifests/" + d256.String(),
@@ -305,6 +302,9 @@ func TestParseRequestRefuses(t *testing.T) {
 		{"tag with plus", "PUT", "/v2/a/manifests/v1+x", tagInvalid, bad},
 		{"tag parameter invalid", "PUT", "/v2/a/manifests/" + d256.String() + "?tag=ok&tag=-bad", tagInvalid, bad},
 		{"tag parameter empty", "PUT", "/v2/a/manifests/" + d256.String() + "?tag=", tagInvalid, bad},
+		{"tag parameter next to a path tag", "PUT", "/v2/a/manifests/v1?tag=extra1&tag=extra2", tagInvalid, bad},
+		{"one tag parameter next to the same path tag", "PUT", "/v2/a/manifests/v1?tag=v1", tagInvalid, bad},
+		{"more tag parameters than accepted", "PUT", "/v2/a/manifests/" + d256.String() + "?tag=t" + strings.Repeat("&tag=t", MaxTagsPerPush), tagInvalid, http.StatusRequestURITooLong},
 
 		// DIGEST_INVALID.
 		{"short digest", "GET", "/v2/a/manifests/sha256:abc", digestInvalid, bad},
@@ -377,7 +377,7 @@ func TestRouteRebuildIsFixedPoint(t *testing.T) {
 	// Every method on every endpoint shape, with every parameter family.
 	paths := []string{
 		"/v2/", "/v2", "/v2/_catalog?n=3&last=x/y", "/v2/a/b/tags/list?n=1&last=v1",
-		"/v2/a/manifests/v1?tag=v2&tag=v3", "/v2/a/manifests/" + d512.String() + "?tag=x",
+		"/v2/a/manifests/" + d256.String() + "?tag=v2&tag=v3", "/v2/a/manifests/" + d512.String() + "?tag=x",
 		"/v2/a/blobs/" + d256.String(), "/v2/a/blobs/uploads?mount=" + d256.String() + "&from=b/c&digest=" + d256b.String(),
 		"/v2/a/blobs/uploads/" + session + "?_state=a%2Bb%2F%3D&x=1&x=2&digest=" + d256.String(),
 		"/v2/a/referrers/" + d256.String() + "?artifactType=text/plain",

@@ -31,7 +31,7 @@ func (l *Ledger) Check(ctx context.Context) ([]string, error) {
 		}
 		for _, step := range []func(*bolt.Tx) error{
 			c.bindings, c.bindingRefs, c.events, c.eventIndexes,
-			c.reservations, c.reservedTags, c.manifests, c.pulls,
+			c.reservations, c.reservedTags, c.reservedDigests, c.manifests, c.pulls,
 		} {
 			if err := step(tx); err != nil {
 				return err
@@ -191,6 +191,39 @@ func (c *checker) reservations(tx *bolt.Tx) error {
 			if got := tags.Get(key(r.Repo, tag, r.ID)); digest.Digest(got) != r.Digest {
 				c.report("reservation %s lacks its tag entry for %s:%s", r.ID, r.Repo, tag)
 			}
+		}
+		if digs := tx.Bucket(bucketReservedDigs); digs != nil {
+			for _, d := range heldDigests(r) {
+				if ReservationKind(digs.Get(key(r.Repo, string(d), r.ID))) != kindOf(r) {
+					c.report("reservation %s lacks its digest entry for %s@%s", r.ID, r.Repo, d)
+				}
+			}
+		}
+	})
+}
+
+func (c *checker) reservedDigests(tx *bolt.Tx) error {
+	if tx.Bucket(bucketReservedDigs) == nil {
+		return nil // a read-only check of a file from before the index
+	}
+	return c.each(tx, bucketReservedDigs, func(k, v []byte) {
+		parts, ok := splitKey(k, 3)
+		if !ok {
+			c.report("reserved digest key %q is malformed", k)
+			return
+		}
+		repo, d, id := parts[0], digest.Digest(parts[1]), parts[2]
+		rv := tx.Bucket(bucketReservations).Get([]byte(id))
+		if rv == nil {
+			c.report("reserved digest %s@%s points at missing reservation %s", repo, d, id)
+			return
+		}
+		r, err := decodeReservation([]byte(id), rv)
+		if err != nil {
+			return // reported by c.reservations
+		}
+		if r.Repo != repo || !slices.Contains(heldDigests(r), d) || ReservationKind(v) != kindOf(r) {
+			c.report("reserved digest %s@%s does not match reservation %s", repo, d, id)
 		}
 	})
 }

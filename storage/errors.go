@@ -41,46 +41,52 @@ var (
 )
 
 // BusyError is the error Reserve returns (wrapped) when another pending
-// reservation holds one of the tags with a different digest. It unwraps to
-// ErrBusy.
+// reservation holds what the new one needs: a tag another push holds with a
+// different digest, a tag or digest a delete holds, or, for a delete, a
+// digest a push depends on. It unwraps to ErrBusy.
 type BusyError struct {
-	Repo   string
-	Tag    string
-	Digest digest.Digest // the digest the other reservation is pushing
-	Since  time.Time     // when the other reservation was made
+	Repo string
+	// Tag is the contended tag, or "" when the contention is on Digest.
+	Tag string
+	// Digest is the other reservation's digest, or the contended digest
+	// when Tag is "".
+	Digest digest.Digest
+	// Holder is the other reservation.
+	Holder Reservation
 }
 
 // Error describes the conflicting reservation.
 func (e *BusyError) Error() string {
-	return fmt.Sprintf("%s:%s is being pushed as %s since %s: %v",
-		e.Repo, e.Tag, e.Digest, e.Since.UTC().Format(time.RFC3339), ErrBusy)
+	what := "being pushed as " + string(e.Holder.Digest)
+	if e.Holder.IsDelete() {
+		what = "being deleted"
+	}
+	subject := e.Repo + ":" + e.Tag
+	if e.Tag == "" {
+		subject = e.Repo + "@" + string(e.Digest)
+		if !e.Holder.IsDelete() {
+			what = "used by a push of " + string(e.Holder.Digest)
+		}
+	}
+	return fmt.Sprintf("%s is %s since %s: %v", subject, what, e.Holder.CreatedAt.UTC().Format(time.RFC3339), ErrBusy)
 }
 
 // Unwrap returns ErrBusy.
 func (e *BusyError) Unwrap() error { return ErrBusy }
 
-// ChangedError is the error Reserve returns (wrapped) when a tag's live
-// binding digest is not the one the caller expected. It unwraps to
-// ErrChanged.
+// ChangedError is the error Reserve returns (wrapped) when a tag's binding
+// is not what the caller saw when it decided. It unwraps to ErrChanged.
 type ChangedError struct {
 	Repo     string
 	Tag      string
-	Expected digest.Digest // what the caller saw ("" = no live binding)
-	Actual   digest.Digest // the live binding digest now ("" = none)
+	Expected Seen // what the caller saw (zero = no binding)
+	Actual   Seen // the binding now (zero = none)
 }
 
-// Error names the tag and both digests.
+// Error names the tag and both states.
 func (e *ChangedError) Error() string {
-	return fmt.Sprintf("%s:%s: expected %s, found %s: %v",
-		e.Repo, e.Tag, orNone(e.Expected), orNone(e.Actual), ErrChanged)
+	return fmt.Sprintf("%s:%s: expected %s, found %s: %v", e.Repo, e.Tag, e.Expected, e.Actual, ErrChanged)
 }
 
 // Unwrap returns ErrChanged.
 func (e *ChangedError) Unwrap() error { return ErrChanged }
-
-func orNone(d digest.Digest) string {
-	if d == "" {
-		return "no binding"
-	}
-	return string(d)
-}

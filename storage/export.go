@@ -46,6 +46,9 @@ type (
 	reservationLine struct {
 		Type string `json:"type"`
 		Reservation
+		// Expect was stored with reservations by earlier versions; it
+		// is read and ignored.
+		Expect json.RawMessage `json:"expect,omitempty"`
 	}
 )
 
@@ -95,7 +98,7 @@ func (l *Ledger) Export(ctx context.Context, w io.Writer) error {
 		}},
 		{bucketReservations, func(k, v []byte) (any, error) {
 			r, err := decodeReservation(k, v)
-			return reservationLine{recordReservation, r}, err
+			return reservationLine{Type: recordReservation, Reservation: r}, err
 		}},
 		{bucketEvents, func(k, v []byte) (any, error) {
 			e, err := decodeEvent(k, v)
@@ -231,6 +234,9 @@ func parseRecord(raw []byte, stats *ImportStats) (func(*bolt.Tx) error, error) {
 			return nil, err
 		}
 		r := line.Reservation
+		if r.Kind == "" {
+			r.Kind = ReservePush
+		}
 		if err := checkName("reservation id", r.ID); err != nil {
 			return nil, err
 		}
@@ -239,7 +245,7 @@ func parseRecord(raw []byte, stats *ImportStats) (func(*bolt.Tx) error, error) {
 		}
 		stats.Reservations++
 		return func(tx *bolt.Tx) error {
-			if _, err := deleteReservation(tx, r.ID); err != nil {
+			if _, _, err := deleteReservation(tx, r.ID); err != nil {
 				return err
 			}
 			return putReservation(tx, r)

@@ -1,11 +1,13 @@
 package storage
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -26,14 +28,20 @@ var (
 	bucketEventsByKind = []byte("events_by_kind")
 	bucketReservations = []byte("reservations")
 	bucketReservedTags = []byte("reserved_tags")
+	bucketReservedDigs = []byte("reserved_digests")
 	bucketManifests    = []byte("manifests")
 	bucketPulls        = []byte("pulls")
 
 	allBuckets = [][]byte{
 		bucketMeta, bucketBindings, bucketBindingRefs,
 		bucketEvents, bucketEventsByTag, bucketEventsByRepo, bucketEventsByKind,
-		bucketReservations, bucketReservedTags, bucketManifests, bucketPulls,
+		bucketReservations, bucketReservedTags, bucketReservedDigs, bucketManifests, bucketPulls,
 	}
+
+	// addedBuckets are buckets later versions added to schema 1. Opening a
+	// file read-write creates them (and fills their indexes); a read-only
+	// open of an older file reads as if they were empty.
+	addedBuckets = [][]byte{bucketReservedDigs}
 
 	keyVersion = []byte("version")
 )
@@ -131,13 +139,16 @@ func createLayout(tx *bolt.Tx) error {
 	if meta.Get(keyVersion) == nil {
 		return meta.Put(keyVersion, []byte(schemaVersion))
 	}
-	return checkLayout(tx)
+	if err := checkLayout(tx); err != nil {
+		return err
+	}
+	return indexReservedDigests(tx)
 }
 
 // checkLayout verifies that every bucket exists and the version is known.
 func checkLayout(tx *bolt.Tx) error {
 	for _, name := range allBuckets {
-		if tx.Bucket(name) == nil {
+		if tx.Bucket(name) == nil && (tx.Writable() || !slices.ContainsFunc(addedBuckets, func(b []byte) bool { return bytes.Equal(b, name) })) {
 			return fmt.Errorf("missing bucket %s: %w", name, ErrCorrupt)
 		}
 	}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/taglock/taglock/storage"
 	"github.com/taglock/taglock/storage/ledgertest"
@@ -154,7 +155,7 @@ func TestReservationSurvivesCrash(t *testing.T) {
 	}
 	r := ledgertest.MustReserve(t, l, storage.Reservation{
 		Repo: "r", Tags: []string{"v1", "latest"}, Digest: ledgertest.Digest("one"),
-		Expect: map[string]digest.Digest{"latest": ""},
+		Expect: map[string]storage.Seen{"latest": {}},
 	})
 	if !r.CreatedAt.Equal(ledgertest.At(42)) {
 		t.Errorf("CreatedAt = %v, want the injected clock's %v", r.CreatedAt, ledgertest.At(42))
@@ -363,7 +364,7 @@ func TestCommitRecordsManifests(t *testing.T) {
 	ctx := context.Background()
 	d := digest.FromString("index")
 	child := digest.FromString("child")
-	res, err := l.Reserve(ctx, storage.Reservation{Repo: "team/app", Tags: []string{"1.0.0"}, Digest: d, Expect: map[string]digest.Digest{"1.0.0": ""}})
+	res, err := l.Reserve(ctx, storage.Reservation{Repo: "team/app", Tags: []string{"1.0.0"}, Digest: d, Expect: map[string]storage.Seen{"1.0.0": {}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -382,5 +383,59 @@ func TestCommitRecordsManifests(t *testing.T) {
 	}
 	if _, err := l.Manifest(ctx, "team/app", other.Digest); !errors.Is(err, storage.ErrNotFound) {
 		t.Fatalf("a failed commit recorded its manifest: %v", err)
+	}
+}
+
+func TestOpenIndexesReservationsFromBeforeTheDigestIndex(t *testing.T) {
+	// A ledger written before reservations indexed their digests still
+	// opens: read-only as it is, and read-write with the index added, so
+	// that a push pending across the upgrade still holds its content
+	// against deletes.
+	t.Parallel()
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "taglock.db")
+	l, err := storage.Open(path, storage.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := ledgertest.MustReserve(t, l, storage.Reservation{Repo: "r", Tags: []string{"v1"}, Digest: ledgertest.Digest("m"),
+		Closure: []digest.Digest{ledgertest.Digest("layer")}})
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error { return tx.DeleteBucket([]byte("reserved_digests")) }); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	ro, err := storage.Open(path, storage.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatalf("read-only Open of a ledger without the digest index: %v", err)
+	}
+	if problems, err := ro.Check(ctx); err != nil {
+		t.Errorf("read-only Check: %v %q", err, problems)
+	}
+	if err := ro.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	l, err = storage.Open(path, storage.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if problems, err := l.Check(ctx); err != nil {
+		t.Errorf("Check after the upgrade: %v %q", err, problems)
+	}
+	_, err = l.Reserve(ctx, storage.Reservation{Kind: storage.ReserveDelete, Repo: "r", Digest: ledgertest.Digest("layer"), Blob: true})
+	var be *storage.BusyError
+	if !errors.As(err, &be) || be.Holder.ID != r.ID {
+		t.Errorf("delete of a layer the pending push uses: err = %v, want ErrBusy held by %s", err, r.ID)
 	}
 }

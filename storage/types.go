@@ -6,8 +6,8 @@ import (
 	digest "github.com/opencontainers/go-digest"
 )
 
-// Modes a binding can be recorded with. They are the policy's vocabulary; the
-// ledger only treats ModeImmutable specially (see Reserve).
+// Modes a binding can be recorded with. They are the policy's vocabulary;
+// the ledger stores them and never acts on them.
 const (
 	// ModeImmutable tags never move and keep their binding after deletion.
 	ModeImmutable = "immutable"
@@ -51,8 +51,7 @@ const (
 	EventDeleted   EventKind = "deleted"   // a tag or manifest was deleted
 	EventAdopted   EventKind = "adopted"   // a tag found upstream was recorded
 	EventWarned    EventKind = "warned"    // a warn-mode tag moved
-	EventReleased  EventKind = "released"  // a reservation was given up
-	EventRestored  EventKind = "restored"  // a tombstoned tag was bound again
+	EventRestored  EventKind = "restored"  // a drifted immutable tag was put back on its recorded digest
 )
 
 // Event is one append-only history entry. Seq is assigned by the ledger
@@ -72,17 +71,96 @@ type Event struct {
 	RequestID string        `json:"requestId,omitempty"`
 }
 
-// Reservation holds tags for one in-flight manifest push. It is persisted, so
-// it survives a crash.
+// ReservationKind says what a reservation holds its tags and digests for.
+type ReservationKind string
+
+// Reservation kinds.
+const (
+	// ReservePush holds tags for a manifest push; the zero Kind means it.
+	ReservePush ReservationKind = "push"
+	// ReserveDelete holds a tag, a manifest or a blob for a delete.
+	ReserveDelete ReservationKind = "delete"
+)
+
+// Reservation holds tags and digests for one request in flight to the
+// upstream: a manifest push, or a delete of a tag, a manifest or a blob. It
+// is persisted, so it survives a crash, and it is settled by Commit (a push),
+// CommitDelete (a delete) or Release.
+//
+// What a reservation holds, within its repository:
+//
+//   - a push holds Tags for Digest (other pushes of the same digest share
+//     them) and depends on Digest and every digest in Closure, so no delete
+//     of any of them can be reserved while it is pending;
+//   - a delete by tag (one entry in Tags) holds that tag alone;
+//   - a delete by digest (no Tags) holds Digest alone, a manifest or, with
+//     Blob, a blob: no push that depends on it and no other delete of it can
+//     be reserved while it is pending.
 type Reservation struct {
-	ID        string        `json:"id"` // assigned by Reserve (random, 16 bytes hex)
-	Repo      string        `json:"repo"`
-	Tags      []string      `json:"tags"`
-	Digest    digest.Digest `json:"digest"`
-	CreatedAt time.Time     `json:"createdAt"`
-	// Expect maps each tag to the binding digest the caller saw when it
-	// decided ("" or absent = no live binding). Only Reserve acts on it.
-	Expect map[string]digest.Digest `json:"expect,omitempty"`
+	// ID identifies the reservation: 32 lowercase hex digits. Reserve
+	// assigns a random one when it is empty.
+	ID string `json:"id"`
+	// Kind is ReservePush ("" means the same) or ReserveDelete.
+	Kind ReservationKind `json:"kind,omitempty"`
+	Repo string          `json:"repo"`
+	// Tags are the tags a push writes, or the one tag a delete removes.
+	Tags []string `json:"tags,omitempty"`
+	// Digest is the manifest pushed, the manifest or blob deleted, or, for
+	// a delete by tag, the digest the tag was bound to ("" when the ledger
+	// has no binding for it).
+	Digest digest.Digest `json:"digest"`
+	// Blob marks a delete of a blob rather than a manifest.
+	Blob bool `json:"blob,omitempty"`
+	// Closure is every digest the pushed manifest references (child
+	// manifests and blobs, transitively); deletes of them wait for the
+	// push.
+	Closure []digest.Digest `json:"closure,omitempty"`
+	// Mode, for a delete by tag, is the mode the tag's tombstone records
+	// (the mode that governed the tag when the delete was decided); ""
+	// keeps the binding's own.
+	Mode string `json:"mode,omitempty"`
+	// CreatedAt is set by Reserve from Options.Now.
+	CreatedAt time.Time `json:"createdAt"`
+	// Deadline is when taglock's own request to the upstream for this
+	// reservation ends at the latest; zero when unknown. Until some margin
+	// after it, the request may still land, so its outcome stays in doubt.
+	Deadline time.Time `json:"deadline,omitzero"`
+	// Owner names the process that made the reservation and works on it.
+	Owner string `json:"owner,omitempty"`
+	// User is who asked for the push or delete, for the records made when
+	// it is settled after a crash.
+	User string `json:"user,omitempty"`
+	// Expect maps each tag to what the caller saw of its binding when it
+	// decided (absent = no binding). Reserve refuses the reservation when
+	// any binding differs; it is not stored.
+	Expect map[string]Seen `json:"-"`
+}
+
+// IsDelete reports whether r is a delete reservation.
+func (r Reservation) IsDelete() bool { return r.Kind == ReserveDelete }
+
+// Seen is what a caller saw of a tag's binding when it decided: the digest,
+// the recorded mode and whether it was a tombstone. The zero Seen means no
+// binding at all.
+type Seen struct {
+	Digest  digest.Digest `json:"digest,omitempty"`
+	Mode    string        `json:"mode,omitempty"`
+	Deleted bool          `json:"deleted,omitempty"`
+}
+
+// Seen returns what b shows a deciding caller.
+func (b Binding) Seen() Seen { return Seen{Digest: b.Digest, Mode: b.Mode, Deleted: b.Deleted} }
+
+// String describes s for messages: "no binding", the digest, or the digest
+// marked as a tombstone.
+func (s Seen) String() string {
+	switch {
+	case s == Seen{}:
+		return "no binding"
+	case s.Deleted:
+		return string(s.Digest) + " (" + s.Mode + ", deleted)"
+	}
+	return string(s.Digest) + " (" + s.Mode + ")"
 }
 
 // Manifest records what a manifest references, so deletes and retention can

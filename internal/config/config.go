@@ -81,6 +81,11 @@ type Upstream struct {
 	// manifest writes); streamed client traffic is not bounded by it.
 	// Default 30s.
 	Timeout Duration `yaml:"timeout"`
+	// SettleMargin is how long after its timeout a manifest push or delete
+	// whose answer taglock did not get is still taken to be able to land
+	// on the upstream. Until then its tags stay held: other content for
+	// them gets 503 "still settling". Default 30s.
+	SettleMargin Duration `yaml:"settle_margin"`
 }
 
 // UpstreamAuth is `upstream.auth:`.
@@ -269,8 +274,9 @@ func Default() Config {
 		Data:   "./taglock-data",
 		Log:    Log{Level: "info", Format: "auto"},
 		Upstream: Upstream{
-			Auth:    UpstreamAuth{Mode: "passthrough"},
-			Timeout: Duration(30 * time.Second),
+			Auth:         UpstreamAuth{Mode: "passthrough"},
+			Timeout:      Duration(30 * time.Second),
+			SettleMargin: Duration(30 * time.Second),
 		},
 		Immutability: Immutability{
 			Default: "immutable",

@@ -81,6 +81,9 @@ func (c Config) Validate() []FieldError {
 	if c.Upstream.Timeout < 0 {
 		add("upstream.timeout", "must not be negative")
 	}
+	if c.Upstream.SettleMargin < 0 {
+		add("upstream.settle_margin", "must not be negative")
+	}
 
 	if _, err := policy.ParseMode(c.Immutability.Default); err != nil {
 		add("immutability.default", "want immutable, mutable or warn, got %q", c.Immutability.Default)

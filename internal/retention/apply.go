@@ -11,6 +11,8 @@ import (
 
 	digest "github.com/opencontainers/go-digest"
 
+	"github.com/taglock/taglock/policy"
+	"github.com/taglock/taglock/proxy"
 	"github.com/taglock/taglock/storage"
 )
 
@@ -197,6 +199,11 @@ func (r *Runner) deleteOne(ctx context.Context, d *Deletion) error {
 	return r.deleteDigest(ctx, d)
 }
 
+// deleteTag deletes one tag the plan deletes or releases, if its binding
+// is still the one planned. The delete reserves the tag, so a push of it
+// waits, and its tombstone is written in the transaction that ends the
+// reservation, from the binding as it is then. A released tag's tombstone
+// records the mode that governed the release, so it keeps the tag bound.
 func (r *Runner) deleteTag(ctx context.Context, d *Deletion) error {
 	b, err := r.ledger.Binding(ctx, d.Repo, d.Tag)
 	switch {
@@ -213,57 +220,62 @@ func (r *Runner) deleteTag(ctx context.Context, d *Deletion) error {
 		r.auditDeletion(d)
 		return nil
 	}
-	found, err := r.up.UpstreamDelete(ctx, d.Repo, d.Tag)
-	if err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		d.Outcome, d.Error = OutcomeFailed, err.Error()
-		r.auditDeletion(d)
-		return nil
-	}
-	d.Outcome = OutcomeDeleted
-	if !found {
-		d.Outcome = OutcomeGone
-	}
-	now := r.now().UTC()
-	b.Deleted, b.DeletedAt = true, now
+	configured, _ := r.im.ModeFor(d.Repo, d.Tag)
+	mode := policy.Effective(configured, b.Mode)
 	reason := "retention"
 	if d.Released {
 		reason = "retention-released"
 	}
-	ev := storage.Event{Time: now, Kind: storage.EventDeleted, Repo: d.Repo, Tag: d.Tag, Digest: d.Digest, User: "taglock retention",
-		Rule: d.Policy, Reason: reason, Message: "retention: " + d.Reason}
-	if err := r.ledger.Put(context.WithoutCancel(ctx), []storage.Binding{b}, []storage.Event{ev}); err != nil {
-		return fmt.Errorf("record the deletion of %s:%s (deleted upstream; the next run records it): %w", d.Repo, d.Tag, err)
-	}
-	r.auditDeletion(d)
-	return nil
+	res, err := r.up.Remove(ctx, proxy.Removal{Repo: d.Repo, Tag: d.Tag, Digest: d.Digest, Expect: b.Seen(), Mode: mode.String(),
+		Event: storage.Event{Kind: storage.EventDeleted, User: "taglock retention", Rule: d.Policy, Reason: reason, Message: "retention: " + d.Reason}})
+	return r.outcome(ctx, d, res, err)
 }
 
+// deleteDigest deletes one manifest the plan deletes, unless a tag now
+// references it. The delete reserves the manifest and the check runs under
+// that reservation, so a push that would bind a tag to it, or to an index
+// that uses it, either finished before (and the check sees its tag) or
+// waits until the delete is done.
 func (r *Runner) deleteDigest(ctx context.Context, d *Deletion) error {
-	bs, err := r.ledger.Referencing(ctx, d.Repo, d.Digest)
-	if err != nil {
-		return fmt.Errorf("referencing %s@%s: %w", d.Repo, d.Digest, err)
-	}
-	for _, b := range bs {
-		if !b.Deleted {
-			d.Outcome = OutcomeSkipped
-			d.Error = fmt.Sprintf("tag %s (%s) now points to it", b.Tag, b.Digest)
-			r.auditDeletion(d)
+	res, err := r.up.Remove(ctx, proxy.Removal{Repo: d.Repo, Digest: d.Digest,
+		Check: func(bs []storage.Binding) error {
+			for _, b := range bs {
+				if !b.Deleted {
+					return &skip{fmt.Sprintf("tag %s (%s) now points to it", b.Tag, b.Digest)}
+				}
+			}
 			return nil
-		}
-	}
-	found, err := r.up.UpstreamDelete(ctx, d.Repo, d.Digest.String())
-	if err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		d.Outcome, d.Error = OutcomeFailed, err.Error()
-	} else if found {
+		},
+		Event: storage.Event{Kind: storage.EventDeleted, User: "taglock retention", Rule: d.Policy, Reason: "retention", Message: "retention: " + d.Reason}})
+	return r.outcome(ctx, d, res, err)
+}
+
+// skip is a deletion the state at deletion time rules out.
+type skip struct{ why string }
+
+func (s *skip) Error() string { return s.why }
+
+// outcome sets d's outcome from a Remove and writes its audit line. The
+// error is for what must stop the run: the ledger or the context.
+func (r *Runner) outcome(ctx context.Context, d *Deletion, res proxy.RemoveResult, err error) error {
+	var sk *skip
+	switch {
+	case err == nil && res.Found:
 		d.Outcome = OutcomeDeleted
-	} else {
+	case err == nil:
 		d.Outcome = OutcomeGone
+	case errors.As(err, &sk):
+		d.Outcome, d.Error = OutcomeSkipped, sk.why
+	case errors.Is(err, storage.ErrChanged):
+		d.Outcome, d.Error = OutcomeSkipped, "a push changed the tag after the plan"
+	case errors.Is(err, storage.ErrBusy):
+		d.Outcome, d.Error = OutcomeSkipped, "a push or delete of it is in flight: "+err.Error()
+	case ctx.Err() != nil:
+		return ctx.Err()
+	case errors.Is(err, proxy.ErrLedger):
+		return err
+	default:
+		d.Outcome, d.Error = OutcomeFailed, err.Error()
 	}
 	r.auditDeletion(d)
 	return nil

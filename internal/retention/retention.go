@@ -38,12 +38,14 @@ type Ledger interface {
 
 var _ Ledger = (*storage.Ledger)(nil)
 
-// Upstream is the registry retention lists and deletes from, directly.
+// Upstream is the registry retention lists and deletes from. Its deletes
+// go through the same reservations as the registry API's, so retention
+// never deletes what a push in flight is binding.
 type Upstream interface {
 	UpstreamRepositories(ctx context.Context) ([]string, error)
 	UpstreamTags(ctx context.Context, repo string) ([]string, error)
 	UpstreamManifest(ctx context.Context, repo, ref string) (body []byte, mediaType string, found bool, err error)
-	UpstreamDelete(ctx context.Context, repo, ref string) (found bool, err error)
+	Remove(ctx context.Context, rm proxy.Removal) (proxy.RemoveResult, error)
 }
 
 var _ Upstream = (*proxy.Server)(nil)

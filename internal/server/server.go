@@ -42,6 +42,9 @@ type Server struct {
 	done     chan error
 	insight  *insight // audit file, scheduled verify
 	ret      *retentionParts
+
+	stopSettler context.CancelFunc
+	settlerDone chan struct{}
 }
 
 // LedgerPath is where the ledger lives under the data directory.
@@ -49,7 +52,20 @@ func LedgerPath(data string) string { return filepath.Join(data, "ledger.db") }
 
 // Start opens the ledger, starts the upstream and serves on cfg.Listen in
 // the background. The listener is bound when Start returns.
-func Start(ctx context.Context, cfg config.Config, log zerolog.Logger) (_ *Server, err error) {
+func Start(ctx context.Context, cfg config.Config, log zerolog.Logger) (*Server, error) {
+	return StartWith(ctx, cfg, log, Hooks{})
+}
+
+// Hooks change how Start builds taglock, for tests that inject faults. The
+// zero Hooks change nothing.
+type Hooks struct {
+	// Upstream, when set, wraps the upstream (embedded or remote) that the
+	// proxy uses.
+	Upstream func(proxy.Upstream) proxy.Upstream
+}
+
+// StartWith is Start with hooks.
+func StartWith(ctx context.Context, cfg config.Config, log zerolog.Logger, hooks Hooks) (_ *Server, err error) {
 	s := &Server{cfg: cfg, log: log, done: make(chan error, 1)}
 	defer func() {
 		if err != nil {
@@ -84,6 +100,9 @@ func Start(ctx context.Context, cfg config.Config, log zerolog.Logger) (_ *Serve
 		}
 		s.up = proxy.NewRemote(base, keepPasswords(cfg, creds), nil)
 	}
+	if hooks.Upstream != nil {
+		s.up = hooks.Upstream(s.up)
+	}
 	im, err := cfg.ImmutabilityPolicy()
 	if err != nil {
 		return nil, err
@@ -116,14 +135,23 @@ func Start(ctx context.Context, cfg config.Config, log zerolog.Logger) (_ *Serve
 		Metrics:       metrics,
 		Audit:         s.insight.auditLogger(),
 		LookupTimeout: cfg.Upstream.Timeout.Std(),
+		SettleMargin:  cfg.Upstream.SettleMargin.Std(),
 		Auth:          authn,
 		Access:        access,
 	})
 	if err := s.proxy.Reconcile(ctx); err != nil {
 		// Unsettled reservations stay and keep their tags held; pushes
 		// of other content to them wait and are refused, never allowed.
+		// The settler keeps trying.
 		log.Warn().Err(err).Msg("start-up reconcile incomplete; pending reservations keep their tags held")
 	}
+	settleCtx, stopSettler := context.WithCancel(context.Background())
+	s.settlerDone = make(chan struct{})
+	s.stopSettler = stopSettler
+	go func() {
+		defer close(s.settlerDone)
+		s.proxy.Settle(settleCtx, time.Second)
+	}()
 
 	if err := s.ret.start(cfg, s.ledger, s.proxy, reg, log, s.insight.auditLogger()); err != nil {
 		return nil, err
@@ -210,12 +238,17 @@ func (s *Server) Done() <-chan error { return s.done }
 // included) until ctx ends, then closes the registry and the ledger.
 func (s *Server) Shutdown(ctx context.Context) error {
 	err := s.http.Shutdown(ctx)
-	s.proxy.Wait()
 	s.closeAll()
 	return err
 }
 
 func (s *Server) closeAll() {
+	if s.stopSettler != nil {
+		// Reservations still pending stay in the ledger and are settled
+		// after the next start.
+		s.stopSettler()
+		<-s.settlerDone
+	}
 	s.insight.close()
 	s.ret.stop()
 	if s.registry != nil {

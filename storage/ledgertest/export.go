@@ -41,8 +41,10 @@ func Populate(t testing.TB, l *storage.Ledger) storage.ImportStats {
 	}
 	MustReserve(t, l, storage.Reservation{
 		Repo: "app", Tags: []string{"v3", "latest"}, Digest: Digest("three"),
-		Expect: map[string]digest.Digest{"latest": ""},
+		Closure: []digest.Digest{Digest("three/layer")}, Deadline: At(6), Owner: "replica-a",
+		Expect: map[string]storage.Seen{"latest": {}},
 	})
+	MustReserve(t, l, storage.Reservation{Kind: storage.ReserveDelete, Repo: "app", Digest: Digest("old"), Deadline: At(7)})
 	for _, m := range []storage.Manifest{
 		{Repo: "base", Digest: Digest("index"), Size: 9, Children: []digest.Digest{Digest("amd64"), Digest("arm64")}},
 		{Repo: "base", Digest: Digest("amd64"), Size: 7, Blobs: []digest.Digest{Digest("layer")}, Subject: Digest("x")},
@@ -57,7 +59,7 @@ func Populate(t testing.TB, l *storage.Ledger) storage.ImportStats {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	return storage.ImportStats{Bindings: 4, Events: 4, Manifests: 2, Pulls: 2, Reservations: 1}
+	return storage.ImportStats{Bindings: 4, Events: 4, Manifests: 2, Pulls: 2, Reservations: 2}
 }
 
 // MustExport exports l or fails the test.
@@ -106,6 +108,12 @@ func testExportImport(t *testing.T, open Opener) {
 	}
 	if _, err := dst.Reserve(ctx, storage.Reservation{Repo: "app", Tags: []string{"v3"}, Digest: Digest("other")}); !errors.Is(err, storage.ErrBusy) {
 		t.Errorf("imported reservation does not hold its tag: err = %v", err)
+	}
+	if _, err := dst.Reserve(ctx, storage.Reservation{Kind: storage.ReserveDelete, Repo: "app", Digest: Digest("three/layer"), Blob: true}); !errors.Is(err, storage.ErrBusy) {
+		t.Errorf("imported push reservation does not hold its closure: err = %v", err)
+	}
+	if _, err := dst.Reserve(ctx, storage.Reservation{Repo: "app", Tags: []string{"v9"}, Digest: Digest("old")}); !errors.Is(err, storage.ErrBusy) {
+		t.Errorf("imported delete reservation does not hold its digest: err = %v", err)
 	}
 }
 

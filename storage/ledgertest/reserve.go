@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	digest "github.com/opencontainers/go-digest"
 
@@ -12,10 +13,11 @@ import (
 )
 
 func testReserveExpect(t *testing.T, open Opener) {
-	// Reserve succeeds only when the caller's expectation matches the live
-	// binding digest, where a non-immutable tombstone counts as no binding
-	// and an immutable tombstone keeps its digest.
-	d1, d2 := Digest("one"), Digest("two")
+	// Reserve succeeds only when every binding is exactly what the caller
+	// saw: digest, recorded mode and tombstone flag. The ledger applies no
+	// rule of its own about tombstones: whether one binds its tag is the
+	// caller's decision, and Reserve only makes it safe against change.
+	one := NewBinding("r", "t", "one")
 	tombstone := func(mode string) storage.Binding {
 		b := NewBinding("r", "t", "one")
 		b.Mode, b.Deleted, b.DeletedAt = mode, true, At(1)
@@ -24,32 +26,36 @@ func testReserveExpect(t *testing.T, open Opener) {
 	tests := []struct {
 		name    string
 		binding *storage.Binding
-		expect  digest.Digest
-		actual  digest.Digest // when ErrChanged is wanted
+		expect  storage.Seen
 		changed bool
 	}{
-		{name: "unbound, expect none", expect: ""},
-		{name: "unbound, expect a digest", expect: d1, changed: true},
-		{name: "bound, expect none", binding: ptr(NewBinding("r", "t", "one")), expect: "", actual: d1, changed: true},
-		{name: "bound, expect it", binding: ptr(NewBinding("r", "t", "one")), expect: d1},
-		{name: "bound, expect another", binding: ptr(NewBinding("r", "t", "one")), expect: d2, actual: d1, changed: true},
-		{name: "mutable tombstone, expect none", binding: ptr(tombstone(storage.ModeMutable)), expect: ""},
-		{name: "mutable tombstone, expect its digest", binding: ptr(tombstone(storage.ModeMutable)), expect: d1, changed: true},
-		{name: "warn tombstone, expect none", binding: ptr(tombstone(storage.ModeWarn)), expect: ""},
-		{name: "immutable tombstone, expect none", binding: ptr(tombstone(storage.ModeImmutable)), expect: "", actual: d1, changed: true},
-		{name: "immutable tombstone, expect its digest", binding: ptr(tombstone(storage.ModeImmutable)), expect: d1},
+		{name: "unbound, expect none", expect: storage.Seen{}},
+		{name: "unbound, expect a binding", expect: one.Seen(), changed: true},
+		{name: "bound, expect none", binding: ptr(one), changed: true},
+		{name: "bound, expect it", binding: ptr(one), expect: one.Seen()},
+		{name: "bound, expect another digest", binding: ptr(one), expect: storage.Seen{Digest: Digest("two"), Mode: storage.ModeImmutable}, changed: true},
+		{name: "bound, expect another mode", binding: ptr(one), expect: storage.Seen{Digest: one.Digest, Mode: storage.ModeWarn}, changed: true},
+		{name: "bound, expect its tombstone", binding: ptr(one), expect: tombstone(storage.ModeImmutable).Seen(), changed: true},
+		{name: "mutable tombstone, expect it", binding: ptr(tombstone(storage.ModeMutable)), expect: tombstone(storage.ModeMutable).Seen()},
+		{name: "mutable tombstone, expect none", binding: ptr(tombstone(storage.ModeMutable)), changed: true},
+		{name: "warn tombstone, expect it", binding: ptr(tombstone(storage.ModeWarn)), expect: tombstone(storage.ModeWarn).Seen()},
+		{name: "warn tombstone, expect it live", binding: ptr(tombstone(storage.ModeWarn)), expect: storage.Seen{Digest: one.Digest, Mode: storage.ModeWarn}, changed: true},
+		{name: "immutable tombstone, expect it", binding: ptr(tombstone(storage.ModeImmutable)), expect: tombstone(storage.ModeImmutable).Seen()},
+		{name: "immutable tombstone, expect none", binding: ptr(tombstone(storage.ModeImmutable)), changed: true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			ctx := context.Background()
 			l := open(t)
+			var actual storage.Seen
 			if tc.binding != nil {
 				MustPut(t, l, []storage.Binding{*tc.binding})
+				actual = tc.binding.Seen()
 			}
 			r, err := l.Reserve(ctx, storage.Reservation{
-				Repo: "r", Tags: []string{"ok", "t"}, Digest: d2,
-				Expect: map[string]digest.Digest{"t": tc.expect},
+				Repo: "r", Tags: []string{"ok", "t"}, Digest: Digest("two"),
+				Expect: map[string]storage.Seen{"t": tc.expect},
 			})
 			pending, perr := l.Reservations(ctx)
 			if perr != nil {
@@ -59,9 +65,10 @@ func testReserveExpect(t *testing.T, open Opener) {
 				if err != nil {
 					t.Fatalf("Reserve: %v", err)
 				}
-				if len(r.ID) != 32 || strings.Trim(r.ID, "0123456789abcdef") != "" || r.CreatedAt.IsZero() {
-					t.Errorf("Reserve returned ID %q CreatedAt %v; want 32 hex digits and a time", r.ID, r.CreatedAt)
+				if len(r.ID) != 32 || strings.Trim(r.ID, "0123456789abcdef") != "" || r.CreatedAt.IsZero() || r.Kind != storage.ReservePush {
+					t.Errorf("Reserve returned ID %q CreatedAt %v Kind %q; want 32 hex digits, a time and push", r.ID, r.CreatedAt, r.Kind)
 				}
+				r.Expect = nil // not stored
 				equal(t, "pending reservations", pending, []storage.Reservation{r})
 				return
 			}
@@ -69,7 +76,7 @@ func testReserveExpect(t *testing.T, open Opener) {
 			if !errors.Is(err, storage.ErrChanged) || !errors.As(err, &ce) {
 				t.Fatalf("Reserve: err = %v, want ErrChanged as *ChangedError", err)
 			}
-			equal(t, "ChangedError", *ce, storage.ChangedError{Repo: "r", Tag: "t", Expected: tc.expect, Actual: tc.actual})
+			equal(t, "ChangedError", *ce, storage.ChangedError{Repo: "r", Tag: "t", Expected: tc.expect, Actual: actual})
 			if !strings.Contains(err.Error(), "r:t") {
 				t.Errorf("error %q does not name the tag", err)
 			}
@@ -81,7 +88,7 @@ func testReserveExpect(t *testing.T, open Opener) {
 func ptr[T any](v T) *T { return &v }
 
 func testReserveBusy(t *testing.T, open Opener) {
-	// A pending reservation blocks other digests from its tags, not the same
+	// A pending push blocks other digests from its tags, not the same
 	// digest, and a refused Reserve stores nothing.
 	ctx := context.Background()
 	l := open(t)
@@ -93,8 +100,8 @@ func testReserveBusy(t *testing.T, open Opener) {
 	if !errors.Is(err, storage.ErrBusy) || !errors.As(err, &be) {
 		t.Fatalf("Reserve of a reserved tag with another digest: err = %v, want ErrBusy as *BusyError", err)
 	}
-	if be.Repo != "r" || be.Tag != "latest" || be.Digest != d1 || !be.Since.Equal(first.CreatedAt) {
-		t.Errorf("BusyError = %+v, want r:latest held by %s since %v", *be, d1, first.CreatedAt)
+	if be.Repo != "r" || be.Tag != "latest" || be.Digest != d1 || be.Holder.ID != first.ID || !be.Holder.CreatedAt.Equal(first.CreatedAt) {
+		t.Errorf("BusyError = %+v, want r:latest held by %s (%s) since %v", *be, d1, first.ID, first.CreatedAt)
 	}
 
 	same := MustReserve(t, l, storage.Reservation{Repo: "r", Tags: []string{"latest"}, Digest: d1})
@@ -121,6 +128,128 @@ func testReserveBusy(t *testing.T, open Opener) {
 		t.Fatal(err)
 	}
 	MustReserve(t, l, storage.Reservation{Repo: "r", Tags: []string{"latest"}, Digest: d2})
+}
+
+func testReserveDeletes(t *testing.T, open Opener) {
+	// Deletes take part in the same protocol as pushes: a push and a delete
+	// that touch one tag or one digest cannot both be pending, whichever
+	// came first, so a delete can never land between a push's decision and
+	// its binding.
+	man, layer, child := Digest("man"), Digest("man/layer"), Digest("child")
+	push := storage.Reservation{Repo: "r", Tags: []string{"v1"}, Digest: man, Closure: []digest.Digest{child, layer}}
+	del := func(d digest.Digest, blob bool) storage.Reservation {
+		return storage.Reservation{Kind: storage.ReserveDelete, Repo: "r", Digest: d, Blob: blob}
+	}
+	delTag := func(tag string) storage.Reservation {
+		return storage.Reservation{Kind: storage.ReserveDelete, Repo: "r", Tags: []string{tag}, Digest: man}
+	}
+	tests := []struct {
+		name        string
+		first, then storage.Reservation
+		busy        bool
+	}{
+		{"push, then delete of its manifest", push, del(man, false), true},
+		{"push, then delete of a child manifest", push, del(child, false), true},
+		{"push, then delete of a layer", push, del(layer, true), true},
+		{"push, then delete of its tag", push, delTag("v1"), true},
+		{"push, then delete of other content", push, del(Digest("other"), false), false},
+		{"push, then delete of another tag", push, delTag("v2"), false},
+		{"delete of a manifest, then a push of it", del(man, false), push, true},
+		{"delete of a child, then a push of an index using it", del(child, false), push, true},
+		{"delete of a layer, then a push of an image using it", del(layer, true), push, true},
+		{"delete of a tag, then a push of it", delTag("v1"), push, true},
+		{"delete of a tag, then a push of another tag with its digest", delTag("v2"), push, false},
+		{"delete of a digest, then another delete of it", del(man, false), del(man, false), true},
+		{"delete of a tag, then another delete of it", delTag("v1"), delTag("v1"), true},
+		{"delete of a manifest, then a push in another repository", del(man, false), storage.Reservation{Repo: "s", Tags: []string{"v1"}, Digest: man}, false},
+		{"two pushes sharing a layer", push, storage.Reservation{Repo: "r", Tags: []string{"v2"}, Digest: Digest("other"), Closure: []digest.Digest{layer}}, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			l := open(t)
+			first := MustReserve(t, l, tc.first)
+			_, err := l.Reserve(ctx, tc.then)
+			if !tc.busy {
+				if err != nil {
+					t.Fatalf("second Reserve: %v", err)
+				}
+				return
+			}
+			var be *storage.BusyError
+			if !errors.Is(err, storage.ErrBusy) || !errors.As(err, &be) {
+				t.Fatalf("second Reserve: err = %v, want ErrBusy as *BusyError", err)
+			}
+			if be.Holder.ID != first.ID || be.Repo != "r" {
+				t.Errorf("BusyError = %+v, want held by %s", *be, first.ID)
+			}
+			if err := l.Release(ctx, first.ID); err != nil {
+				t.Fatal(err)
+			}
+			MustReserve(t, l, tc.then)
+		})
+	}
+}
+
+func testReserveRecord(t *testing.T, open Opener) {
+	// A reservation is stored as given: a caller may choose its ID, its
+	// closure is normalized, and its deadline and owner come back.
+	ctx := context.Background()
+	l := open(t)
+	id, err := storage.NewReservationID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := storage.Reservation{ID: id, Repo: "r", Tags: []string{"v1"}, Digest: Digest("m"),
+		Closure: []digest.Digest{Digest("a"), Digest("m"), Digest("a"), Digest("b")}, Deadline: At(5), Owner: "replica-1"}
+	got := MustReserve(t, l, in)
+	if got.ID != id || got.Kind != storage.ReservePush || got.CreatedAt.IsZero() {
+		t.Errorf("Reserve returned %+v, want ID %s, kind push and a time", got, id)
+	}
+	equal(t, "closure", got.Closure, []digest.Digest{Digest("a"), Digest("b")})
+	stored, err := l.Reservation(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	equal(t, "stored reservation", stored, got)
+	if _, err := l.Reservation(ctx, strings.Repeat("0", 32)); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("Reservation of an unknown ID: err = %v, want ErrNotFound", err)
+	}
+	if _, err := l.Reserve(ctx, storage.Reservation{ID: id, Repo: "r", Tags: []string{"v2"}, Digest: Digest("m")}); !errors.Is(err, storage.ErrInvalid) {
+		t.Errorf("Reserve with a taken ID: err = %v, want ErrInvalid", err)
+	}
+	for _, bad := range []storage.Reservation{
+		{ID: "nothex", Repo: "r", Tags: []string{"t"}, Digest: Digest("m")},
+		{Kind: "frob", Repo: "r", Tags: []string{"t"}, Digest: Digest("m")},
+		{Kind: storage.ReserveDelete, Repo: "r", Tags: []string{"a", "b"}, Digest: Digest("m")},
+		{Kind: storage.ReserveDelete, Repo: "r", Tags: []string{"a"}, Digest: Digest("m"), Blob: true},
+		{Kind: storage.ReserveDelete, Repo: "r", Digest: Digest("m"), Closure: []digest.Digest{Digest("x")}},
+		{Kind: storage.ReserveDelete, Repo: "r", Tags: []string{"a"}, Digest: Digest("m"), Mode: "frozen"},
+		{Repo: "r", Digest: Digest("m")},
+		{Repo: "r", Tags: []string{"t"}, Digest: Digest("m"), Blob: true},
+		{Repo: "r", Tags: []string{"t"}, Digest: Digest("m"), Closure: []digest.Digest{"md5:00"}},
+	} {
+		if _, err := l.Reserve(ctx, bad); !errors.Is(err, storage.ErrInvalid) {
+			t.Errorf("Reserve(%+v): err = %v, want ErrInvalid", bad, err)
+		}
+	}
+	now := At(5)
+	for _, tc := range []struct {
+		r      storage.Reservation
+		margin time.Duration
+		want   bool
+	}{
+		{storage.Reservation{Deadline: At(6)}, 0, true},
+		{storage.Reservation{Deadline: At(4)}, 0, false},
+		{storage.Reservation{Deadline: At(4)}, 2 * time.Minute, true},
+		{storage.Reservation{CreatedAt: At(4)}, 2 * time.Minute, true},
+		{storage.Reservation{CreatedAt: At(1)}, 2 * time.Minute, false},
+	} {
+		if got := tc.r.InDoubt(now, tc.margin); got != tc.want {
+			t.Errorf("%+v.InDoubt(At(5), %s) = %v, want %v", tc.r, tc.margin, got, tc.want)
+		}
+	}
 }
 
 func testCommitAndRelease(t *testing.T, open Opener) {
@@ -167,4 +296,113 @@ func testCommitAndRelease(t *testing.T, open Opener) {
 		t.Errorf("Commit after Release: err = %v, want ErrNotFound", err)
 	}
 	MustReserve(t, l, storage.Reservation{Repo: "r", Tags: []string{"v2"}, Digest: Digest("three")})
+
+	d := MustReserve(t, l, storage.Reservation{Kind: storage.ReserveDelete, Repo: "r", Digest: Digest("gone")})
+	if err := l.Commit(ctx, d.ID, nil, nil); !errors.Is(err, storage.ErrInvalid) {
+		t.Errorf("Commit of a delete: err = %v, want ErrInvalid", err)
+	}
+	if _, err := l.Reservation(ctx, d.ID); err != nil {
+		t.Errorf("a refused Commit removed the delete reservation: %v", err)
+	}
+}
+
+func testCommitDelete(t *testing.T, open Opener) {
+	// CommitDelete records what the upstream delete removed, in the same
+	// transaction that ends the reservation: the tag, or every live tag of
+	// the manifest, and nothing for a blob. Other bindings stay as they are.
+	ctx := context.Background()
+	at := At(9)
+	ev := storage.Event{Time: at, User: "ci", RequestID: "req-7", Reason: "deleted by digest"}
+	setup := func(t *testing.T) *storage.Ledger {
+		l := open(t)
+		a, b, c := NewBinding("r", "a", "m"), NewBinding("r", "b", "m"), NewBinding("r", "c", "other")
+		a.Mode, b.Mode, c.Mode = storage.ModeMutable, storage.ModeWarn, storage.ModeMutable
+		c.Closure = []digest.Digest{Digest("m")} // references m, is not bound to it
+		old := NewBinding("r", "old", "m")
+		old.Deleted, old.DeletedAt = true, At(1)
+		MustPut(t, l, []storage.Binding{a, b, c, old})
+		return l
+	}
+	marked := func(bs []storage.Binding) []string {
+		out := []string{}
+		for _, b := range bs {
+			out = append(out, b.Tag)
+			if !b.Deleted || !b.DeletedAt.Equal(at) {
+				t.Errorf("returned binding %s: Deleted %v at %v, want deleted at %v", b.Tag, b.Deleted, b.DeletedAt, at)
+			}
+		}
+		return out
+	}
+
+	t.Run("manifest", func(t *testing.T) {
+		l := setup(t)
+		r := MustReserve(t, l, storage.Reservation{Kind: storage.ReserveDelete, Repo: "r", Digest: Digest("m")})
+		got, err := l.CommitDelete(ctx, r.ID, ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		equal(t, "tags marked deleted", marked(got), []string{"a", "b"})
+		for _, tag := range []string{"a", "b"} {
+			if b := MustBinding(t, l, "r", tag); !b.Deleted || !b.DeletedAt.Equal(at) {
+				t.Errorf("%s after CommitDelete: %+v, want a tombstone at %v", tag, b, at)
+			}
+		}
+		if b := MustBinding(t, l, "r", "c"); b.Deleted {
+			t.Errorf("a binding that only references the manifest was marked deleted")
+		}
+		if b := MustBinding(t, l, "r", "old"); !b.DeletedAt.Equal(At(1)) {
+			t.Errorf("an earlier tombstone was rewritten: %+v", b)
+		}
+		hist, err := l.History(ctx, "r", "", 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		equal(t, "history", seqs(hist), []string{"deleted:b", "deleted:a"})
+		if hist[0].RequestID != "req-7" || hist[0].Digest != Digest("m") || !hist[0].Time.Equal(at) {
+			t.Errorf("event = %+v, want the template's request ID, the digest and the time", hist[0])
+		}
+		if _, err := l.CommitDelete(ctx, r.ID, ev); !errors.Is(err, storage.ErrNotFound) {
+			t.Errorf("second CommitDelete: err = %v, want ErrNotFound", err)
+		}
+	})
+	t.Run("tag", func(t *testing.T) {
+		l := setup(t)
+		r := MustReserve(t, l, storage.Reservation{Kind: storage.ReserveDelete, Repo: "r", Tags: []string{"b"}, Digest: Digest("m"),
+			Mode: storage.ModeImmutable, Expect: map[string]storage.Seen{"b": MustBinding(t, l, "r", "b").Seen()}})
+		got, err := l.CommitDelete(ctx, r.ID, ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		equal(t, "tags marked deleted", marked(got), []string{"b"})
+		if b := MustBinding(t, l, "r", "b"); b.Mode != storage.ModeImmutable || !b.Deleted {
+			t.Errorf("tombstone = %+v, want deleted with the reservation's mode", b)
+		}
+		if b := MustBinding(t, l, "r", "a"); b.Deleted {
+			t.Errorf("another tag on the same digest was marked deleted")
+		}
+	})
+	t.Run("blob", func(t *testing.T) {
+		l := setup(t)
+		r := MustReserve(t, l, storage.Reservation{Kind: storage.ReserveDelete, Repo: "r", Digest: Digest("m"), Blob: true})
+		got, err := l.CommitDelete(ctx, r.ID, ev)
+		if err != nil || len(got) != 0 {
+			t.Fatalf("CommitDelete of a blob = %v, %v; want nothing marked", got, err)
+		}
+		if b := MustBinding(t, l, "r", "a"); b.Deleted {
+			t.Errorf("a blob delete marked a tag deleted")
+		}
+		if pending, _ := l.Reservations(ctx); len(pending) != 0 {
+			t.Errorf("CommitDelete left reservations %+v", pending)
+		}
+	})
+	t.Run("push", func(t *testing.T) {
+		l := setup(t)
+		r := MustReserve(t, l, storage.Reservation{Repo: "r", Tags: []string{"v1"}, Digest: Digest("m")})
+		if _, err := l.CommitDelete(ctx, r.ID, ev); !errors.Is(err, storage.ErrInvalid) {
+			t.Errorf("CommitDelete of a push: err = %v, want ErrInvalid", err)
+		}
+		if _, err := l.Reservation(ctx, r.ID); err != nil {
+			t.Errorf("a refused CommitDelete removed the push reservation: %v", err)
+		}
+	})
 }
