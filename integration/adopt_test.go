@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/http"
 	"testing"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -55,9 +56,10 @@ func TestPreexistingTagProtected(t *testing.T) {
 }
 
 // TestReconcileAtStartup ensures that reservations a crash left in the
-// ledger are settled when taglock starts: one whose digest the registry now
-// holds under the tag becomes the binding, and one the registry does not
-// hold is released, freeing its tag.
+// ledger long ago are settled when taglock starts: one whose digest the
+// registry now holds under the tag becomes the binding, and one the registry
+// does not hold, whose request can no longer land, is released, freeing its
+// tag.
 func TestReconcileAtStartup(t *testing.T) {
 	t.Parallel()
 	forEachMode(t, func(t *testing.T, m Mode) {
@@ -71,12 +73,14 @@ func TestReconcileAtStartup(t *testing.T) {
 			MustPush(t, registry, "team/app:3.0.0", held)
 		})
 
-		l, err := storage.Open(server.LedgerPath(e.Data), storage.Options{})
+		longAgo := time.Now().Add(-time.Hour)
+		l, err := storage.Open(server.LedgerPath(e.Data), storage.Options{Now: func() time.Time { return longAgo }})
 		if err != nil {
 			t.Fatalf("open ledger: %v", err)
 		}
 		for tag, img := range map[string]v1.Image{"1.0.0": landed, "2.0.0": lost, "3.0.0": stray} {
-			if _, err := l.Reserve(t.Context(), storage.Reservation{Repo: "team/app", Tags: []string{tag}, Digest: MustDigest(t, img)}); err != nil {
+			if _, err := l.Reserve(t.Context(), storage.Reservation{Repo: "team/app", Tags: []string{tag}, Digest: MustDigest(t, img),
+				Deadline: longAgo.Add(30 * time.Second)}); err != nil {
 				t.Fatalf("reserve %s: %v", tag, err)
 			}
 		}

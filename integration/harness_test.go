@@ -187,8 +187,9 @@ type Env struct {
 	// Addr is taglock's host:port while it runs.
 	Addr string
 
-	cfg config.Config
-	srv *server.Server
+	cfg   config.Config
+	hooks server.Hooks
+	srv   *server.Server
 }
 
 // NewEnv prepares a taglock with the default configuration changed by opts,
@@ -224,7 +225,7 @@ func MustEnv(t *testing.T, m Mode, opts ...func(*config.Config)) *Env {
 // Start starts taglock on the Env's data directory; it stops at cleanup.
 func (e *Env) Start(t *testing.T) {
 	t.Helper()
-	e.srv = mustServe(t, e.cfg)
+	e.srv = mustServeWith(t, e.cfg, e.hooks)
 	e.Addr = e.srv.Addr()
 	srv := e.srv
 	t.Cleanup(func() { shutdown(t, srv) })
@@ -298,7 +299,12 @@ func (e *Env) URL(path string) string { return "http://" + e.Addr + path }
 
 func mustServe(t *testing.T, cfg config.Config) *server.Server {
 	t.Helper()
-	srv, err := server.Start(t.Context(), cfg, zerolog.Nop())
+	return mustServeWith(t, cfg, server.Hooks{})
+}
+
+func mustServeWith(t *testing.T, cfg config.Config, hooks server.Hooks) *server.Server {
+	t.Helper()
+	srv, err := server.StartWith(t.Context(), cfg, zerolog.Nop(), hooks)
 	if err != nil {
 		t.Fatalf("start taglock: %v", err)
 	}

@@ -320,7 +320,8 @@ func TestRetentionLimitAndResume(t *testing.T) {
 	}
 	pending, err := runner.Pending()
 	if err != nil || len(pending) != want.Totals.Deletions()-3 {
-		t.Fatalf("pending after interruption: %d (%v), want %d", len(pending), err, want.Totals.Deletions()-3)
+		t.Fatalf("pending after interruption: %d (%v), want %d\nplanned: %+v\napplied plan: %+v\npending: %+v",
+			len(pending), err, want.Totals.Deletions()-3, want.Plans, first.Report.Plans, pending)
 	}
 	second, err := runner.Apply(t.Context(), retention.ApplyOptions{})
 	if err != nil {
