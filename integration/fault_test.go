@@ -149,6 +149,10 @@ func (f *FaultUpstream) WaitLanded(t *testing.T, n int, within time.Duration) {
 	}
 }
 
+// ShortenWait makes e's taglock wait at most d for a conflicting request in
+// flight before answering 503. Call it before Start.
+func (e *Env) ShortenWait(d time.Duration) { e.hooks.ReserveWait = d }
+
 // manifestPut picks PUTs of manifests by the given tag.
 func manifestPut(repo, tag string) func(*http.Request) bool {
 	return func(r *http.Request) bool {

@@ -46,12 +46,14 @@ func (pl *planner) decideTags() []tagEval {
 			}
 		}
 		releasable := false
-		age := pl.now.Sub(t.PushedAt).Round(time.Second)
+		// Compare the exact age; round it only for the message.
+		exact := pl.now.Sub(t.PushedAt)
+		age := exact.Round(time.Second)
 		if t.Mode != Mutable && t.Mode != Warn && !t.PushedAt.IsZero() {
 			switch ra := pl.p.Immutable.ReleaseAfter; {
 			case ra <= 0:
 				keep("immutable", "immutable, and the policy keeps immutable tags (immutable: keep)")
-			case age < ra:
+			case exact < ra:
 				keep("immutable", fmt.Sprintf("immutable, pushed %s ago; released only after %s (immutable: release_after)",
 					fmtDuration(age), fmtDuration(ra)))
 			default:

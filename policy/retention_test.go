@@ -273,6 +273,12 @@ func TestPlanImmutable(t *testing.T) {
 			checkPlan(t, Plan(now, p, RepoState{Tags: tags}), tc.want)
 		})
 	}
+	t.Run("release_after compares the exact age, not the age rounded to seconds", func(t *testing.T) {
+		t.Parallel()
+		in := RepoState{Tags: []TagState{{Tag: "v1", Digest: dg("a"), PushedAt: now.Add(-400 * time.Millisecond), Mode: Immutable}}}
+		p := RetentionPolicy{Keep: []KeepRule{keepTags("rel-*")}, Immutable: ImmutableRetention{ReleaseAfter: time.Millisecond}}
+		checkPlan(t, Plan(now, p, in), planWant{deletedTags: []string{"v1"}, released: []string{"v1"}, deletedManifests: []string{"a"}})
+	})
 }
 
 // TestPlanFailsSafe ensures what the plan cannot judge is kept: unknown push

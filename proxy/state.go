@@ -23,8 +23,12 @@ type tagState struct {
 	// mode governs the tag: the configured mode, or immutable when the
 	// binding was recorded immutable (see policy.Effective).
 	mode policy.Mode
-	// rule names what set mode.
+	// rule names what set mode, for messages: the configured rule, or the
+	// recorded one marked as such.
 	rule string
+	// bindRule is the rule a new record of the tag keeps: the configured
+	// rule, or the one recorded when the mode comes from the record.
+	bindRule string
 	// bound is the digest that binds the tag: the binding's, when it is
 	// live or a tombstone that still binds (see policy.Binds); "" when the
 	// tag is free.
@@ -43,14 +47,14 @@ func (st tagState) seen() storage.Seen {
 // when the ledger has none).
 func (s *Server) stateOf(repo, tag string, b *storage.Binding) tagState {
 	configured, rule := s.im.ModeFor(repo, tag)
-	st := tagState{tag: tag, mode: configured, rule: rule}
+	st := tagState{tag: tag, mode: configured, rule: rule, bindRule: rule}
 	if b == nil {
 		return st
 	}
 	st.current, st.found = *b, true
 	st.mode = policy.Effective(configured, b.Mode)
 	if st.mode != configured {
-		st.rule = b.Rule + " (recorded when first pushed)"
+		st.rule, st.bindRule = b.Rule+" (recorded when first pushed)", b.Rule
 	}
 	if policy.Binds(st.mode, b.Deleted) {
 		st.bound = b.Digest

@@ -62,6 +62,9 @@ type Hooks struct {
 	// Upstream, when set, wraps the upstream (embedded or remote) that the
 	// proxy uses.
 	Upstream func(proxy.Upstream) proxy.Upstream
+	// ReserveWait, when not zero, replaces the proxy's wait for a
+	// conflicting request in flight (proxy.Options.ReserveWait).
+	ReserveWait time.Duration
 }
 
 // StartWith is Start with hooks.
@@ -136,6 +139,7 @@ func StartWith(ctx context.Context, cfg config.Config, log zerolog.Logger, hooks
 		Audit:         s.insight.auditLogger(),
 		LookupTimeout: cfg.Upstream.Timeout.Std(),
 		SettleMargin:  cfg.Upstream.SettleMargin.Std(),
+		ReserveWait:   hooks.ReserveWait,
 		Auth:          authn,
 		Access:        access,
 	})
