@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -14,6 +15,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	digest "github.com/opencontainers/go-digest"
 
+	"github.com/taglock/taglock/internal/admin"
 	"github.com/taglock/taglock/internal/config"
 	"github.com/taglock/taglock/storage"
 )
@@ -244,4 +246,54 @@ func TestUnverifiedIdentityMarked(t *testing.T) {
 
 func basicAuth(user, password string) authn.Authenticator {
 	return &authn.Basic{Username: user, Password: password}
+}
+
+// TestGarbageCollectionKeepsDeepGraphs ensures the embedded registry's
+// garbage collection marks a tagged graph however deep it is: an index chain
+// ten deep keeps its bottom image's blobs through a retention run.
+func TestGarbageCollectionKeepsDeepGraphs(t *testing.T) {
+	t.Parallel()
+	e := MustEnv(t, Embedded, func(c *config.Config) {
+		c.Immutability.Rules = []config.ImmutabilityRule{{Tags: []string{"scratch-*"}, Mode: "mutable"}}
+		c.Retention.Policies = []config.RetentionPolicy{{Repositories: []string{"team/**"},
+			Keep: []config.KeepRule{{Tags: []string{"deep"}}}, Untagged: "delete"}}
+	})
+	img := MustImage(t)
+	MustPushByDigest(t, e.Addr, "team/deep", img)
+	top, all := chain(t, e, "team/deep", MustManifest(t, img), 10, "application/vnd.oci.image.index.v1+json")
+	if resp, body := putManifest(t, e.Addr, "/v2/team/deep/manifests/deep", top); resp.StatusCode != http.StatusCreated {
+		t.Fatalf("tag the top index: %d %s", resp.StatusCode, body)
+	}
+	MustPush(t, e.Addr, "team/deep:scratch-1", MustImage(t)) // something for the run to delete
+	c, err := admin.NewClient("http://"+e.Addr, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := c.RetentionApply(t.Context())
+	if err != nil || res.GC == nil || res.GC.BlobsDeleted == 0 {
+		t.Fatalf("retention apply: %+v, %v; want a garbage collection that deleted the scratch image's blobs", res.GC, err)
+	}
+	for _, d := range all {
+		if !e.served(t, "/v2/team/deep/manifests/"+d.String()) {
+			t.Errorf("manifest %s of the chain is gone", d)
+		}
+	}
+	pulled, err := remote.Image(e.Ref(t, "team/deep@"+all[len(all)-1].String()), ggcrOpts(t)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	layers, err := pulled.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range layers {
+		rc, err := l.Compressed()
+		if err == nil {
+			_, err = io.Copy(io.Discard, rc)
+			rc.Close()
+		}
+		if err != nil {
+			t.Errorf("the bottom image's layer does not pull after garbage collection: %v", err)
+		}
+	}
 }

@@ -94,7 +94,7 @@ func (m *Metrics) Verified(rep *VerifyReport, err error, at time.Time) {
 		return
 	}
 	m.drift.Reset()
-	for _, kind := range []string{DriftMoved, DriftDeleted, DriftNew} {
+	for _, kind := range []string{DriftMoved, DriftDeleted, DriftNew, DriftIncomplete} {
 		m.drift.WithLabelValues(kind, storage.ModeImmutable)
 	}
 	for _, f := range rep.Findings {

@@ -110,6 +110,10 @@ const (
 	DriftMoved   = "moved"   // the upstream tag holds another digest than the ledger
 	DriftDeleted = "deleted" // the ledger binds the tag; the upstream no longer has it
 	DriftNew     = "new"     // the upstream has a tag the ledger never recorded
+	// DriftIncomplete means the upstream still has the tag on its recorded
+	// digest, but not everything that digest references: a child manifest
+	// or blob of its closure is gone, so the tag no longer pulls.
+	DriftIncomplete = "incomplete"
 )
 
 // Finding is one tag whose upstream state differs from the ledger.
@@ -122,11 +126,15 @@ type Finding struct {
 	Mode     string        `json:"mode"`
 	Recorded digest.Digest `json:"recorded,omitempty"` // the ledger's digest ("" for new tags)
 	Actual   digest.Digest `json:"actual,omitempty"`   // the upstream's digest ("" for deleted tags)
+	// Missing lists, for an incomplete tag, the digests of its closure the
+	// upstream no longer has.
+	Missing []digest.Digest `json:"missing,omitempty"`
 	// Immutable is true for a moved or deleted tag whose mode is
 	// immutable: a tag taglock promised would not change.
 	Immutable bool `json:"immutable"`
-	// Repairable is true when Immutable and the ledger kept the manifest
-	// bytes, so Repair can put them back.
+	// Repairable is true when Immutable, moved or deleted, and the ledger
+	// kept the manifest bytes, so Repair can put them back. Missing blobs
+	// are never repairable: the ledger keeps manifests, not blobs.
 	Repairable bool `json:"repairable"`
 }
 
@@ -208,6 +216,7 @@ func (s *Server) verifyRepo(ctx context.Context, lim *limiter, repo string) (int
 	}
 	upstream := make(map[string]bool, len(tags))
 	var out []Finding
+	present := map[digest.Digest]bool{} // what the upstream still has, asked once per repository
 	for _, tag := range tags {
 		upstream[tag] = true
 		if err := lim.wait(ctx); err != nil {
@@ -229,6 +238,16 @@ func (s *Server) verifyRepo(ctx context.Context, lim *limiter, repo string) (int
 			out = append(out, Finding{Repo: repo, Tag: tag, Kind: DriftNew, Mode: mode.String(), Actual: actual})
 		case b.Digest != actual:
 			out = append(out, s.finding(b, DriftMoved, actual))
+		case !b.Deleted:
+			missing, err := s.missing(ctx, lim, repo, b.Closure, present)
+			if err != nil {
+				return 0, nil, fmt.Errorf("verify %s:%s: %w", repo, tag, err)
+			}
+			if len(missing) > 0 {
+				f := s.finding(b, DriftIncomplete, actual)
+				f.Missing, f.Repairable = missing, false
+				out = append(out, f)
+			}
 		}
 	}
 	for _, b := range bindings {
@@ -248,12 +267,39 @@ func (s *Server) verifyRepo(ctx context.Context, lim *limiter, repo string) (int
 
 // finding describes a bound tag that drifted.
 func (s *Server) finding(b storage.Binding, kind string, actual digest.Digest) Finding {
-	configured, _ := s.im.ModeFor(b.Repo, b.Tag)
-	mode := policy.Effective(configured, b.Mode)
-	f := Finding{Repo: b.Repo, Tag: b.Tag, Kind: kind, Mode: mode.String(), Recorded: b.Digest, Actual: actual,
-		Immutable: mode == policy.Immutable}
+	st := s.stateOf(b.Repo, b.Tag, &b)
+	f := Finding{Repo: b.Repo, Tag: b.Tag, Kind: kind, Mode: st.mode.String(), Recorded: b.Digest, Actual: actual,
+		Immutable: st.mode == policy.Immutable}
 	f.Repairable = f.Immutable && len(b.Manifest) > 0
 	return f
+}
+
+// missing returns the digests of closure the upstream no longer has in
+// repo, as a blob or as a manifest. present caches answers across tags.
+func (s *Server) missing(ctx context.Context, lim *limiter, repo string, closure []digest.Digest, present map[digest.Digest]bool) ([]digest.Digest, error) {
+	var out []digest.Digest
+	for _, d := range closure {
+		has, known := present[d]
+		if !known {
+			for _, path := range []string{"/v2/" + repo + "/blobs/" + d.String(), "/v2/" + repo + "/manifests/" + d.String()} {
+				if err := lim.wait(ctx); err != nil {
+					return nil, err
+				}
+				gone, err := s.absent(ctx, path)
+				if err != nil {
+					return nil, err
+				}
+				if has = !gone; has {
+					break
+				}
+			}
+			present[d] = has
+		}
+		if !has {
+			out = append(out, d)
+		}
+	}
+	return out, nil
 }
 
 // Repair outcomes.
@@ -261,12 +307,15 @@ const (
 	RepairRestored = "restored" // the recorded manifest is back under the tag
 	RepairSkipped  = "skipped"  // not an immutable moved or deleted tag
 	RepairFailed   = "failed"   // see Error
+	// RepairUnknown means the upstream did not answer the restore: it may
+	// still land. The tag stays held until taglock finds out; verify again.
+	RepairUnknown = "unknown"
 )
 
 // RepairResult is what Repair did for one finding.
 type RepairResult struct {
 	Finding Finding `json:"finding"`
-	Outcome string  `json:"outcome"` // RepairRestored, RepairSkipped or RepairFailed
+	Outcome string  `json:"outcome"` // RepairRestored, RepairSkipped, RepairFailed or RepairUnknown
 	Error   string  `json:"error,omitempty"`
 }
 
@@ -285,10 +334,14 @@ func (s *Server) Repair(ctx context.Context, findings []Finding) ([]RepairResult
 			continue
 		}
 		if err := s.repairOne(ctx, f); err != nil {
-			if errors.Is(err, ErrLedger) || ctx.Err() != nil {
+			switch {
+			case errors.Is(err, ErrLedger) || ctx.Err() != nil:
 				return out, err
+			case errors.Is(err, ErrUnknownOutcome):
+				out = append(out, RepairResult{Finding: f, Outcome: RepairUnknown, Error: err.Error()})
+			default:
+				out = append(out, RepairResult{Finding: f, Outcome: RepairFailed, Error: err.Error()})
 			}
-			out = append(out, RepairResult{Finding: f, Outcome: RepairFailed, Error: err.Error()})
 			continue
 		}
 		out = append(out, RepairResult{Finding: f, Outcome: RepairRestored})
@@ -315,31 +368,56 @@ func (s *Server) repairOne(ctx context.Context, f Finding) error {
 		}
 		mediaType = refs.MediaType
 	}
-	rctx, cancel := context.WithTimeout(ctx, s.timeout)
+	// The restore is a push of the recorded digest: it holds the tag and
+	// its closure like one, so no delete of them runs meanwhile, and an
+	// answer that does not come is settled like a push's.
+	id, err := storage.NewReservationID()
+	if err != nil {
+		return err
+	}
+	s.inflight.Store(id, struct{}{})
+	defer s.inflight.Delete(id)
+	ri := info(ctx)
+	res, err := s.ledger.Reserve(ctx, storage.Reservation{ID: id, Repo: f.Repo, Tags: []string{f.Tag}, Digest: b.Digest, Closure: b.Closure,
+		Deadline: s.now().Add(s.timeout), Owner: s.owner, User: ri.user, Expect: map[string]storage.Seen{f.Tag: b.Seen()}})
+	switch {
+	case errors.Is(err, storage.ErrBusy), errors.Is(err, storage.ErrChanged):
+		return fmt.Errorf("%s:%s changed or is being written meanwhile (%v); verify again", f.Repo, f.Tag, err)
+	case err != nil:
+		return fmt.Errorf("%w: reserve %s:%s: %v", ErrLedger, f.Repo, f.Tag, err)
+	}
+	rctx, cancel := context.WithDeadline(ctx, res.Deadline)
 	defer cancel()
 	req, err := newRequest(rctx, http.MethodPut, &url.URL{Path: "/v2/" + f.Repo + "/manifests/" + f.Tag}, b.Manifest,
 		http.Header{"Content-Type": {mediaType}})
 	if err != nil {
+		s.releaseOrLog(res.ID)
 		return err
 	}
 	req.ContentLength = int64(len(b.Manifest))
 	resp, err := s.up.RoundTrip(req)
 	if err != nil {
-		return fmt.Errorf("PUT %s:%s: %w", f.Repo, f.Tag, err)
+		s.settleLater(res)
+		return &unknownOutcome{op: "restore of " + f.Repo + ":" + f.Tag, err: err}
 	}
 	defer drain(resp)
-	if resp.StatusCode != http.StatusCreated && resp.StatusCode != http.StatusOK {
+	switch {
+	case resp.StatusCode >= 500:
+		s.settleLater(res)
+		return &unknownOutcome{op: "restore of " + f.Repo + ":" + f.Tag, err: fmt.Errorf("upstream answered %d", resp.StatusCode)}
+	case resp.StatusCode != http.StatusCreated && resp.StatusCode != http.StatusOK:
+		s.releaseOrLog(res.ID)
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
 		return fmt.Errorf("upstream refused PUT %s:%s with %d: %s", f.Repo, f.Tag, resp.StatusCode, msg)
 	}
 	if d := resp.Header.Get("Docker-Content-Digest"); d != "" && d != b.Digest.String() {
-		return fmt.Errorf("upstream stored %s:%s as %s, not %s", f.Repo, f.Tag, d, b.Digest)
+		s.log.Warn().Str("computed", b.Digest.String()).Str("upstream", d).Msg("repair: upstream reported a different manifest digest")
 	}
-	ri := info(ctx)
 	ev := storage.Event{Time: s.now(), Kind: storage.EventRestored, Repo: f.Repo, Tag: f.Tag, Digest: b.Digest,
 		Previous: f.Actual, User: ri.user, Rule: b.Rule, Reason: "drift-" + f.Kind,
 		Message: fmt.Sprintf("repair: the tag was %s on the upstream around taglock; the recorded manifest was put back", f.Kind)}
-	if err := s.ledger.Append(context.WithoutCancel(ctx), ev); err != nil {
+	if err := s.ledger.Commit(context.WithoutCancel(ctx), res.ID, []storage.Binding{b}, []storage.Event{ev}); err != nil {
+		s.settleLater(res)
 		return fmt.Errorf("%w: record repair of %s:%s: %v", ErrLedger, f.Repo, f.Tag, err)
 	}
 	s.audit.Warn().Str("event", "repaired").Str("repo", f.Repo).Str("tag", f.Tag).Str("recorded", b.Digest.String()).

@@ -217,6 +217,11 @@ func printFindings(w io.Writer, rep proxy.VerifyReport) {
 		fmt.Fprintf(tw, "%s\t%s:%s\t%s\t%s\t%s\t\n", kind, f.Repo, f.Tag, f.Mode, orDash(f.Recorded), orDash(f.Actual))
 	}
 	_ = tw.Flush()
+	for _, f := range rep.Findings {
+		for _, d := range f.Missing {
+			fmt.Fprintf(w, "%s:%s: the upstream no longer has %s, which it references\n", f.Repo, f.Tag, d)
+		}
+	}
 }
 
 func orDash(d digest.Digest) string {

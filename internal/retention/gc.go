@@ -73,8 +73,7 @@ func CollectGarbage(ctx context.Context, dir string, protect map[digest.Digest]b
 			return errors.New("manifest service cannot enumerate")
 		}
 		err = me.Enumerate(ctx, func(d digest.Digest) error {
-			marked[d] = true
-			return mark(ctx, ms, d, marked, 0)
+			return mark(ctx, ms, d, marked)
 		})
 		var pnf driver.PathNotFoundError
 		if err != nil && !errors.As(err, &pnf) {
@@ -130,22 +129,33 @@ func CollectGarbage(ctx context.Context, dir string, protect map[digest.Digest]b
 	return res, nil
 }
 
-// mark marks everything manifest d references, following child manifests.
-func mark(ctx context.Context, ms distribution.ManifestService, d digest.Digest, marked map[digest.Digest]bool, depth int) error {
-	m, err := ms.Get(ctx, d)
-	if err != nil {
-		return fmt.Errorf("manifest %s: %w", d, err)
+// mark marks manifest d and everything it references, following child
+// manifests however deep the graph goes: a blob left unmarked is swept, so
+// the walk has no depth limit. Each digest is visited once.
+func mark(ctx context.Context, ms distribution.ManifestService, d digest.Digest, marked map[digest.Digest]bool) error {
+	if marked[d] {
+		return nil
 	}
-	for _, ref := range m.References() {
-		if marked[ref.Digest] {
-			continue
+	marked[d] = true
+	stack := []digest.Digest{d}
+	for len(stack) > 0 {
+		d := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		m, err := ms.Get(ctx, d)
+		if err != nil {
+			return fmt.Errorf("manifest %s: %w", d, err)
 		}
-		marked[ref.Digest] = true
-		if depth < 8 {
-			if ok, _ := ms.Exists(ctx, ref.Digest); ok {
-				if err := mark(ctx, ms, ref.Digest, marked, depth+1); err != nil {
-					return err
-				}
+		for _, ref := range m.References() {
+			if marked[ref.Digest] {
+				continue
+			}
+			marked[ref.Digest] = true
+			ok, err := ms.Exists(ctx, ref.Digest)
+			if err != nil {
+				return fmt.Errorf("manifest %s: %w", ref.Digest, err)
+			}
+			if ok {
+				stack = append(stack, ref.Digest)
 			}
 		}
 	}

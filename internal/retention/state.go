@@ -13,9 +13,6 @@ import (
 	"github.com/taglock/taglock/storage"
 )
 
-// maxDepth bounds how deep an index graph is followed.
-const maxDepth = 4
-
 // rawManifest is the part of any manifest format that references other
 // content, with the sizes the descriptors declare.
 type rawManifest struct {
@@ -101,7 +98,8 @@ func (r *Runner) repoState(ctx context.Context, repo string, now time.Time, seen
 		st.Tags = append(st.Tags, policy.TagState{Tag: tag, Digest: d, Mode: configured, LastPulled: pulls[d]})
 		want(d)
 	}
-	depth := map[digest.Digest]int{}
+	// The whole graph, however deep: each manifest is read once, so a
+	// cycle ends the walk, and what the plan does not know it keeps.
 	for len(queue) > 0 {
 		d := queue[0]
 		queue = queue[1:]
@@ -110,13 +108,8 @@ func (r *Runner) repoState(ctx context.Context, repo string, now time.Time, seen
 			return st, err
 		}
 		nodes[d] = n
-		if depth[d] < maxDepth {
-			for _, c := range append(slices.Clone(n.children), n.subject) {
-				if _, ok := nodes[c]; !ok && c != "" {
-					depth[c] = depth[d] + 1
-				}
-				want(c)
-			}
+		for _, c := range append(slices.Clone(n.children), n.subject) {
+			want(c)
 		}
 	}
 

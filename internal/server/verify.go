@@ -112,6 +112,8 @@ func driftMessage(f proxy.Finding) string {
 			msg += "; taglock verify --repair puts it back"
 		}
 		return msg
+	case proxy.DriftIncomplete:
+		return "the upstream lost content the tag's manifest references, so the tag no longer pulls; restore it from a copy of the image (taglock keeps manifests, not blobs)"
 	case proxy.DriftDeleted:
 		msg := "tag deleted on the upstream around taglock"
 		if f.Immutable {
