@@ -98,14 +98,23 @@ func (r PromotionRule) Validate() error {
 	return errors.Join(errs...)
 }
 
-// MatchPromotion returns the first rule whose Into prefix repo has, and the
-// source repository: From followed by the rest of repo after Into. ok is
-// false when no rule guards repo.
+// MatchPromotion returns the first rule that guards repo, and the source
+// repository. A rule guards every repository under Into, whose source is
+// From followed by the rest of repo, and the repository named by Into
+// itself without its final slash ("prod" for "prod/"), whose source is From
+// without its final slash: writing to the bare name must not bypass the
+// guard on the namespace it names. ok is false when no rule guards repo.
 func MatchPromotion(rules []PromotionRule, repo string) (rule PromotionRule, source string, ok bool) {
 	for i, r := range rules {
-		if r.Into != "" && strings.HasPrefix(repo, r.Into) {
-			r.Name = ruleName(r.Name, "promotion", i)
+		if r.Into == "" {
+			continue
+		}
+		r.Name = ruleName(r.Name, "promotion", i)
+		switch {
+		case strings.HasPrefix(repo, r.Into):
 			return r, r.From + strings.TrimPrefix(repo, r.Into), true
+		case repo == strings.TrimSuffix(r.Into, "/"):
+			return r, strings.TrimSuffix(r.From, "/"), true
 		}
 	}
 	return PromotionRule{}, "", false

@@ -56,7 +56,8 @@ func TestMatchPromotion(t *testing.T) {
 		{"a prod repository maps to the same path in staging", "prod/team/app", true, "promotion[1]", "staging/team/app"},
 		{"the first matching rule wins", "prod/eu/app", true, "promotion[0]", "staging-eu/app"},
 		{"a repository that only shares letters with the prefix is not guarded", "production/app", false, "", ""},
-		{"the prefix itself without a path is not guarded", "prod", false, "", ""},
+		{"the repository the prefix names is guarded too, from the one the source names", "prod", true, "promotion[1]", "staging"},
+		{"so is a nested prefix's", "prod/eu", true, "promotion[0]", "staging-eu"},
 		{"a staging repository is not guarded", "staging/team/app", false, "", ""},
 	}
 	for _, tc := range tests {
