@@ -244,6 +244,18 @@ func (p *Process) Stop(t testing.TB) {
 	})
 }
 
+// Kill sends SIGKILL, as a crash would, and waits for the process to end;
+// Stop afterwards does nothing.
+func (p *Process) Kill(t testing.TB) {
+	t.Helper()
+	p.once.Do(func() {
+		if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+			t.Errorf("kill %s: %v", p.Name, err)
+		}
+		<-p.done
+	})
+}
+
 // Environ is this process's environment without the variables the registry
 // reads as configuration (REGISTRY_*, OTEL_*), plus extra.
 func Environ(extra ...string) []string {
