@@ -145,7 +145,7 @@ func TestLedgerToolsAdoptVerifyRepair(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer copyLedger.Close()
-	if _, err := copyLedger.Import(ctx, bytes.NewReader(export.Bytes())); err != nil {
+	if _, err := copyLedger.Import(ctx, bytes.NewReader(export.Bytes()), storage.ImportOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	var again bytes.Buffer

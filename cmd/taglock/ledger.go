@@ -49,7 +49,7 @@ type service interface {
 	History(ctx context.Context, repo, tag string, limit int) ([]storage.Event, error)
 	Backup(ctx context.Context, w io.Writer) (int64, error)
 	Export(ctx context.Context, w io.Writer) error
-	Import(ctx context.Context, r io.Reader) (storage.ImportStats, error)
+	Import(ctx context.Context, r io.Reader, o storage.ImportOptions) (storage.ImportStats, error)
 	Check(ctx context.Context) ([]string, error)
 	RunImport(ctx context.Context, req admin.ImportRequest) (proxy.ImportReport, error)
 	RunVerify(ctx context.Context, req admin.VerifyRequest) (admin.VerifyResult, error)
@@ -330,11 +330,27 @@ func newLedgerExport(g *globals) *cobra.Command {
 }
 
 func newLedgerImport(g *globals) *cobra.Command {
+	var force bool
 	cmd := &cobra.Command{
 		Use:   "import FILE|-",
 		Short: "Read JSON lines written by ledger export into the ledger; importing the same file again is safe",
-		Args:  usageArgs(cobra.ExactArgs(1)),
+		Long: `Import reads the JSON lines ledger export wrote (from FILE, or stdin with -)
+into the ledger. It never changes a recorded binding silently: a binding line
+that differs in any way from what the ledger holds for its tag (another
+digest, a weaker mode, a revived tombstone, another first push), a second line
+for one tag that differs from the first, and a pending reservation that would
+hold an immutable tag for another digest each contradict the ledger. Each is
+printed with what it would change, and the import is refused: nothing is
+written. With --force the whole file is applied, and each binding it replaced
+is printed and written to the audit log. Lines identical to the ledger and
+tags it does not hold need no --force, so importing the same file again is
+safe.
+
+Exit codes: 0 imported, 1 failure or refused (lines contradict the ledger),
+2 usage error.`,
+		Args: usageArgs(cobra.ExactArgs(1)),
 	}
+	cmd.Flags().BoolVar(&force, "force", false, "apply lines that contradict the ledger, replacing the bindings it holds")
 	asJSON := outputFlag(cmd)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		js, err := asJSON()
@@ -355,15 +371,33 @@ func newLedgerImport(g *globals) *cobra.Command {
 			return err
 		}
 		defer s.close()
-		st, err := s.Import(cmd.Context(), in)
+		out := cmd.OutOrStdout()
+		st, err := s.Import(cmd.Context(), in, storage.ImportOptions{Force: force})
+		var ce *storage.ContradictionError
+		if errors.As(err, &ce) {
+			if js {
+				if err := writeJSON(out, map[string]any{"contradictions": ce.Contradictions}); err != nil {
+					return err
+				}
+			} else {
+				for _, c := range ce.Contradictions {
+					fmt.Fprintf(out, "contradicts the ledger: %s\n", c)
+				}
+			}
+			return exitError{code: exitFailure, msg: fmt.Sprintf("ledger import refused: %d lines contradict what the ledger holds, "+
+				"and no recorded binding was changed; check them, then import with --force to apply them", len(ce.Contradictions))}
+		}
 		if err != nil {
 			return s.explain(err)
 		}
 		if js {
-			return writeJSON(cmd.OutOrStdout(), st)
+			return writeJSON(out, st)
 		}
-		fmt.Fprintf(cmd.OutOrStdout(), "imported %d bindings, %d events, %d manifests, %d pulls, %d reservations\n",
-			st.Bindings, st.Events, st.Manifests, st.Pulls, st.Reservations)
+		for _, c := range st.Replaced {
+			fmt.Fprintf(out, "replaced: %s\n", c)
+		}
+		fmt.Fprintf(out, "imported %d bindings, %d events, %d manifests, %d pulls, %d reservations; %d replaced what the ledger held\n",
+			st.Bindings, st.Events, st.Manifests, st.Pulls, st.Reservations, len(st.Replaced))
 		return nil
 	}
 	return cmd

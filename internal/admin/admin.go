@@ -36,7 +36,7 @@ type Ledger interface {
 	Recent(ctx context.Context, kind storage.EventKind, limit int) ([]storage.Event, error)
 	Backup(ctx context.Context, w io.Writer) (int64, error)
 	Export(ctx context.Context, w io.Writer) error
-	Import(ctx context.Context, r io.Reader) (storage.ImportStats, error)
+	Import(ctx context.Context, r io.Reader, o storage.ImportOptions) (storage.ImportStats, error)
 	Check(ctx context.Context) ([]string, error)
 }
 

@@ -208,7 +208,7 @@ func TestLedgerMaintenance(t *testing.T) {
 	}
 	defer dst.Close()
 	dc := mustClient(t, New(Options{Ledger: dst}))
-	st, err := dc.Import(ctx, bytes.NewReader(export.Bytes()))
+	st, err := dc.Import(ctx, bytes.NewReader(export.Bytes()), storage.ImportOptions{})
 	if err != nil || st.Bindings != 1 || st.Events != 2 {
 		t.Fatalf("Import = %+v, %v", st, err)
 	}
@@ -222,7 +222,7 @@ func TestLedgerMaintenance(t *testing.T) {
 	if problems, err := dc.Check(ctx); err != nil || len(problems) != 0 {
 		t.Errorf("Check = %v, %v; want clean", problems, err)
 	}
-	if _, err := dc.Import(ctx, bytes.NewReader([]byte(`{"type":"nonsense"}`+"\n"))); !errors.Is(err, ErrInvalidRequest) {
+	if _, err := dc.Import(ctx, bytes.NewReader([]byte(`{"type":"nonsense"}`+"\n")), storage.ImportOptions{}); !errors.Is(err, ErrInvalidRequest) {
 		t.Errorf("Import of a bad record: %v, want an invalid-request error", err)
 	}
 }

@@ -73,6 +73,8 @@ func (c *Client) call(ctx context.Context, method, path string, q url.Values, bo
 		return nil, fmt.Errorf("%w at %s: %s %s answered %d (is it taglock?)", ErrUnreachable, c.base, method, path, resp.StatusCode)
 	}
 	switch ae.Code {
+	case "contradiction":
+		return nil, &remoteError{msg: ae.Error, err: &storage.ContradictionError{Contradictions: ae.Contradictions}}
 	case "not_found":
 		return nil, fmt.Errorf("%s: %w", ae.Error, storage.ErrNotFound)
 	case "invalid":
@@ -191,9 +193,14 @@ func (c *Client) Export(ctx context.Context, w io.Writer) error {
 	return err
 }
 
-// Import reads JSON lines from r into the server's ledger.
-func (c *Client) Import(ctx context.Context, r io.Reader) (storage.ImportStats, error) {
-	resp, err := c.call(ctx, http.MethodPost, Prefix+"admin/ledger/import", nil, r, "application/x-ndjson")
+// Import reads JSON lines from r into the server's ledger, as
+// storage.Ledger.Import does; a refusal is a *storage.ContradictionError.
+func (c *Client) Import(ctx context.Context, r io.Reader, o storage.ImportOptions) (storage.ImportStats, error) {
+	var q url.Values
+	if o.Force {
+		q = url.Values{"force": {"true"}}
+	}
+	resp, err := c.call(ctx, http.MethodPost, Prefix+"admin/ledger/import", q, r, "application/x-ndjson")
 	if err != nil {
 		return storage.ImportStats{}, err
 	}

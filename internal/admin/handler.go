@@ -83,12 +83,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.Serv
 // apiError is the body of every error answer.
 type apiError struct {
 	Error string `json:"error"`
-	Code  string `json:"code"` // "not_found", "invalid", "forbidden", "unavailable" or "internal"
+	Code  string `json:"code"` // "not_found", "invalid", "contradiction", "unavailable" or "internal"
+	// Contradictions lists the records of a refused ledger import.
+	Contradictions []storage.Contradiction `json:"contradictions,omitempty"`
 }
 
 func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 	status, code := http.StatusInternalServerError, "internal"
+	var ce *storage.ContradictionError
 	switch {
+	case errors.As(err, &ce):
+		writeJSON(w, http.StatusConflict, apiError{Error: err.Error(), Code: "contradiction", Contradictions: ce.Contradictions})
+		return
 	case errors.Is(err, storage.ErrNotFound):
 		status, code = http.StatusNotFound, "not_found"
 	case errors.Is(err, ErrInvalidRequest), errors.Is(err, storage.ErrInvalid):
@@ -293,6 +299,19 @@ func limitParam(r *http.Request, def int) (int, error) {
 	return n, nil
 }
 
+// boolParam reads ?name=true or ?name=false; absent is false.
+func boolParam(r *http.Request, name string) (bool, error) {
+	s := r.URL.Query().Get(name)
+	if s == "" {
+		return false, nil
+	}
+	b, err := strconv.ParseBool(s)
+	if err != nil {
+		return false, fmt.Errorf("%w: %s must be true or false, got %q", ErrInvalidRequest, name, s)
+	}
+	return b, nil
+}
+
 // decode reads a JSON request body strictly.
 func decode(r *http.Request, v any) error {
 	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
@@ -373,7 +392,12 @@ func (h *Handler) export(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) importLedger(w http.ResponseWriter, r *http.Request) {
-	stats, err := h.local.Import(r.Context(), r.Body)
+	force, err := boolParam(r, "force")
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	stats, err := h.local.Import(r.Context(), r.Body, storage.ImportOptions{Force: force})
 	if err != nil {
 		h.fail(w, r, err)
 		return
