@@ -5,10 +5,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -69,15 +71,25 @@ func mustLedger(t *testing.T) *storage.Ledger {
 	return l
 }
 
-func mustClient(t *testing.T, h http.Handler) *Client {
+// mustSocket serves h on a Unix socket, as serve serves the admin API, and
+// returns the socket's path.
+func mustSocket(t *testing.T, h http.Handler) string {
 	t.Helper()
-	srv := httptest.NewServer(h)
-	t.Cleanup(srv.Close)
-	c, err := NewClient(srv.URL, srv.Client())
+	path := filepath.Join(t.TempDir(), "admin.sock")
+	ln, err := net.Listen("unix", path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return c
+	srv := &http.Server{Handler: h}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return path
+}
+
+// mustClient is a Client of h served on a Unix socket.
+func mustClient(t *testing.T, h http.Handler) *Client {
+	t.Helper()
+	return NewClient(mustSocket(t, h))
 }
 
 // TestReadAPI ensures that the read-only API shows repositories, bindings
@@ -140,35 +152,59 @@ func TestReadAPIErrors(t *testing.T) {
 	}
 }
 
-// TestAdminGuard ensures that admin calls are refused without the admin
-// header or from a peer that is not on loopback.
+// TestAdminGuard ensures that the admin half answers only requests that
+// arrived on a Unix socket of a handler built with Admin: over TCP, from
+// loopback, with the old admin header, a forwarded-for address, or a
+// foreign Host and Origin, an admin call is 404 and changes nothing.
 func TestAdminGuard(t *testing.T) {
 	t.Parallel()
-	h := New(Options{Ledger: mustLedger(t)})
-	tests := []struct {
+	l := mustLedger(t)
+	full := New(Options{Ledger: l, Admin: true})
+	tcp := httptest.NewServer(full)
+	t.Cleanup(tcp.Close)
+	forged := `{"type":"binding","repo":"team/app","tag":"1.0","digest":"` + digest.FromString("forged").String() +
+		`","size":1,"mode":"mutable","pushedAt":"2026-01-01T00:00:00Z","pushedBy":"mallory"}` + "\n"
+	for _, tc := range []struct {
 		name   string
-		remote string
-		header bool
-		want   int
+		header http.Header
 	}{
-		{"loopback with header", "127.0.0.1:4000", true, http.StatusOK},
-		{"loopback without header", "127.0.0.1:4000", false, http.StatusForbidden},
-		{"remote with header", "192.0.2.7:4000", true, http.StatusForbidden},
-	}
-	for _, tc := range tests {
+		{"no headers", nil},
+		{"admin header", http.Header{"X-Taglock-Admin": {"1"}}},
+		{"forwarded for", http.Header{"X-Taglock-Admin": {"1"}, "X-Forwarded-For": {"203.0.113.9"}}},
+		{"foreign host and origin", http.Header{"X-Taglock-Admin": {"1"}, "Host": {"evil.example"}, "Origin": {"http://evil.example"}}},
+	} {
 		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			req := httptest.NewRequest(http.MethodPost, Prefix+"admin/ledger/check", nil)
-			req.RemoteAddr = tc.remote
-			if tc.header {
-				req.Header.Set(HeaderAdmin, "1")
-			}
-			rec := httptest.NewRecorder()
-			h.ServeHTTP(rec, req)
-			if rec.Code != tc.want {
-				t.Errorf("check = %d, want %d", rec.Code, tc.want)
+			for _, path := range []string{"admin/ledger/import?force=true", "admin/ledger/check", "admin/verify"} {
+				req, err := http.NewRequest(http.MethodPost, tcp.URL+Prefix+path, strings.NewReader(forged))
+				if err != nil {
+					t.Fatal(err)
+				}
+				for k, v := range tc.header {
+					req.Header[k] = v
+				}
+				req.Host = req.Header.Get("Host")
+				resp, err := tcp.Client().Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusNotFound {
+					t.Errorf("POST %s over TCP: %d, want 404", path, resp.StatusCode)
+				}
 			}
 		})
+	}
+	if b, err := l.Binding(context.Background(), "team/app", "1.0"); err != nil || b.PushedBy != "ci" {
+		t.Errorf("binding after admin calls over TCP = %+v, %v; want it unchanged", b, err)
+	}
+
+	// On a socket, the read-only handler has no admin half either.
+	readOnly := mustClient(t, New(Options{Ledger: l}))
+	if _, err := readOnly.Check(context.Background()); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("check on a handler without Admin: %v, want not found", err)
+	}
+	if _, err := mustClient(t, full).Check(context.Background()); err != nil {
+		t.Errorf("check on the admin socket: %v", err)
 	}
 }
 
@@ -179,7 +215,7 @@ func TestLedgerMaintenance(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	src := mustLedger(t)
-	c := mustClient(t, New(Options{Ledger: src}))
+	c := mustClient(t, New(Options{Ledger: src, Admin: true}))
 
 	var backup bytes.Buffer
 	if n, err := c.Backup(ctx, &backup); err != nil || n == 0 {
@@ -207,7 +243,7 @@ func TestLedgerMaintenance(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer dst.Close()
-	dc := mustClient(t, New(Options{Ledger: dst}))
+	dc := mustClient(t, New(Options{Ledger: dst, Admin: true}))
 	st, err := dc.Import(ctx, bytes.NewReader(export.Bytes()), storage.ImportOptions{})
 	if err != nil || st.Bindings != 1 || st.Events != 2 {
 		t.Fatalf("Import = %+v, %v", st, err)
@@ -233,7 +269,7 @@ func TestRunVerify(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	tools := &fakeTools{report: proxy.VerifyReport{Findings: []proxy.Finding{{Repo: "a", Tag: "1", Kind: proxy.DriftMoved, Immutable: true}}}}
-	c := mustClient(t, New(Options{Ledger: mustLedger(t), Tools: tools}))
+	c := mustClient(t, New(Options{Ledger: mustLedger(t), Tools: tools, Admin: true}))
 	res, err := c.RunVerify(ctx, VerifyRequest{Repair: true})
 	if err != nil {
 		t.Fatal(err)
@@ -251,7 +287,7 @@ func TestRunVerify(t *testing.T) {
 		t.Errorf("RunImport = %+v, %v; want the two globs passed on", rep, err)
 	}
 
-	bare := mustClient(t, New(Options{Ledger: mustLedger(t)}))
+	bare := mustClient(t, New(Options{Ledger: mustLedger(t), Admin: true}))
 	if _, err := bare.RunImport(ctx, ImportRequest{}); !errors.Is(err, ErrNoUpstream) {
 		t.Errorf("RunImport without tools: %v, want ErrNoUpstream", err)
 	}
