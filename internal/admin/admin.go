@@ -145,7 +145,9 @@ func (l Local) RunImport(ctx context.Context, req ImportRequest) (proxy.ImportRe
 	if err != nil {
 		return proxy.ImportReport{}, err
 	}
-	return l.Tools.ImportTags(ctx, proxy.ImportOptions{Repositories: globs, Rate: req.Rate, Progress: req.Progress})
+	rep, err := l.Tools.ImportTags(ctx, proxy.ImportOptions{Repositories: globs, Rate: req.Rate, Progress: req.Progress})
+	l.auditImport(ctx, rep, err)
+	return rep, err
 }
 
 // RunVerify reports drift and, when asked, repairs it and verifies again.
@@ -165,7 +167,9 @@ func (l Local) RunVerify(ctx context.Context, req VerifyRequest) (VerifyResult, 
 	if !req.Repair {
 		return res, nil
 	}
-	if res.Repairs, err = l.Tools.Repair(ctx, res.Report.Findings); err != nil {
+	res.Repairs, err = l.Tools.Repair(ctx, res.Report.Findings)
+	l.auditRepair(ctx, res.Repairs)
+	if err != nil {
 		return res, err
 	}
 	after, err := l.Tools.Verify(ctx, opts)

@@ -11,10 +11,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
+	"github.com/rs/zerolog"
 
 	"github.com/taglock/taglock/internal/view"
 	"github.com/taglock/taglock/proxy"
@@ -29,7 +31,7 @@ type fakeTools struct {
 }
 
 func (f *fakeTools) ImportTags(_ context.Context, o proxy.ImportOptions) (proxy.ImportReport, error) {
-	return proxy.ImportReport{Repositories: len(o.Repositories)}, nil
+	return proxy.ImportReport{Repositories: len(o.Repositories), Adopted: 1}, nil
 }
 
 func (f *fakeTools) Verify(context.Context, proxy.VerifyOptions) (proxy.VerifyReport, error) {
@@ -80,7 +82,9 @@ func mustSocket(t *testing.T, h http.Handler) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: h}
+	srv := &http.Server{Handler: h, ConnContext: func(ctx context.Context, _ net.Conn) context.Context {
+		return WithCaller(ctx, "tester on the socket")
+	}}
 	go func() { _ = srv.Serve(ln) }()
 	t.Cleanup(func() { _ = srv.Close() })
 	return path
@@ -343,5 +347,121 @@ func TestDriftShowsOnlyWhatTheCallerSees(t *testing.T) {
 	}
 	if len(findings) != 2 {
 		t.Errorf("filtering changed the status it was given: %+v", findings)
+	}
+}
+
+// auditLog is a zerolog audit logger writing to a buffer safe to read while
+// the server writes, and what it holds, one JSON object per event.
+type auditLog struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (a *auditLog) Write(p []byte) (int, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.buf.Write(p)
+}
+
+func (a *auditLog) logger() *zerolog.Logger {
+	l := zerolog.New(a)
+	return &l
+}
+
+// events returns the events with the given "event" field.
+func (a *auditLog) events(t *testing.T, name string) []map[string]any {
+	t.Helper()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out []map[string]any
+	dec := json.NewDecoder(bytes.NewReader(a.buf.Bytes()))
+	for dec.More() {
+		var m map[string]any
+		if err := dec.Decode(&m); err != nil {
+			t.Fatal(err)
+		}
+		if m["event"] == name {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// TestImportContradictionAudited ensures that a ledger import line
+// rebinding an immutable tag is refused over the admin socket without
+// force, leaving the binding as it was, and applied with force; both are
+// audited, naming the tag, both digests and the caller.
+func TestImportContradictionAudited(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	l := mustLedger(t)
+	audit := &auditLog{}
+	c := mustClient(t, New(Options{Ledger: l, Admin: true, Audit: audit.logger()}))
+	before, err := l.Binding(ctx, "team/app", "1.0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged := digest.FromString("forged")
+	line := `{"type":"binding","repo":"team/app","tag":"1.0","digest":"` + forged.String() +
+		`","size":1,"mode":"mutable","pushedAt":"2026-01-01T00:00:00Z","pushedBy":"mallory"}` + "\n" +
+		`{"type":"binding","repo":"team/app","tag":"2.0","digest":"` + forged.String() +
+		`","size":1,"mode":"mutable","pushedAt":"2026-01-01T00:00:00Z","pushedBy":"mallory"}` + "\n"
+
+	_, err = c.Import(ctx, strings.NewReader(line), storage.ImportOptions{})
+	var ce *storage.ContradictionError
+	if !errors.As(err, &ce) || len(ce.Contradictions) != 1 || ce.Contradictions[0].Record != 1 || ce.Contradictions[0].Changes[0].Field != "digest" {
+		t.Fatalf("import of a forged binding: %v, want one contradiction of record 1's digest", err)
+	}
+	if b, err := l.Binding(ctx, "team/app", "1.0"); err != nil || b.Digest != before.Digest || b.Mode != storage.ModeImmutable {
+		t.Fatalf("binding after a refused import = %s %s, %v; want %s immutable", b.Digest, b.Mode, err, before.Digest)
+	}
+	if _, err := l.Binding(ctx, "team/app", "2.0"); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("a refused import wrote its other line: %v", err)
+	}
+	refused := audit.events(t, "refused")
+	if len(refused) != 1 || refused[0]["reason"] != "import-contradicts-ledger" || refused[0]["recorded"] != before.Digest.String() ||
+		refused[0]["digest"] != forged.String() || refused[0]["user"] != "tester on the socket" {
+		t.Errorf("refusal audit = %v", refused)
+	}
+	if len(audit.events(t, "ledger-import-refused")) != 1 || len(audit.events(t, "ledger-imported")) != 0 {
+		t.Errorf("refused import audited as %s", audit.buf.String())
+	}
+
+	st, err := c.Import(ctx, strings.NewReader(line), storage.ImportOptions{Force: true})
+	if err != nil || st.Bindings != 2 || len(st.Replaced) != 1 {
+		t.Fatalf("forced import = %+v, %v", st, err)
+	}
+	if b, err := l.Binding(ctx, "team/app", "1.0"); err != nil || b.Digest != forged {
+		t.Errorf("binding after a forced import = %s, %v; want %s", b.Digest, err, forged)
+	}
+	replaced := audit.events(t, "binding-replaced")
+	if len(replaced) != 1 || replaced[0]["tag"] != "1.0" || replaced[0]["recorded"] != before.Digest.String() || replaced[0]["digest"] != forged.String() {
+		t.Errorf("replacement audit = %v", replaced)
+	}
+	imported := audit.events(t, "ledger-imported")
+	if len(imported) != 1 || imported[0]["force"] != true || imported[0]["replaced"] != 1.0 || imported[0]["bindings"] != 2.0 {
+		t.Errorf("import audit = %v", imported)
+	}
+}
+
+// TestToolsAudited ensures that an import of upstream tags that adopted
+// some and a verify that repaired are audited with the caller.
+func TestToolsAudited(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	audit := &auditLog{}
+	tools := &fakeTools{report: proxy.VerifyReport{Findings: []proxy.Finding{{Repo: "a", Tag: "1", Kind: proxy.DriftMoved, Immutable: true}}}}
+	c := mustClient(t, New(Options{Ledger: mustLedger(t), Tools: tools, Admin: true, Audit: audit.logger()}))
+	if _, err := c.RunImport(ctx, ImportRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.RunVerify(ctx, VerifyRequest{Repair: true}); err != nil {
+		t.Fatal(err)
+	}
+	if ev := audit.events(t, "upstream-imported"); len(ev) != 1 || ev[0]["adopted"] != 1.0 || ev[0]["user"] != "tester on the socket" {
+		t.Errorf("import audit = %v", ev)
+	}
+	if ev := audit.events(t, "verify-repaired"); len(ev) != 1 || ev[0]["restored"] != 1.0 || ev[0]["user"] != "tester on the socket" {
+		t.Errorf("repair audit = %v", ev)
 	}
 }
