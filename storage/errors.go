@@ -111,7 +111,11 @@ func (e *ContradictionError) Error() string {
 	for i, c := range e.Contradictions {
 		parts[i] = c.String()
 	}
-	return fmt.Sprintf("%d records would change recorded bindings (%s): %v", len(parts), strings.Join(parts, "; "), ErrContradiction)
+	n := fmt.Sprintf("%d records", len(parts))
+	if len(parts) == 1 {
+		n = "1 record"
+	}
+	return fmt.Sprintf("%s would change what the ledger holds (%s): %v", n, strings.Join(parts, "; "), ErrContradiction)
 }
 
 // Unwrap returns ErrContradiction.

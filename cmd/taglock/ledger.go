@@ -380,11 +380,15 @@ Exit codes: 0 imported, 1 failure or refused (lines contradict the ledger),
 				}
 			} else {
 				for _, c := range ce.Contradictions {
-					fmt.Fprintf(out, "contradicts the ledger: %s\n", c)
+					printContradiction(out, "contradicts the ledger", c)
 				}
 			}
-			return exitError{code: exitFailure, msg: fmt.Sprintf("ledger import refused: %d lines contradict what the ledger holds, "+
-				"and no recorded binding was changed; check them, then import with --force to apply them", len(ce.Contradictions))}
+			n := fmt.Sprintf("%d lines contradict", len(ce.Contradictions))
+			if len(ce.Contradictions) == 1 {
+				n = "1 line contradicts"
+			}
+			return exitError{code: exitFailure, msg: "ledger import refused: " + n + " what the ledger holds, " +
+				"and no recorded binding was changed; check them, then import with --force to apply them"}
 		}
 		if err != nil {
 			return s.explain(err)
@@ -393,13 +397,22 @@ Exit codes: 0 imported, 1 failure or refused (lines contradict the ledger),
 			return writeJSON(out, st)
 		}
 		for _, c := range st.Replaced {
-			fmt.Fprintf(out, "replaced: %s\n", c)
+			printContradiction(out, "replaced what the ledger held", c)
 		}
 		fmt.Fprintf(out, "imported %d bindings, %d events, %d manifests, %d pulls, %d reservations; %d replaced what the ledger held\n",
 			st.Bindings, st.Events, st.Manifests, st.Pulls, st.Reservations, len(st.Replaced))
 		return nil
 	}
 	return cmd
+}
+
+// printContradiction prints one import line that contradicts the ledger,
+// with one change per line.
+func printContradiction(w io.Writer, what string, c storage.Contradiction) {
+	fmt.Fprintf(w, "line %d, %s:%s, %s:\n", c.Record, c.Repo, c.Tag, what)
+	for _, ch := range c.Changes {
+		fmt.Fprintf(w, "    %-11s %s -> %s\n", ch.Field, dash(ch.Recorded), dash(ch.Incoming))
+	}
 }
 
 func newLedgerCheck(g *globals) *cobra.Command {

@@ -89,8 +89,8 @@ func TestCommandsOnTheAdminSocket(t *testing.T) {
 		t.Fatal(err)
 	}
 	out, errs, code := e.run(t, "ledger", "import", file)
-	if code != exitFailure || !strings.Contains(out, "contradicts the ledger: record 1: team/app:1.0: digest "+v10.String()+" -> "+forged) ||
-		!strings.Contains(out, "mode immutable -> mutable") || !strings.Contains(errs, "--force") {
+	if code != exitFailure || !strings.Contains(out, "line 1, team/app:1.0, contradicts the ledger:\n    digest      "+v10.String()+" -> "+forged+"\n") ||
+		!strings.Contains(out, "    mode        immutable -> mutable\n") || !strings.Contains(errs, "--force") {
 		t.Fatalf("ledger import of a forged line: exit %d\nstdout: %s\nstderr: %s", code, out, errs)
 	}
 	if out := e.mustRun(t, 0, "resolve", "team/app:1.0"); !strings.HasSuffix(out, "@"+v10.String()+"\n") {
@@ -101,7 +101,7 @@ func TestCommandsOnTheAdminSocket(t *testing.T) {
 	}
 
 	out = e.mustRun(t, 0, "ledger", "import", "--force", file)
-	if !strings.Contains(out, "replaced: record 1: team/app:1.0: digest "+v10.String()+" -> "+forged) {
+	if !strings.Contains(out, "line 1, team/app:1.0, replaced what the ledger held:\n    digest      "+v10.String()+" -> "+forged+"\n") {
 		t.Errorf("ledger import --force: %s", out)
 	}
 	var st storage.ImportStats
