@@ -207,11 +207,7 @@ func StartWith(ctx context.Context, cfg config.Config, log zerolog.Logger, hooks
 		Str("admin_socket", s.admin.path).Msg("listening")
 	s.insight.start(s.proxy, metrics)
 	go func() { s.done <- serve(s.http, s.ln) }()
-	go func() {
-		if err := s.admin.serve(sock); !errors.Is(err, http.ErrServerClosed) {
-			log.Error().Err(err).Str("admin_socket", s.admin.path).Msg("admin socket stopped")
-		}
-	}()
+	s.admin.start(sock, log)
 	return s, nil
 }
 

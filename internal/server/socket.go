@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/rs/zerolog"
+
 	"github.com/taglock/taglock/internal/admin"
 )
 
@@ -116,9 +118,10 @@ func lookupGroup(group string) (int, error) {
 	return strconv.Atoi(g.Gid)
 }
 
-// serve answers h on the socket until shutdown; each request's context
-// names the peer for the admin calls' log and audit lines.
-func (a *adminSocket) serve(h http.Handler) error {
+// start answers h on the socket, in the background, until shutdown; each
+// request's context names the peer for the admin calls' log and audit
+// lines.
+func (a *adminSocket) start(h http.Handler, log zerolog.Logger) {
 	a.http = &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 30 * time.Second,
@@ -126,7 +129,11 @@ func (a *adminSocket) serve(h http.Handler) error {
 			return admin.WithCaller(ctx, peerCaller(c))
 		},
 	}
-	return a.http.Serve(a.ln)
+	go func() {
+		if err := a.http.Serve(a.ln); !errors.Is(err, http.ErrServerClosed) {
+			log.Error().Err(err).Str("admin_socket", a.path).Msg("admin socket stopped answering")
+		}
+	}()
 }
 
 // shutdown stops the server (or just the listener, if it never served)
