@@ -44,6 +44,9 @@ func listenAdmin(path, group string) (_ *adminSocket, err error) {
 	if err := clearStale(path); err != nil {
 		return nil, err
 	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return nil, fmt.Errorf("admin socket: %w", err)
+	}
 	tmp, err := os.MkdirTemp(filepath.Dir(path), ".s") // mode 0700
 	if err != nil {
 		return nil, fmt.Errorf("admin socket: %w", err)

@@ -176,8 +176,9 @@ func TestAdminSocket(t *testing.T) {
 }
 
 // TestStaleAdminSocket ensures a socket nothing answers on (left by a serve
-// that was killed) is replaced at start, while a socket something answers
-// on and a file that is not a socket stop the start and are left alone.
+// that was killed) is replaced at start, and a missing directory created,
+// while a socket something answers on and a file that is not a socket stop
+// the start and are left alone.
 func TestStaleAdminSocket(t *testing.T) {
 	t.Parallel()
 	start := func(t *testing.T, sock string) (*Server, error) {
@@ -204,6 +205,18 @@ func TestStaleAdminSocket(t *testing.T) {
 		defer srv.Shutdown(context.Background())
 		if _, err := admin.NewClient(sock).Check(context.Background()); err != nil {
 			t.Errorf("check on the replaced socket: %v", err)
+		}
+	})
+	t.Run("missing directory", func(t *testing.T) {
+		t.Parallel()
+		sock := filepath.Join(t.TempDir(), "run", "a.sock")
+		srv, err := start(t, sock)
+		if err != nil {
+			t.Fatalf("start with admin.socket in a directory that does not exist yet: %v", err)
+		}
+		defer srv.Shutdown(context.Background())
+		if _, err := admin.NewClient(sock).Check(context.Background()); err != nil {
+			t.Errorf("check on the socket: %v", err)
 		}
 	})
 	t.Run("live", func(t *testing.T) {
