@@ -72,10 +72,7 @@ func TestLedgerToolsAdoptVerifyRepair(t *testing.T) {
 	})
 
 	e.Start(t)
-	c, err := admin.NewClient("http://"+e.Addr, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := admin.NewClient(e.srv.AdminSocket())
 	// The adopted tag is protected at once.
 	if err := remote.Write(mustRef(t, e.Addr, "shop/api:1.0"), MustImage(t), ggcrOpts(t)...); err == nil {
 		t.Fatal("moving an imported immutable tag through taglock was allowed")
@@ -145,7 +142,7 @@ func TestLedgerToolsAdoptVerifyRepair(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer copyLedger.Close()
-	if _, err := copyLedger.Import(ctx, bytes.NewReader(export.Bytes())); err != nil {
+	if _, err := copyLedger.Import(ctx, bytes.NewReader(export.Bytes()), storage.ImportOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	var again bytes.Buffer

@@ -120,10 +120,7 @@ func TestRetentionPlanAndApply(t *testing.T) {
 			}
 		}
 		waitPulls(t, e, set)
-		c, err := admin.NewClient("http://"+e.Addr, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := admin.NewClient(e.srv.AdminSocket())
 		rep, err := c.RetentionPlan(t.Context())
 		if err != nil {
 			t.Fatalf("plan: %v", err)
@@ -279,11 +276,8 @@ func TestRetentionLimitAndResume(t *testing.T) {
 	e := NewEnv(t, Separate, retentionConfig(5))
 	e.Start(t)
 	s := seedRepo(t, e.Addr, "ci/small", 6)
-	c, err := admin.NewClient("http://"+e.Addr, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = c.RetentionApply(t.Context())
+	c := admin.NewClient(e.srv.AdminSocket())
+	_, err := c.RetentionApply(t.Context())
 	if !errors.Is(err, retention.ErrTooManyDeletions) {
 		t.Fatalf("apply over max_deletions: %v, want ErrTooManyDeletions", err)
 	}

@@ -41,7 +41,9 @@
 // [Ledger.Commit] (or [Ledger.Release] when the upstream refused it). Writes
 // that need no reservation (adoption of tags found upstream, imports,
 // tombstoning, restores) use [Ledger.Put]; refusals and other bare events use
-// [Ledger.Append].
+// [Ledger.Append]. [Ledger.Import] reads what [Ledger.Export] wrote and never
+// changes a recorded binding silently: a record that contradicts one refuses
+// the whole import unless [ImportOptions.Force] is given.
 //
 // # Bucket layout
 //

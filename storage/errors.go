@@ -3,6 +3,7 @@ package storage
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
@@ -34,6 +35,11 @@ var (
 	// empty or NUL-containing repository, tag or kind, a malformed digest, an
 	// unknown mode, or an event sequence that is not new.
 	ErrInvalid = errors.New("invalid ledger record")
+
+	// ErrContradiction means an import carries records that would change
+	// what the ledger holds for a tag (see Contradiction). Errors wrapping
+	// it are *ContradictionError values.
+	ErrContradiction = errors.New("import contradicts the ledger")
 
 	// ErrReadOnly means a write was attempted on a ledger opened with
 	// Options.ReadOnly.
@@ -90,3 +96,27 @@ func (e *ChangedError) Error() string {
 
 // Unwrap returns ErrChanged.
 func (e *ChangedError) Unwrap() error { return ErrChanged }
+
+// ContradictionError is the error Import returns (wrapped) when records
+// contradict the ledger and ImportOptions.Force is not set. It unwraps to
+// ErrContradiction.
+type ContradictionError struct {
+	// Contradictions lists every contradicting record, in input order.
+	Contradictions []Contradiction
+}
+
+// Error names every contradicting record and what it would change.
+func (e *ContradictionError) Error() string {
+	parts := make([]string, len(e.Contradictions))
+	for i, c := range e.Contradictions {
+		parts[i] = c.String()
+	}
+	n := fmt.Sprintf("%d records", len(parts))
+	if len(parts) == 1 {
+		n = "1 record"
+	}
+	return fmt.Sprintf("%s would change what the ledger holds (%s): %v", n, strings.Join(parts, "; "), ErrContradiction)
+}
+
+// Unwrap returns ErrContradiction.
+func (e *ContradictionError) Unwrap() error { return ErrContradiction }

@@ -2,10 +2,8 @@ package storage
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 
@@ -21,9 +19,6 @@ const (
 	recordPull        = "pull"
 	recordReservation = "reservation"
 )
-
-// importBatch is how many records Import writes per transaction.
-const importBatch = 1000
 
 // Each export line is a record's own JSON fields plus "type".
 type (
@@ -131,172 +126,6 @@ func (l *Ledger) Export(ctx context.Context, w io.Writer) error {
 	}
 	if err != nil {
 		return fmt.Errorf("export ledger %s: %w", l.path, err)
-	}
-	return nil
-}
-
-// Import reads records written by Export and stores them, importBatch (1000)
-// records per transaction. It is idempotent: bindings, manifests and
-// reservations replace the records with their keys, pulls keep the latest
-// time, and events keep their Seq (an event already recorded with the same
-// Seq must be identical, or Import fails with ErrInvalid). Unknown types or
-// fields fail with ErrInvalid naming the record number. On error the batches
-// already written stay; importing the whole stream again is safe.
-func (l *Ledger) Import(ctx context.Context, r io.Reader) (ImportStats, error) {
-	var stats ImportStats
-	dec := json.NewDecoder(bufio.NewReader(r))
-	var batch []func(*bolt.Tx) error
-	flush := func() error {
-		if len(batch) == 0 {
-			return nil
-		}
-		err := l.update(ctx, func(tx *bolt.Tx) error {
-			for _, apply := range batch {
-				if err := apply(tx); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-		batch = batch[:0]
-		return err
-	}
-	for n := 1; ; n++ {
-		var raw json.RawMessage
-		err := dec.Decode(&raw)
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return stats, fmt.Errorf("import record %d: %w: %w", n, ErrInvalid, err)
-		}
-		apply, err := parseRecord(raw, &stats)
-		if err != nil {
-			return stats, fmt.Errorf("import record %d: %w", n, err)
-		}
-		batch = append(batch, apply)
-		if len(batch) == importBatch {
-			if err := flush(); err != nil {
-				return stats, fmt.Errorf("import up to record %d: %w", n, err)
-			}
-		}
-	}
-	if err := flush(); err != nil {
-		return stats, fmt.Errorf("import: %w", err)
-	}
-	return stats, nil
-}
-
-// parseRecord decodes and validates one export line and returns the write
-// that stores it.
-func parseRecord(raw []byte, stats *ImportStats) (func(*bolt.Tx) error, error) {
-	var head struct {
-		Type string `json:"type"`
-	}
-	if err := json.Unmarshal(raw, &head); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
-	}
-	switch head.Type {
-	case recordBinding:
-		var line bindingLine
-		if err := strictDecode(raw, &line); err != nil {
-			return nil, err
-		}
-		bs, err := normalizeBindings([]Binding{line.Binding})
-		if err != nil {
-			return nil, err
-		}
-		stats.Bindings++
-		return func(tx *bolt.Tx) error { return putBinding(tx, bs[0]) }, nil
-	case recordManifest:
-		var line manifestLine
-		if err := strictDecode(raw, &line); err != nil {
-			return nil, err
-		}
-		if err := checkManifest(line.Manifest); err != nil {
-			return nil, err
-		}
-		stats.Manifests++
-		return func(tx *bolt.Tx) error { return putManifest(tx, line.Manifest) }, nil
-	case recordPull:
-		var line pullLine
-		if err := strictDecode(raw, &line); err != nil {
-			return nil, err
-		}
-		if err := checkPull(line.Pull); err != nil {
-			return nil, err
-		}
-		stats.Pulls++
-		return func(tx *bolt.Tx) error { return putPull(tx, line.Pull) }, nil
-	case recordReservation:
-		var line reservationLine
-		if err := strictDecode(raw, &line); err != nil {
-			return nil, err
-		}
-		r := line.Reservation
-		if r.Kind == "" {
-			r.Kind = ReservePush
-		}
-		if err := checkName("reservation id", r.ID); err != nil {
-			return nil, err
-		}
-		if err := checkReservation(r); err != nil {
-			return nil, err
-		}
-		stats.Reservations++
-		return func(tx *bolt.Tx) error {
-			if _, _, err := deleteReservation(tx, r.ID); err != nil {
-				return err
-			}
-			return putReservation(tx, r)
-		}, nil
-	case recordEvent:
-		var line eventLine
-		if err := strictDecode(raw, &line); err != nil {
-			return nil, err
-		}
-		e := line.Event
-		if e.Seq == 0 {
-			return nil, fmt.Errorf("event without seq: %w", ErrInvalid)
-		}
-		if err := checkEvents([]Event{e}); err != nil {
-			return nil, err
-		}
-		stats.Events++
-		return func(tx *bolt.Tx) error { return importEvent(tx, e) }, nil
-	default:
-		return nil, fmt.Errorf("unknown record type %q: %w", head.Type, ErrInvalid)
-	}
-}
-
-// importEvent stores e under its own Seq, unless an identical event is
-// already there, and moves the sequence past it.
-func importEvent(tx *bolt.Tx, e Event) error {
-	v, err := json.Marshal(e)
-	if err != nil {
-		return fmt.Errorf("encode event %d: %w", e.Seq, err)
-	}
-	b := tx.Bucket(bucketEvents)
-	if old := b.Get(seqKey(e.Seq)); old != nil {
-		if !bytes.Equal(old, v) {
-			return fmt.Errorf("event %d differs from the recorded one: %w", e.Seq, ErrInvalid)
-		}
-		return nil
-	}
-	if e.Seq > b.Sequence() {
-		if err := b.SetSequence(e.Seq); err != nil {
-			return err
-		}
-	}
-	return putEvent(tx, e)
-}
-
-// strictDecode decodes one record, refusing unknown fields.
-func strictDecode(raw []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	return nil
 }

@@ -1,6 +1,8 @@
 package storage
 
 import (
+	"fmt"
+	"strings"
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
@@ -183,11 +185,55 @@ type Pull struct {
 	At     time.Time     `json:"at"`
 }
 
-// ImportStats counts the records Import read, by type.
+// ImportStats counts the records Import wrote, by type, and lists the
+// contradicting records it applied under ImportOptions.Force.
 type ImportStats struct {
 	Bindings     int `json:"bindings"`
 	Events       int `json:"events"`
 	Manifests    int `json:"manifests"`
 	Pulls        int `json:"pulls"`
 	Reservations int `json:"reservations"`
+	// Replaced lists the records that changed what the ledger held;
+	// empty without Force.
+	Replaced []Contradiction `json:"replaced,omitempty"`
+}
+
+// Contradiction is one import record that would change what the ledger
+// holds for a tag: a binding that differs in any field from the recorded
+// one (another digest, a weaker mode, a tombstone, another first push...),
+// or a reservation that would hold an immutable tag for another digest.
+type Contradiction struct {
+	// Record is the record's number in the import, from 1; in an export
+	// every record is one line.
+	Record int    `json:"record"`
+	Repo   string `json:"repo"`
+	Tag    string `json:"tag"`
+	// Changes lists what the record would change, field by field.
+	Changes []Change `json:"changes"`
+}
+
+// Change is one field a contradicting record would change.
+type Change struct {
+	// Field is the binding's JSON field ("digest", "mode", "pushedAt",
+	// ...), or "reservation" for a reservation holding an immutable tag.
+	Field    string `json:"field"`
+	Recorded string `json:"recorded"` // what the ledger holds
+	Incoming string `json:"incoming"` // what the record carries
+}
+
+// String is "record 3: app:1.0: digest sha256:… -> sha256:…, mode
+// immutable -> mutable".
+func (c Contradiction) String() string {
+	parts := make([]string, len(c.Changes))
+	for i, ch := range c.Changes {
+		parts[i] = fmt.Sprintf("%s %s -> %s", ch.Field, orDash(ch.Recorded), orDash(ch.Incoming))
+	}
+	return fmt.Sprintf("record %d: %s:%s: %s", c.Record, c.Repo, c.Tag, strings.Join(parts, ", "))
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }

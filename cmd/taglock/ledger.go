@@ -9,8 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"time"
@@ -39,7 +38,7 @@ const (
 )
 
 // lockWait is how long a command waits for the ledger's file lock before it
-// turns to the running serve's admin API instead.
+// turns to the running serve's admin socket instead.
 const lockWait = 200 * time.Millisecond
 
 // service is what the ledger commands need. *admin.Client provides it
@@ -49,7 +48,7 @@ type service interface {
 	History(ctx context.Context, repo, tag string, limit int) ([]storage.Event, error)
 	Backup(ctx context.Context, w io.Writer) (int64, error)
 	Export(ctx context.Context, w io.Writer) error
-	Import(ctx context.Context, r io.Reader) (storage.ImportStats, error)
+	Import(ctx context.Context, r io.Reader, o storage.ImportOptions) (storage.ImportStats, error)
 	Check(ctx context.Context) ([]string, error)
 	RunImport(ctx context.Context, req admin.ImportRequest) (proxy.ImportReport, error)
 	RunVerify(ctx context.Context, req admin.VerifyRequest) (admin.VerifyResult, error)
@@ -65,7 +64,7 @@ type session struct {
 	service
 	cfg    config.Config
 	ledger string // the ledger file
-	remote string // the admin API's address when serve holds the ledger; "" otherwise
+	socket string // the admin socket when serve holds the ledger; "" otherwise
 	close  func()
 }
 
@@ -79,12 +78,15 @@ const (
 )
 
 // open loads the config and reaches the ledger: directly when no other
-// process holds it, otherwise through the admin API of the serve that does.
-// It never waits on the lock for more than lockWait.
+// process holds it, otherwise through the admin socket of the serve that
+// does. It never waits on the lock for more than lockWait.
 func (g *globals) open(ctx context.Context, mode openMode) (*session, error) {
 	cfg, err := g.load()
 	if err != nil {
 		return nil, exitError{code: exitUsage, msg: err.Error()}
+	}
+	if g.data != "" {
+		cfg.Data = g.data
 	}
 	path := server.LedgerPath(cfg.Data)
 	s := &session{cfg: cfg, ledger: path, close: func() {}}
@@ -95,27 +97,29 @@ func (g *globals) open(ctx context.Context, mode openMode) (*session, error) {
 	}
 	l, err := storage.Open(path, storage.Options{LockTimeout: lockWait, ReadOnly: mode == readOnly})
 	if errors.Is(err, storage.ErrLocked) {
-		base := adminURL(cfg)
-		tlsCfg, err := adminTLS(cfg)
-		if err != nil {
-			return nil, err
-		}
-		c, err := admin.NewClient(base, &http.Client{Transport: &http.Transport{
-			DialContext:           (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
-			TLSClientConfig:       tlsCfg,
-			ResponseHeaderTimeout: 0, // imports and verifies answer when done
-		}})
-		if err != nil {
-			return nil, err
-		}
-		s.service, s.remote = c, base
+		s.socket = cfg.AdminSocket()
+		s.service = admin.NewClient(s.socket)
 		return s, nil
 	}
 	if err != nil {
 		return nil, err
 	}
 	local := admin.Local{Ledger: l}
-	s.close = func() { _ = l.Close() }
+	closeAudit := func() {}
+	if mode != readOnly {
+		// What this process changes is audited as serve would: to
+		// log.audit and the log.
+		log, err := newLogger(cfg.Log, os.Stderr)
+		if err != nil {
+			_ = l.Close()
+			return nil, err
+		}
+		if local.Audit, closeAudit, err = server.OpenAudit(cfg.Log.Audit, log); err != nil {
+			_ = l.Close()
+			return nil, err
+		}
+	}
+	s.close = func() { _ = l.Close(); closeAudit() }
 	if mode == withUpstream {
 		log, err := newLogger(config.Log{Level: "warn", Format: cfg.Log.Format}, os.Stderr)
 		if err != nil {
@@ -128,14 +132,14 @@ func (g *globals) open(ctx context.Context, mode openMode) (*session, error) {
 			return nil, fmt.Errorf("upstream: %w", err)
 		}
 		local.Tools = off.Proxy()
-		s.close = func() { _ = off.Close(); _ = l.Close() }
+		s.close = func() { _ = off.Close(); _ = l.Close(); closeAudit() }
 	}
 	s.service = local
 	return s, nil
 }
 
 // explain turns an admin API failure into what the user must know: the
-// ledger is held by another process and its API did not answer.
+// ledger is held by another process and its admin socket did not answer.
 func (s *session) explain(err error) error {
 	if err == nil {
 		return nil
@@ -144,26 +148,20 @@ func (s *session) explain(err error) error {
 	if errors.As(err, &ee) {
 		return err
 	}
-	if s.remote != "" && errors.Is(err, admin.ErrUnreachable) {
-		return exitError{code: exitFailure, msg: fmt.Sprintf(
-			"the ledger %s is in use by another process, and %v; "+
-				"if serve runs with another listen address, pass its config with --config", s.ledger, err)}
+	if s.socket == "" || !errors.Is(err, admin.ErrUnreachable) {
+		return err
 	}
-	return err
+	hint := "if serve runs with another data directory or admin.socket, pass its config with --config or its data directory with --data"
+	if errors.Is(err, fs.ErrPermission) {
+		hint = "the admin socket admits only the user serve runs as and, with admin.group, that group's members: run the command as one of them"
+	}
+	return exitError{code: exitFailure, msg: fmt.Sprintf("the ledger %s is in use by another process, and %v; %s", s.ledger, err, hint)}
 }
 
-// adminURL is where a serve with cfg answers: its listen address, with an
-// unspecified host replaced by loopback.
-func adminURL(cfg config.Config) string {
-	if cfg.TLS.Cert != "" {
-		return "https://" + dialable(cfg.Listen)
-	}
-	return "http://" + dialable(cfg.Listen)
-}
-
-// adminTLS trusts exactly the certificate serve is configured with: the
-// commands reach it on loopback, which the certificate need not name.
-func adminTLS(cfg config.Config) (*tls.Config, error) {
+// serveTLS trusts exactly the certificate serve is configured with, for
+// reaching serve's own HTTPS listener on loopback, which the certificate
+// need not name (promote).
+func serveTLS(cfg config.Config) (*tls.Config, error) {
 	if cfg.TLS.Cert == "" {
 		return nil, nil
 	}
@@ -221,11 +219,12 @@ func newLedgerCmd(g *globals) *cobra.Command {
 		Short: "Back up, export, import and check the ledger",
 		Long: `Maintain the ledger. Each subcommand works whether or not serve is running on
 the data directory: without serve it opens the ledger itself; with serve it
-asks the running server through its admin API on the configured listen
-address (loopback only).
+asks the running server through its admin socket (admin.socket, by default
+taglock.sock in the data directory), found through --config or --data.
 
 Exit codes: 0 success, 1 failure or problems found, 2 usage error.`,
 	}
+	g.dataFlag(cmd, true)
 	cmd.AddCommand(newLedgerBackup(g), newLedgerExport(g), newLedgerImport(g), newLedgerCheck(g))
 	return cmd
 }
@@ -330,11 +329,27 @@ func newLedgerExport(g *globals) *cobra.Command {
 }
 
 func newLedgerImport(g *globals) *cobra.Command {
+	var force bool
 	cmd := &cobra.Command{
 		Use:   "import FILE|-",
 		Short: "Read JSON lines written by ledger export into the ledger; importing the same file again is safe",
-		Args:  usageArgs(cobra.ExactArgs(1)),
+		Long: `Import reads the JSON lines ledger export wrote (from FILE, or stdin with -)
+into the ledger. It never changes a recorded binding silently: a binding line
+that differs in any way from what the ledger holds for its tag (another
+digest, a weaker mode, a revived tombstone, another first push), a second line
+for one tag that differs from the first, and a pending reservation that would
+hold an immutable tag for another digest each contradict the ledger. Each is
+printed with what it would change, and the import is refused: nothing is
+written. With --force the whole file is applied, and each binding it replaced
+is printed and written to the audit log. Lines identical to the ledger and
+tags it does not hold need no --force, so importing the same file again is
+safe.
+
+Exit codes: 0 imported, 1 failure or refused (lines contradict the ledger),
+2 usage error.`,
+		Args: usageArgs(cobra.ExactArgs(1)),
 	}
+	cmd.Flags().BoolVar(&force, "force", false, "apply lines that contradict the ledger, replacing the bindings it holds")
 	asJSON := outputFlag(cmd)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		js, err := asJSON()
@@ -355,18 +370,49 @@ func newLedgerImport(g *globals) *cobra.Command {
 			return err
 		}
 		defer s.close()
-		st, err := s.Import(cmd.Context(), in)
+		out := cmd.OutOrStdout()
+		st, err := s.Import(cmd.Context(), in, storage.ImportOptions{Force: force})
+		var ce *storage.ContradictionError
+		if errors.As(err, &ce) {
+			if js {
+				if err := writeJSON(out, map[string]any{"contradictions": ce.Contradictions}); err != nil {
+					return err
+				}
+			} else {
+				for _, c := range ce.Contradictions {
+					printContradiction(out, "contradicts the ledger", c)
+				}
+			}
+			n := fmt.Sprintf("%d lines contradict", len(ce.Contradictions))
+			if len(ce.Contradictions) == 1 {
+				n = "1 line contradicts"
+			}
+			return exitError{code: exitFailure, msg: "ledger import refused: " + n + " what the ledger holds, " +
+				"and no recorded binding was changed; check them, then import with --force to apply them"}
+		}
 		if err != nil {
 			return s.explain(err)
 		}
 		if js {
-			return writeJSON(cmd.OutOrStdout(), st)
+			return writeJSON(out, st)
 		}
-		fmt.Fprintf(cmd.OutOrStdout(), "imported %d bindings, %d events, %d manifests, %d pulls, %d reservations\n",
-			st.Bindings, st.Events, st.Manifests, st.Pulls, st.Reservations)
+		for _, c := range st.Replaced {
+			printContradiction(out, "replaced what the ledger held", c)
+		}
+		fmt.Fprintf(out, "imported %d bindings, %d events, %d manifests, %d pulls, %d reservations; %d replaced what the ledger held\n",
+			st.Bindings, st.Events, st.Manifests, st.Pulls, st.Reservations, len(st.Replaced))
 		return nil
 	}
 	return cmd
+}
+
+// printContradiction prints one import line that contradicts the ledger,
+// with one change per line.
+func printContradiction(w io.Writer, what string, c storage.Contradiction) {
+	fmt.Fprintf(w, "line %d, %s:%s, %s:\n", c.Record, c.Repo, c.Tag, what)
+	for _, ch := range c.Changes {
+		fmt.Fprintf(w, "    %-11s %s -> %s\n", ch.Field, dash(ch.Recorded), dash(ch.Incoming))
+	}
 }
 
 func newLedgerCheck(g *globals) *cobra.Command {

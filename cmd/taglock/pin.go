@@ -87,6 +87,7 @@ reference failed (see its line) or a failure, 2 usage error.`,
 		Args: usageArgs(cobra.MinimumNArgs(1)),
 	}
 	cmd.Flags().StringSliceVar(&hosts, "host", nil, "registry host whose references are pinned (repeatable; default: the listen address)")
+	g.dataFlag(cmd, false)
 	cmd.Flags().BoolVar(&check, "check", false, "write nothing; exit 1 on any reference not pinned or using a mutable tag")
 	asJSON := outputFlag(cmd)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {

@@ -92,7 +92,7 @@ Exit status: 0 promoted, 1 refused or failed, 2 usage error.`,
 				f.registry = dialable(cfg.Listen)
 				// serve's own HTTPS, on an address its certificate
 				// need not name: trust exactly that certificate.
-				if tlsCfg, err = adminTLS(cfg); err != nil {
+				if tlsCfg, err = serveTLS(cfg); err != nil {
 					return err
 				}
 			}

@@ -33,6 +33,7 @@ In embedded mode apply then reclaims blob storage (mark and sweep, with
 writes held meanwhile) and reports the bytes freed.
 ` + servesOrNot,
 	}
+	g.dataFlag(cmd, true)
 	cmd.AddCommand(newRetentionPlan(g), newRetentionApply(g))
 	return cmd
 }
@@ -94,7 +95,9 @@ func (g *globals) openRetention(ctx context.Context) (*session, retentionService
 			s.close()
 			return nil, nil, err
 		}
-		o := retention.Options{Policy: pol, Immutability: im, Ledger: ledger, Upstream: px, Dir: server.RetentionDir(s.cfg.Data), Log: log}
+		audit := svc.Audit
+		o := retention.Options{Policy: pol, Immutability: im, Ledger: ledger, Upstream: px, Dir: server.RetentionDir(s.cfg.Data),
+			Log: log, Audit: &audit}
 		if s.cfg.Upstream.URL == "" {
 			// No serve runs on this data directory (this process holds
 			// the ledger), so nothing writes while the sweep runs.

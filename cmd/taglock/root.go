@@ -18,6 +18,18 @@ import (
 // globals are the flags every subcommand shares.
 type globals struct {
 	configPath string
+	data       string // --data of the ledger commands; "" keeps the config's
+}
+
+// dataFlag adds --data, which overrides the config's data directory, to a
+// command that reaches the ledger (and, through it, serve's admin socket),
+// and with persistent to its subcommands.
+func (g *globals) dataFlag(cmd *cobra.Command, persistent bool) {
+	fs := cmd.Flags()
+	if persistent {
+		fs = cmd.PersistentFlags()
+	}
+	fs.StringVar(&g.data, "data", "", "data directory holding the ledger and serve's admin socket (default: data in --config)")
 }
 
 func newRoot() *cobra.Command {

@@ -23,8 +23,8 @@ import (
 const servesOrNot = `
 Works whether or not serve is running on the data directory: without serve
 it opens the ledger (and, when needed, the upstream) itself; with serve it
-asks the running server through its admin API on the configured listen
-address (loopback only).`
+asks the running server through its admin socket (admin.socket, by default
+taglock.sock in the data directory), found through --config or --data.`
 
 func newImportCmd(g *globals) *cobra.Command {
 	var w walkFlags
@@ -43,6 +43,7 @@ Exit codes: 0 success, 1 failure, 2 usage error.`,
 		Args: usageArgs(cobra.NoArgs),
 	}
 	w.add(cmd)
+	g.dataFlag(cmd, false)
 	asJSON := outputFlag(cmd)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		js, err := asJSON()
@@ -147,6 +148,7 @@ Exit codes: 0 no immutable tag drifted (other findings may be listed),
 		Args: usageArgs(cobra.NoArgs),
 	}
 	w.add(cmd)
+	g.dataFlag(cmd, false)
 	cmd.Flags().BoolVar(&repair, "repair", false, "restore moved or deleted immutable tags, then verify again")
 	asJSON := outputFlag(cmd)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
@@ -255,6 +257,7 @@ deleted) or the ledger could not be read, 2 usage error.`,
 		Args: usageArgs(cobra.MinimumNArgs(1)),
 	}
 	cmd.Flags().StringVar(&host, "host", "", "registry host to print (default: the listen address)")
+	g.dataFlag(cmd, false)
 	asJSON := outputFlag(cmd)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		js, err := asJSON()
@@ -335,6 +338,7 @@ Exit codes: 0 events printed, 1 nothing recorded or failure, 2 usage error.`,
 		Args: usageArgs(cobra.ExactArgs(1)),
 	}
 	cmd.Flags().IntVar(&limit, "limit", 50, "at most this many events; 0 means all")
+	g.dataFlag(cmd, false)
 	asJSON := outputFlag(cmd)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		js, err := asJSON()

@@ -393,8 +393,8 @@ func TestLedgerCommandUsage(t *testing.T) {
 }
 
 // TestUnreachableServer ensures that a ledger held by a process without an
-// API answering at the configured address gives an explanation, not a lock
-// error, and that the command does not hang.
+// admin socket answering where the config says gives an explanation, not a
+// lock error, and that the command does not hang.
 func TestUnreachableServer(t *testing.T) {
 	t.Parallel()
 	e := ltNewEnv(t)
@@ -406,7 +406,8 @@ func TestUnreachableServer(t *testing.T) {
 	}
 	defer l.Close()
 	_, errs, code := e.run(t, "resolve", "app:1.0")
-	if code != 1 || !strings.Contains(errs, "in use by another process") || !strings.Contains(errs, "127.0.0.1:1") {
-		t.Errorf("exit %d, stderr %q; want 1 and an explanation naming the address", code, errs)
+	sock := filepath.Join(e.data, "taglock.sock")
+	if code != 1 || !strings.Contains(errs, "in use by another process") || !strings.Contains(errs, "admin socket "+sock) {
+		t.Errorf("exit %d, stderr %q; want 1 and an explanation naming the admin socket", code, errs)
 	}
 }

@@ -1,15 +1,22 @@
 // Package admin is taglock's JSON API under /taglock/v1/ and its client.
 //
 // The read-only half (GET) shows what the ledger knows: repositories, the
-// bindings of a repository, a tag's binding and history, and recent
-// refusals. The admin half (POST under /taglock/v1/admin/) runs the
-// operator tools inside a running serve, which holds the ledger's file
-// lock: import, verify and repair, ledger backup, export, import and check.
-// The taglock commands use it through Client when they find the ledger
-// locked. Admin calls are answered only for loopback peers that send the
-// X-Taglock-Admin header, so neither a remote client nor a web page can
-// reach them. serve puts the read half behind its authentication and gives
-// each remote caller a Viewer, which leaves out what the caller may not pull.
+// bindings of a repository, a tag's binding and history, recent refusals
+// and the last scheduled verify. serve answers it on its TCP listener,
+// behind the registry's authentication, giving each caller a Viewer that
+// leaves out what the caller may not pull; no peer address sees more.
+//
+// The admin half (POST under /taglock/v1/admin/) runs the operator tools
+// inside a running serve, which holds the ledger's file lock: import, verify
+// and repair, ledger backup, export, import and check, retention plan and
+// apply. serve answers it only on its Unix socket (admin.socket), together
+// with the read half showing everything; the socket's file permissions are
+// the only authority, as with containerd's and Docker's sockets. A handler
+// built without Options.Admin answers admin calls with 404, and the admin
+// half refuses any request that did not arrive on a Unix socket, whatever
+// it claims about itself. The taglock commands use it through Client when
+// they find the ledger locked. Every admin call that changes the ledger
+// writes an audit event naming what changed.
 //
 // The package decides nothing about tags: the ledger records and the proxy's
 // tools (ImportTags, Verify, Repair) do the work. It must not touch the
@@ -21,6 +28,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+
+	"github.com/rs/zerolog"
 
 	"github.com/taglock/taglock/policy"
 	"github.com/taglock/taglock/proxy"
@@ -36,7 +45,7 @@ type Ledger interface {
 	Recent(ctx context.Context, kind storage.EventKind, limit int) ([]storage.Event, error)
 	Backup(ctx context.Context, w io.Writer) (int64, error)
 	Export(ctx context.Context, w io.Writer) error
-	Import(ctx context.Context, r io.Reader) (storage.ImportStats, error)
+	Import(ctx context.Context, r io.Reader, o storage.ImportOptions) (storage.ImportStats, error)
 	Check(ctx context.Context) ([]string, error)
 }
 
@@ -51,6 +60,23 @@ type Tools interface {
 }
 
 var _ Tools = (*proxy.Server)(nil)
+
+type callerKey struct{}
+
+// WithCaller returns ctx naming who asks, for the log and the audit events
+// of admin calls: serve names the Unix socket's peer, the commands the
+// local user when they hold the ledger themselves.
+func WithCaller(ctx context.Context, who string) context.Context {
+	return context.WithValue(ctx, callerKey{}, who)
+}
+
+// Caller is who WithCaller named in ctx, or "unknown".
+func Caller(ctx context.Context) string {
+	if who, ok := ctx.Value(callerKey{}).(string); ok && who != "" {
+		return who
+	}
+	return "unknown"
+}
 
 // ErrNoUpstream means an import or verify was asked of a Local without
 // Tools.
@@ -105,6 +131,9 @@ type Local struct {
 	// Tools compare the ledger with the upstream; nil makes RunImport and
 	// RunVerify fail with ErrNoUpstream.
 	Tools Tools
+	// Audit receives an event for each operation that changes the ledger,
+	// naming what changed and the Caller. The zero value discards them.
+	Audit zerolog.Logger
 }
 
 // RunImport adopts the upstream's tags that the ledger lacks.
@@ -116,7 +145,9 @@ func (l Local) RunImport(ctx context.Context, req ImportRequest) (proxy.ImportRe
 	if err != nil {
 		return proxy.ImportReport{}, err
 	}
-	return l.Tools.ImportTags(ctx, proxy.ImportOptions{Repositories: globs, Rate: req.Rate, Progress: req.Progress})
+	rep, err := l.Tools.ImportTags(ctx, proxy.ImportOptions{Repositories: globs, Rate: req.Rate, Progress: req.Progress})
+	l.auditImport(ctx, rep, err)
+	return rep, err
 }
 
 // RunVerify reports drift and, when asked, repairs it and verifies again.
@@ -136,7 +167,9 @@ func (l Local) RunVerify(ctx context.Context, req VerifyRequest) (VerifyResult, 
 	if !req.Repair {
 		return res, nil
 	}
-	if res.Repairs, err = l.Tools.Repair(ctx, res.Report.Findings); err != nil {
+	res.Repairs, err = l.Tools.Repair(ctx, res.Report.Findings)
+	l.auditRepair(ctx, res.Repairs)
+	if err != nil {
 		return res, err
 	}
 	after, err := l.Tools.Verify(ctx, opts)

@@ -5,14 +5,18 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
+	"github.com/rs/zerolog"
 
 	"github.com/taglock/taglock/internal/view"
 	"github.com/taglock/taglock/proxy"
@@ -27,7 +31,7 @@ type fakeTools struct {
 }
 
 func (f *fakeTools) ImportTags(_ context.Context, o proxy.ImportOptions) (proxy.ImportReport, error) {
-	return proxy.ImportReport{Repositories: len(o.Repositories)}, nil
+	return proxy.ImportReport{Repositories: len(o.Repositories), Adopted: 1}, nil
 }
 
 func (f *fakeTools) Verify(context.Context, proxy.VerifyOptions) (proxy.VerifyReport, error) {
@@ -69,15 +73,27 @@ func mustLedger(t *testing.T) *storage.Ledger {
 	return l
 }
 
-func mustClient(t *testing.T, h http.Handler) *Client {
+// mustSocket serves h on a Unix socket, as serve serves the admin API, and
+// returns the socket's path.
+func mustSocket(t *testing.T, h http.Handler) string {
 	t.Helper()
-	srv := httptest.NewServer(h)
-	t.Cleanup(srv.Close)
-	c, err := NewClient(srv.URL, srv.Client())
+	path := filepath.Join(t.TempDir(), "admin.sock")
+	ln, err := net.Listen("unix", path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return c
+	srv := &http.Server{Handler: h, ConnContext: func(ctx context.Context, _ net.Conn) context.Context {
+		return WithCaller(ctx, "tester on the socket")
+	}}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return path
+}
+
+// mustClient is a Client of h served on a Unix socket.
+func mustClient(t *testing.T, h http.Handler) *Client {
+	t.Helper()
+	return NewClient(mustSocket(t, h))
 }
 
 // TestReadAPI ensures that the read-only API shows repositories, bindings
@@ -140,35 +156,59 @@ func TestReadAPIErrors(t *testing.T) {
 	}
 }
 
-// TestAdminGuard ensures that admin calls are refused without the admin
-// header or from a peer that is not on loopback.
+// TestAdminGuard ensures that the admin half answers only requests that
+// arrived on a Unix socket of a handler built with Admin: over TCP, from
+// loopback, with the old admin header, a forwarded-for address, or a
+// foreign Host and Origin, an admin call is 404 and changes nothing.
 func TestAdminGuard(t *testing.T) {
 	t.Parallel()
-	h := New(Options{Ledger: mustLedger(t)})
-	tests := []struct {
+	l := mustLedger(t)
+	full := New(Options{Ledger: l, Admin: true})
+	tcp := httptest.NewServer(full)
+	t.Cleanup(tcp.Close)
+	forged := `{"type":"binding","repo":"team/app","tag":"1.0","digest":"` + digest.FromString("forged").String() +
+		`","size":1,"mode":"mutable","pushedAt":"2026-01-01T00:00:00Z","pushedBy":"mallory"}` + "\n"
+	for _, tc := range []struct {
 		name   string
-		remote string
-		header bool
-		want   int
+		header http.Header
 	}{
-		{"loopback with header", "127.0.0.1:4000", true, http.StatusOK},
-		{"loopback without header", "127.0.0.1:4000", false, http.StatusForbidden},
-		{"remote with header", "192.0.2.7:4000", true, http.StatusForbidden},
-	}
-	for _, tc := range tests {
+		{"no headers", nil},
+		{"admin header", http.Header{"X-Taglock-Admin": {"1"}}},
+		{"forwarded for", http.Header{"X-Taglock-Admin": {"1"}, "X-Forwarded-For": {"203.0.113.9"}}},
+		{"foreign host and origin", http.Header{"X-Taglock-Admin": {"1"}, "Host": {"evil.example"}, "Origin": {"http://evil.example"}}},
+	} {
 		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			req := httptest.NewRequest(http.MethodPost, Prefix+"admin/ledger/check", nil)
-			req.RemoteAddr = tc.remote
-			if tc.header {
-				req.Header.Set(HeaderAdmin, "1")
-			}
-			rec := httptest.NewRecorder()
-			h.ServeHTTP(rec, req)
-			if rec.Code != tc.want {
-				t.Errorf("check = %d, want %d", rec.Code, tc.want)
+			for _, path := range []string{"admin/ledger/import?force=true", "admin/ledger/check", "admin/verify"} {
+				req, err := http.NewRequest(http.MethodPost, tcp.URL+Prefix+path, strings.NewReader(forged))
+				if err != nil {
+					t.Fatal(err)
+				}
+				for k, v := range tc.header {
+					req.Header[k] = v
+				}
+				req.Host = req.Header.Get("Host")
+				resp, err := tcp.Client().Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusNotFound {
+					t.Errorf("POST %s over TCP: %d, want 404", path, resp.StatusCode)
+				}
 			}
 		})
+	}
+	if b, err := l.Binding(context.Background(), "team/app", "1.0"); err != nil || b.PushedBy != "ci" {
+		t.Errorf("binding after admin calls over TCP = %+v, %v; want it unchanged", b, err)
+	}
+
+	// On a socket, the read-only handler has no admin half either.
+	readOnly := mustClient(t, New(Options{Ledger: l}))
+	if _, err := readOnly.Check(context.Background()); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("check on a handler without Admin: %v, want not found", err)
+	}
+	if _, err := mustClient(t, full).Check(context.Background()); err != nil {
+		t.Errorf("check on the admin socket: %v", err)
 	}
 }
 
@@ -179,7 +219,7 @@ func TestLedgerMaintenance(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	src := mustLedger(t)
-	c := mustClient(t, New(Options{Ledger: src}))
+	c := mustClient(t, New(Options{Ledger: src, Admin: true}))
 
 	var backup bytes.Buffer
 	if n, err := c.Backup(ctx, &backup); err != nil || n == 0 {
@@ -207,8 +247,8 @@ func TestLedgerMaintenance(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer dst.Close()
-	dc := mustClient(t, New(Options{Ledger: dst}))
-	st, err := dc.Import(ctx, bytes.NewReader(export.Bytes()))
+	dc := mustClient(t, New(Options{Ledger: dst, Admin: true}))
+	st, err := dc.Import(ctx, bytes.NewReader(export.Bytes()), storage.ImportOptions{})
 	if err != nil || st.Bindings != 1 || st.Events != 2 {
 		t.Fatalf("Import = %+v, %v", st, err)
 	}
@@ -222,7 +262,7 @@ func TestLedgerMaintenance(t *testing.T) {
 	if problems, err := dc.Check(ctx); err != nil || len(problems) != 0 {
 		t.Errorf("Check = %v, %v; want clean", problems, err)
 	}
-	if _, err := dc.Import(ctx, bytes.NewReader([]byte(`{"type":"nonsense"}`+"\n"))); !errors.Is(err, ErrInvalidRequest) {
+	if _, err := dc.Import(ctx, bytes.NewReader([]byte(`{"type":"nonsense"}`+"\n")), storage.ImportOptions{}); !errors.Is(err, ErrInvalidRequest) {
 		t.Errorf("Import of a bad record: %v, want an invalid-request error", err)
 	}
 }
@@ -233,7 +273,7 @@ func TestRunVerify(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	tools := &fakeTools{report: proxy.VerifyReport{Findings: []proxy.Finding{{Repo: "a", Tag: "1", Kind: proxy.DriftMoved, Immutable: true}}}}
-	c := mustClient(t, New(Options{Ledger: mustLedger(t), Tools: tools}))
+	c := mustClient(t, New(Options{Ledger: mustLedger(t), Tools: tools, Admin: true}))
 	res, err := c.RunVerify(ctx, VerifyRequest{Repair: true})
 	if err != nil {
 		t.Fatal(err)
@@ -251,7 +291,7 @@ func TestRunVerify(t *testing.T) {
 		t.Errorf("RunImport = %+v, %v; want the two globs passed on", rep, err)
 	}
 
-	bare := mustClient(t, New(Options{Ledger: mustLedger(t)}))
+	bare := mustClient(t, New(Options{Ledger: mustLedger(t), Admin: true}))
 	if _, err := bare.RunImport(ctx, ImportRequest{}); !errors.Is(err, ErrNoUpstream) {
 		t.Errorf("RunImport without tools: %v, want ErrNoUpstream", err)
 	}
@@ -307,5 +347,121 @@ func TestDriftShowsOnlyWhatTheCallerSees(t *testing.T) {
 	}
 	if len(findings) != 2 {
 		t.Errorf("filtering changed the status it was given: %+v", findings)
+	}
+}
+
+// auditLog is a zerolog audit logger writing to a buffer safe to read while
+// the server writes, and what it holds, one JSON object per event.
+type auditLog struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (a *auditLog) Write(p []byte) (int, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.buf.Write(p)
+}
+
+func (a *auditLog) logger() *zerolog.Logger {
+	l := zerolog.New(a)
+	return &l
+}
+
+// events returns the events with the given "event" field.
+func (a *auditLog) events(t *testing.T, name string) []map[string]any {
+	t.Helper()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out []map[string]any
+	dec := json.NewDecoder(bytes.NewReader(a.buf.Bytes()))
+	for dec.More() {
+		var m map[string]any
+		if err := dec.Decode(&m); err != nil {
+			t.Fatal(err)
+		}
+		if m["event"] == name {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// TestImportContradictionAudited ensures that a ledger import line
+// rebinding an immutable tag is refused over the admin socket without
+// force, leaving the binding as it was, and applied with force; both are
+// audited, naming the tag, both digests and the caller.
+func TestImportContradictionAudited(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	l := mustLedger(t)
+	audit := &auditLog{}
+	c := mustClient(t, New(Options{Ledger: l, Admin: true, Audit: audit.logger()}))
+	before, err := l.Binding(ctx, "team/app", "1.0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged := digest.FromString("forged")
+	line := `{"type":"binding","repo":"team/app","tag":"1.0","digest":"` + forged.String() +
+		`","size":1,"mode":"mutable","pushedAt":"2026-01-01T00:00:00Z","pushedBy":"mallory"}` + "\n" +
+		`{"type":"binding","repo":"team/app","tag":"2.0","digest":"` + forged.String() +
+		`","size":1,"mode":"mutable","pushedAt":"2026-01-01T00:00:00Z","pushedBy":"mallory"}` + "\n"
+
+	_, err = c.Import(ctx, strings.NewReader(line), storage.ImportOptions{})
+	var ce *storage.ContradictionError
+	if !errors.As(err, &ce) || len(ce.Contradictions) != 1 || ce.Contradictions[0].Record != 1 || ce.Contradictions[0].Changes[0].Field != "digest" {
+		t.Fatalf("import of a forged binding: %v, want one contradiction of record 1's digest", err)
+	}
+	if b, err := l.Binding(ctx, "team/app", "1.0"); err != nil || b.Digest != before.Digest || b.Mode != storage.ModeImmutable {
+		t.Fatalf("binding after a refused import = %s %s, %v; want %s immutable", b.Digest, b.Mode, err, before.Digest)
+	}
+	if _, err := l.Binding(ctx, "team/app", "2.0"); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("a refused import wrote its other line: %v", err)
+	}
+	refused := audit.events(t, "refused")
+	if len(refused) != 1 || refused[0]["reason"] != "import-contradicts-ledger" || refused[0]["recorded"] != before.Digest.String() ||
+		refused[0]["digest"] != forged.String() || refused[0]["user"] != "tester on the socket" {
+		t.Errorf("refusal audit = %v", refused)
+	}
+	if len(audit.events(t, "ledger-import-refused")) != 1 || len(audit.events(t, "ledger-imported")) != 0 {
+		t.Errorf("refused import audited as %s", audit.buf.String())
+	}
+
+	st, err := c.Import(ctx, strings.NewReader(line), storage.ImportOptions{Force: true})
+	if err != nil || st.Bindings != 2 || len(st.Replaced) != 1 {
+		t.Fatalf("forced import = %+v, %v", st, err)
+	}
+	if b, err := l.Binding(ctx, "team/app", "1.0"); err != nil || b.Digest != forged {
+		t.Errorf("binding after a forced import = %s, %v; want %s", b.Digest, err, forged)
+	}
+	replaced := audit.events(t, "binding-replaced")
+	if len(replaced) != 1 || replaced[0]["tag"] != "1.0" || replaced[0]["recorded"] != before.Digest.String() || replaced[0]["digest"] != forged.String() {
+		t.Errorf("replacement audit = %v", replaced)
+	}
+	imported := audit.events(t, "ledger-imported")
+	if len(imported) != 1 || imported[0]["force"] != true || imported[0]["replaced"] != 1.0 || imported[0]["bindings"] != 2.0 {
+		t.Errorf("import audit = %v", imported)
+	}
+}
+
+// TestToolsAudited ensures that an import of upstream tags that adopted
+// some and a verify that repaired are audited with the caller.
+func TestToolsAudited(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	audit := &auditLog{}
+	tools := &fakeTools{report: proxy.VerifyReport{Findings: []proxy.Finding{{Repo: "a", Tag: "1", Kind: proxy.DriftMoved, Immutable: true}}}}
+	c := mustClient(t, New(Options{Ledger: mustLedger(t), Tools: tools, Admin: true, Audit: audit.logger()}))
+	if _, err := c.RunImport(ctx, ImportRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.RunVerify(ctx, VerifyRequest{Repair: true}); err != nil {
+		t.Fatal(err)
+	}
+	if ev := audit.events(t, "upstream-imported"); len(ev) != 1 || ev[0]["adopted"] != 1.0 || ev[0]["user"] != "tester on the socket" {
+		t.Errorf("import audit = %v", ev)
+	}
+	if ev := audit.events(t, "verify-repaired"); len(ev) != 1 || ev[0]["restored"] != 1.0 || ev[0]["user"] != "tester on the socket" {
+		t.Errorf("repair audit = %v", ev)
 	}
 }

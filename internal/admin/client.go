@@ -7,47 +7,47 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
-	"strings"
+	"time"
 
 	"github.com/taglock/taglock/proxy"
 	"github.com/taglock/taglock/storage"
 )
 
-// ErrUnreachable means no taglock answered at the client's address.
+// ErrUnreachable means no taglock answered on the client's socket.
 var ErrUnreachable = errors.New("no taglock answers")
 
-// Client calls the API of a running taglock. Its ledger methods have the
-// signatures and errors of *storage.Ledger, so callers can use either.
+// Client calls the API of a running taglock on its admin socket. Its ledger
+// methods have the signatures and errors of *storage.Ledger, so callers can
+// use either.
 type Client struct {
-	base *url.URL
-	hc   *http.Client
+	socket string
+	hc     *http.Client
 }
 
-// NewClient returns a client for the taglock at base ("http://host:port").
-// A nil hc means http.DefaultClient.
-func NewClient(base string, hc *http.Client) (*Client, error) {
-	u, err := url.Parse(base)
-	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
-		return nil, fmt.Errorf("admin client: base %q is not an http(s) URL", base)
-	}
-	if hc == nil {
-		hc = http.DefaultClient
-	}
-	return &Client{base: u, hc: hc}, nil
+// NewClient returns a client for the taglock serving its admin socket at
+// socket (admin.socket, by default taglock.sock in the data directory).
+func NewClient(socket string) *Client {
+	dialer := &net.Dialer{Timeout: 2 * time.Second}
+	return &Client{socket: socket, hc: &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return dialer.DialContext(ctx, "unix", socket)
+		},
+		ResponseHeaderTimeout: 0, // imports and verifies answer when done
+	}}}
 }
 
-// Base is the address the client calls.
-func (c *Client) Base() string { return c.base.String() }
+// Socket is the path the client calls.
+func (c *Client) Socket() string { return c.socket }
 
 // call sends one request. The caller closes the body of a 2xx response;
 // any other answer becomes an error.
 func (c *Client) call(ctx context.Context, method, path string, q url.Values, body io.Reader, contentType string) (*http.Response, error) {
-	u := *c.base
-	u.Path = strings.TrimSuffix(u.Path, "/") + path
-	u.RawQuery = q.Encode()
+	// The host is never dialled: every connection goes to the socket.
+	u := url.URL{Scheme: "http", Host: "taglock", Path: path, RawQuery: q.Encode()}
 	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
 	if err != nil {
 		return nil, err
@@ -55,13 +55,16 @@ func (c *Client) call(ctx context.Context, method, path string, q url.Values, bo
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
 	}
-	req.Header.Set(HeaderAdmin, "1")
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		return nil, fmt.Errorf("%w at %s: %v", ErrUnreachable, c.base, err)
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // the dial's own error, without the made-up URL
+		}
+		return nil, fmt.Errorf("%w on the admin socket %s: %w", ErrUnreachable, c.socket, err)
 	}
 	if resp.StatusCode/100 == 2 {
 		return resp, nil
@@ -70,9 +73,11 @@ func (c *Client) call(ctx context.Context, method, path string, q url.Values, bo
 	var ae apiError
 	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	if json.Unmarshal(raw, &ae) != nil || ae.Code == "" {
-		return nil, fmt.Errorf("%w at %s: %s %s answered %d (is it taglock?)", ErrUnreachable, c.base, method, path, resp.StatusCode)
+		return nil, fmt.Errorf("%w on the admin socket %s: %s %s answered %d (is it taglock?)", ErrUnreachable, c.socket, method, path, resp.StatusCode)
 	}
 	switch ae.Code {
+	case "contradiction":
+		return nil, &remoteError{msg: ae.Error, err: &storage.ContradictionError{Contradictions: ae.Contradictions}}
 	case "not_found":
 		return nil, fmt.Errorf("%s: %w", ae.Error, storage.ErrNotFound)
 	case "invalid":
@@ -80,7 +85,7 @@ func (c *Client) call(ctx context.Context, method, path string, q url.Values, bo
 	case "unavailable":
 		return nil, fmt.Errorf("%s: %w", ae.Error, ErrNoUpstream)
 	}
-	return nil, fmt.Errorf("taglock at %s: %s", c.base, ae.Error)
+	return nil, fmt.Errorf("taglock on %s: %s", c.socket, ae.Error)
 }
 
 // getJSON calls and decodes a JSON answer into v.
@@ -100,7 +105,7 @@ func (c *Client) getJSON(ctx context.Context, method, path string, q url.Values,
 	}
 	defer resp.Body.Close()
 	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
-		return fmt.Errorf("taglock at %s: %s: %w", c.base, path, err)
+		return fmt.Errorf("taglock on %s: %s: %w", c.socket, path, err)
 	}
 	return nil
 }
@@ -175,7 +180,7 @@ func (c *Client) stream(ctx context.Context, path string, w io.Writer) (int64, e
 	defer resp.Body.Close()
 	n, err := io.Copy(w, resp.Body)
 	if err != nil {
-		return n, fmt.Errorf("taglock at %s: %s: %w", c.base, path, err)
+		return n, fmt.Errorf("taglock on %s: %s: %w", c.socket, path, err)
 	}
 	return n, nil
 }
@@ -191,16 +196,21 @@ func (c *Client) Export(ctx context.Context, w io.Writer) error {
 	return err
 }
 
-// Import reads JSON lines from r into the server's ledger.
-func (c *Client) Import(ctx context.Context, r io.Reader) (storage.ImportStats, error) {
-	resp, err := c.call(ctx, http.MethodPost, Prefix+"admin/ledger/import", nil, r, "application/x-ndjson")
+// Import reads JSON lines from r into the server's ledger, as
+// storage.Ledger.Import does; a refusal is a *storage.ContradictionError.
+func (c *Client) Import(ctx context.Context, r io.Reader, o storage.ImportOptions) (storage.ImportStats, error) {
+	var q url.Values
+	if o.Force {
+		q = url.Values{"force": {"true"}}
+	}
+	resp, err := c.call(ctx, http.MethodPost, Prefix+"admin/ledger/import", q, r, "application/x-ndjson")
 	if err != nil {
 		return storage.ImportStats{}, err
 	}
 	defer resp.Body.Close()
 	var st storage.ImportStats
 	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
-		return st, fmt.Errorf("taglock at %s: ledger import: %w", c.base, err)
+		return st, fmt.Errorf("taglock on %s: ledger import: %w", c.socket, err)
 	}
 	return st, nil
 }

@@ -19,11 +19,6 @@ import (
 // Prefix is the path every API route starts with.
 const Prefix = "/taglock/v1/"
 
-// HeaderAdmin must be present on admin calls. A browser cannot add it to a
-// cross-origin request without a preflight that the API never answers, so a
-// web page cannot drive the admin calls.
-const HeaderAdmin = "X-Taglock-Admin"
-
 // DefaultRefusals is how many refusals /refusals returns without ?limit.
 const DefaultRefusals = 50
 
@@ -37,6 +32,9 @@ type Options struct {
 	// Log receives one line per failed or admin call. Default
 	// zerolog.Nop().
 	Log zerolog.Logger
+	// Audit receives the audit events of admin calls that change the
+	// ledger. Default nil: they go to Log.
+	Audit *zerolog.Logger
 	// Retention plans and applies retention; nil answers its calls with
 	// 503.
 	Retention Retention
@@ -48,6 +46,11 @@ type Options struct {
 	// out, and asking for one by name is 404. nil, or a nil Viewer, shows
 	// everything.
 	Viewer func(*http.Request) view.Viewer
+	// Admin mounts the admin half (POST admin/...), which answers only
+	// requests that arrived on a Unix socket. serve sets it on its admin
+	// socket alone. Default false: the read routes only, and anything
+	// under admin/ is 404.
+	Admin bool
 }
 
 // Handler serves the API under Prefix.
@@ -60,12 +63,21 @@ type Handler struct {
 
 // New returns the API handler. Mount it at Prefix.
 func New(o Options) *Handler {
-	h := &Handler{local: Local{Ledger: o.Ledger, Tools: o.Tools}, log: o.Log, viewer: o.Viewer, mux: http.NewServeMux()}
+	audit := o.Log
+	if o.Audit != nil {
+		audit = *o.Audit
+	}
+	h := &Handler{local: Local{Ledger: o.Ledger, Tools: o.Tools, Audit: audit}, log: o.Log, viewer: o.Viewer, mux: http.NewServeMux()}
 	h.mux.HandleFunc("GET "+Prefix+"repositories", h.repositories)
 	h.mux.HandleFunc("GET "+Prefix+"repositories/{path...}", h.tags)
 	h.mux.HandleFunc("GET "+Prefix+"bindings/{ref...}", h.binding)
 	h.mux.HandleFunc("GET "+Prefix+"history", h.history)
 	h.mux.HandleFunc("GET "+Prefix+"refusals", h.refusals)
+	h.mountDrift(o.Drift)
+	if !o.Admin {
+		h.mux.HandleFunc(Prefix+"admin/", func(w http.ResponseWriter, r *http.Request) { h.fail(w, r, errNoAdmin) })
+		return h
+	}
 	h.mux.HandleFunc("POST "+Prefix+"admin/import", h.admin(h.importTags))
 	h.mux.HandleFunc("POST "+Prefix+"admin/verify", h.admin(h.verify))
 	h.mux.HandleFunc("POST "+Prefix+"admin/ledger/backup", h.admin(h.backup))
@@ -73,9 +85,12 @@ func New(o Options) *Handler {
 	h.mux.HandleFunc("POST "+Prefix+"admin/ledger/import", h.admin(h.importLedger))
 	h.mux.HandleFunc("POST "+Prefix+"admin/ledger/check", h.admin(h.check))
 	h.mountRetention(o.Retention)
-	h.mountDrift(o.Drift)
 	return h
 }
+
+// errNoAdmin answers admin calls wherever the admin half is not served.
+var errNoAdmin = fmt.Errorf("%w: admin calls are answered only on serve's Unix socket (admin.socket); "+
+	"run the taglock commands on the server's host", storage.ErrNotFound)
 
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
@@ -83,12 +98,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.Serv
 // apiError is the body of every error answer.
 type apiError struct {
 	Error string `json:"error"`
-	Code  string `json:"code"` // "not_found", "invalid", "forbidden", "unavailable" or "internal"
+	Code  string `json:"code"` // "not_found", "invalid", "contradiction", "unavailable" or "internal"
+	// Contradictions lists the records of a refused ledger import.
+	Contradictions []storage.Contradiction `json:"contradictions,omitempty"`
 }
 
 func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 	status, code := http.StatusInternalServerError, "internal"
+	var ce *storage.ContradictionError
 	switch {
+	case errors.As(err, &ce):
+		writeJSON(w, http.StatusConflict, apiError{Error: err.Error(), Code: "contradiction", Contradictions: ce.Contradictions})
+		return
 	case errors.Is(err, storage.ErrNotFound):
 		status, code = http.StatusNotFound, "not_found"
 	case errors.Is(err, ErrInvalidRequest), errors.Is(err, storage.ErrInvalid):
@@ -111,17 +132,16 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_ = enc.Encode(v)
 }
 
-// admin lets only loopback peers that send HeaderAdmin through.
+// admin lets through only requests that arrived on a Unix socket, whose
+// file permissions decided who may connect. No header, address or name a
+// TCP client sends can make it answer.
 func (h *Handler) admin(next http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		host, _, err := net.SplitHostPort(r.RemoteAddr)
-		ip := net.ParseIP(host)
-		if err != nil || ip == nil || !ip.IsLoopback() || r.Header.Get(HeaderAdmin) == "" {
-			writeJSON(w, http.StatusForbidden, apiError{Code: "forbidden",
-				Error: "admin calls are answered only on loopback, with the " + HeaderAdmin + " header (use the taglock commands on the server's host)"})
+		if _, ok := r.Context().Value(http.LocalAddrContextKey).(*net.UnixAddr); !ok {
+			h.fail(w, r, errNoAdmin)
 			return
 		}
-		h.log.Info().Str("path", r.URL.Path).Str("peer", r.RemoteAddr).Msg("admin call")
+		h.log.Info().Str("path", r.URL.Path).Str("caller", Caller(r.Context())).Msg("admin call")
 		next(w, r)
 	}
 }
@@ -293,6 +313,19 @@ func limitParam(r *http.Request, def int) (int, error) {
 	return n, nil
 }
 
+// boolParam reads ?name=true or ?name=false; absent is false.
+func boolParam(r *http.Request, name string) (bool, error) {
+	s := r.URL.Query().Get(name)
+	if s == "" {
+		return false, nil
+	}
+	b, err := strconv.ParseBool(s)
+	if err != nil {
+		return false, fmt.Errorf("%w: %s must be true or false, got %q", ErrInvalidRequest, name, s)
+	}
+	return b, nil
+}
+
 // decode reads a JSON request body strictly.
 func decode(r *http.Request, v any) error {
 	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
@@ -373,7 +406,12 @@ func (h *Handler) export(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) importLedger(w http.ResponseWriter, r *http.Request) {
-	stats, err := h.local.Import(r.Context(), r.Body)
+	force, err := boolParam(r, "force")
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	stats, err := h.local.Import(r.Context(), r.Body, storage.ImportOptions{Force: force})
 	if err != nil {
 		h.fail(w, r, err)
 		return

@@ -49,6 +49,11 @@ func (h *Handler) mountRetention(r Retention) {
 		// The run goes on if the caller goes away: an apply is not
 		// half-done because a terminal closed.
 		res, err := r.Apply(context.WithoutCancel(req.Context()), retention.ApplyOptions{})
+		if res.Deleted+res.Failed > 0 || err != nil {
+			// Retention audits each deletion; this names who ran it.
+			h.local.Audit.Info().Str("event", "retention-applied").Int("deleted", res.Deleted).Int("skipped", res.Skipped).
+				Int("failed", res.Failed).AnErr("error", err).Str("user", Caller(req.Context())).Msg("retention apply on the admin socket")
+		}
 		out := ApplyResponse{Result: res}
 		if err != nil {
 			out.Error, out.TooMany = err.Error(), errors.Is(err, retention.ErrTooManyDeletions)

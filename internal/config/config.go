@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"time"
@@ -46,6 +47,31 @@ type Config struct {
 	Retention Retention `yaml:"retention"`
 	// Verify configures scheduled drift detection.
 	Verify Verify `yaml:"verify"`
+	// Admin configures the Unix socket of the admin API.
+	Admin Admin `yaml:"admin"`
+}
+
+// Admin is the `admin:` section: the Unix socket on which serve answers the
+// admin API (import, verify, ledger maintenance, retention) and the ledger
+// API with nothing hidden. The taglock commands on the server's host reach
+// a running serve there; the TCP listener never answers admin calls, and
+// the socket's file permissions are the only authority.
+type Admin struct {
+	// Socket is the socket's path. Default "": taglock.sock in Data.
+	Socket string `yaml:"socket"`
+	// Group, a group name or numeric id, makes the socket mode 0660 and
+	// owned by that group, so its members may use it. Default "": mode
+	// 0600, the user serve runs as only.
+	Group string `yaml:"group"`
+}
+
+// AdminSocket is the path of the admin socket: admin.socket, or
+// taglock.sock in the data directory.
+func (c Config) AdminSocket() string {
+	if c.Admin.Socket != "" {
+		return c.Admin.Socket
+	}
+	return filepath.Join(c.Data, "taglock.sock")
 }
 
 // Log is the `log:` section.

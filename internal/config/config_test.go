@@ -139,6 +139,7 @@ func FuzzParse(f *testing.F) {
 	f.Add("listen: 127.0.0.1:5000\n")
 	f.Add("immutability:\n  rules:\n    - tags: [\"*\"]\n      mode: warn\n")
 	f.Add("retention:\n  policies:\n    - immutable: {release_after: 1h}\n")
+	f.Add("admin:\n  socket: /run/taglock.sock\n  group: taglock\n")
 	f.Add("a: [\n")
 	f.Fuzz(func(t *testing.T, s string) {
 		cfg, err := Parse("fuzz.yaml", strings.NewReader(s))

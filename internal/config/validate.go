@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -197,8 +198,34 @@ func (c Config) Validate() []FieldError {
 	if c.Verify.Schedule < 0 || c.Verify.Schedule > 0 && c.Verify.Schedule.Std() < time.Second {
 		add("verify.schedule", "want 0 (never) or at least 1s, got %s", c.Verify.Schedule.Std())
 	}
+	if c.Data != "" || c.Admin.Socket != "" {
+		sock := c.AdminSocket()
+		switch {
+		case strings.ContainsRune(sock, 0):
+			add("admin.socket", "must not contain NUL")
+		case len(sock) > MaxSocketPath:
+			add("admin.socket", "%q is %d bytes, more than a Unix socket path may have (%d); set admin.socket to a shorter path", sock, len(sock), MaxSocketPath)
+		case len(filepath.Dir(sock)) > MaxSocketDir:
+			add("admin.socket", "the directory of %q is %d bytes; serve binds the socket in a private directory there first, which needs it to be at most %d; set admin.socket to a shorter path", sock, len(filepath.Dir(sock)), MaxSocketDir)
+		case strings.HasSuffix(c.Admin.Socket, "/"):
+			add("admin.socket", "must name a file, not a directory")
+		}
+	}
+	if g := c.Admin.Group; g != "" && strings.ContainsAny(g, ":,\x00 \t\n") {
+		add("admin.group", "want a group name or numeric id, got %q", g)
+	}
 	return errs
 }
+
+// Unix socket paths are short (sun_path holds 108 bytes with the NUL).
+const (
+	// MaxSocketPath is the longest admin socket path.
+	MaxSocketPath = 107
+	// MaxSocketDir is the longest directory of the admin socket: serve
+	// binds the socket as DIR/.sNNNNNNNNNN/s first (at most 15 bytes more),
+	// sets its permissions, then renames it into place.
+	MaxSocketDir = MaxSocketPath - 15
+)
 
 func oneOf(add func(string, string, ...any), path, v string, allowed ...string) {
 	for _, a := range allowed {

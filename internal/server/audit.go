@@ -32,6 +32,17 @@ func openAudit(path string, log zerolog.Logger) (zerolog.Logger, *auditLog, erro
 	return zerolog.New(a).With().Timestamp().Logger(), a, nil
 }
 
+// OpenAudit is the audit logger of a command that changes the ledger while
+// serve is not running: as serve's, it appends to path (log.audit) when
+// that is set, and passes every event on to log. close closes the file.
+func OpenAudit(path string, log zerolog.Logger) (audit zerolog.Logger, close func(), err error) {
+	audit, f, err := openAudit(path, log)
+	if err != nil {
+		return zerolog.Logger{}, nil, err
+	}
+	return audit, func() { _ = f.Close() }, nil
+}
+
 // Write takes one event, as zerolog writes it: a complete JSON line.
 func (a *auditLog) Write(p []byte) (int, error) {
 	a.mu.Lock()

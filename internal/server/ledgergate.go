@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"net"
 	"net/http"
 	"strings"
 
@@ -16,22 +15,20 @@ import (
 	"github.com/taglock/taglock/proxy"
 )
 
-// ledgerGate guards the ledger API and web page while authentication is on.
-// Loopback peers, the taglock commands on the server's host, see everything,
-// as with authentication off. Other callers authenticate as registry clients
-// do, and see only the repositories and tags their pull rights (and a
-// token's scope) cover; a caller without credentials is challenged. Admin
-// calls stay loopback-only whoever asks (package admin).
+// ledgerGate guards the ledger API and web page on the TCP listener while
+// authentication is on. Every caller authenticates as registry clients do,
+// and sees only the repositories and tags its pull rights (and a token's
+// scope) cover; a caller without credentials is challenged. The peer's
+// address counts for nothing: a TLS terminator or ingress on the same host,
+// or another container of the pod, makes every caller loopback. The
+// commands on the server's host see everything through the admin socket
+// instead, which serves no admin calls here either (package admin).
 func ledgerGate(authn proxy.Authenticator, access policy.Access, audit *zerolog.Logger) func(http.Handler) http.Handler {
 	return func(h http.Handler) http.Handler {
 		if authn == nil {
 			return h
 		}
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if loopbackPeer(r) {
-				h.ServeHTTP(w, r)
-				return
-			}
 			c, err := authn.Authenticate(r)
 			if err == nil && c.Identity.User == "" {
 				err = errors.New("authentication required to see the ledger")
@@ -53,12 +50,6 @@ func ledgerGate(authn proxy.Authenticator, access policy.Access, audit *zerolog.
 			h.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), viewKey{}, v)))
 		})
 	}
-}
-
-func loopbackPeer(r *http.Request) bool {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	ip := net.ParseIP(host)
-	return err == nil && ip != nil && ip.IsLoopback()
 }
 
 // callerView is what an authenticated caller of the ledger API and web page
@@ -87,7 +78,7 @@ func (v callerView) scoped(repo string) bool {
 }
 
 // viewer hands the view ledgerGate set to the API and the page; nil
-// (everything) for loopback peers and with authentication off.
+// (everything) with authentication off.
 func viewer(r *http.Request) view.Viewer {
 	if v, ok := r.Context().Value(viewKey{}).(callerView); ok {
 		return v

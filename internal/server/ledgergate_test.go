@@ -25,7 +25,7 @@ import (
 )
 
 // gated is the ledger API and web page behind ledgerGate, as serve mounts
-// them, over a ledger with team/app (1.0 and a refusal of it, latest) and
+// them on its TCP listener, over a ledger with team/app (1.0 and a refusal of it, latest) and
 // secret/db (1.0 and a refusal of it). With auth on, alice may pull team/**
 // except the tag latest, bob may pull nothing.
 func gated(t *testing.T, authOn bool) (http.Handler, *syncBuffer) {
@@ -76,10 +76,9 @@ func gated(t *testing.T, authOn bool) (http.Handler, *syncBuffer) {
 	}
 	audit := &syncBuffer{}
 	log := zerolog.New(audit)
-	gate := ledgerGate(authn, access, &log)
 	mux := http.NewServeMux()
-	mux.Handle(web.Prefix, gate(web.New(web.Options{Ledger: l, Viewer: viewer})))
-	mux.Handle(admin.Prefix, gate(admin.New(admin.Options{Ledger: l, Viewer: viewer})))
+	ledgerRoutes(mux, ledgerGate(authn, access, &log), web.New(web.Options{Ledger: l, Viewer: viewer}),
+		admin.New(admin.Options{Ledger: l, Viewer: viewer}))
 	return mux, audit
 }
 
@@ -112,8 +111,7 @@ func repositories(t *testing.T, w *httptest.ResponseRecorder) []string {
 	return body.Repositories
 }
 
-// With authentication on, a caller from another host must authenticate: no
-// credentials or a wrong password is 401 with the registry's challenge, an
+// With authentication on, a caller must authenticate: no credentials or a wrong password is 401 with the registry's challenge, an
 // audit line, and nothing of the ledger.
 func TestLedgerGateChallengesRemoteCallers(t *testing.T) {
 	t.Parallel()
@@ -141,7 +139,7 @@ func TestLedgerGateChallengesRemoteCallers(t *testing.T) {
 	}
 }
 
-// An authenticated caller from another host sees what it may pull, and
+// An authenticated caller sees what it may pull, and
 // asking for anything else by name is 404, as if it were not there.
 func TestLedgerGateShowsWhatTheCallerMayPull(t *testing.T) {
 	t.Parallel()
@@ -178,30 +176,44 @@ func TestLedgerGateShowsWhatTheCallerMayPull(t *testing.T) {
 	if page.Code != http.StatusOK || !strings.Contains(page.Body.String(), "team/app") || strings.Contains(page.Body.String(), "secret/db") {
 		t.Errorf("alice's front page: %d; want team/app and not secret/db:\n%s", page.Code, page.Body)
 	}
-	// Admin calls stay loopback-only, whoever asks.
-	if w := call(h, "POST", "/taglock/v1/admin/ledger/check", remotePeer, "alice"); w.Code != http.StatusForbidden {
-		t.Errorf("alice POST admin/ledger/check from another host: %d, want 403", w.Code)
+	// There are no admin calls on the TCP listener, whoever asks.
+	if w := call(h, "POST", "/taglock/v1/admin/ledger/check", remotePeer, "alice"); w.Code != http.StatusNotFound {
+		t.Errorf("alice POST admin/ledger/check: %d, want 404", w.Code)
 	}
 }
 
-// The taglock commands on the server's host, and everyone while
-// authentication is off, see the whole ledger without credentials.
-func TestLedgerGateLoopbackAndAuthOff(t *testing.T) {
+// With authentication on, the peer's address grants nothing: a caller on
+// loopback, or one claiming another address in forwarding headers, is
+// challenged on the read API and the web page like any other, and an
+// admin call is 404 before credentials are asked for. With authentication
+// off everyone sees everything, as before.
+func TestLedgerGateIgnoresPeerAddress(t *testing.T) {
 	t.Parallel()
 	on, _ := gated(t, true)
+	for _, peer := range []string{localPeer, "[::1]:40000"} {
+		for _, path := range []string{"/taglock/v1/repositories", "/taglock/v1/bindings/team/app:1.0", "/taglock/"} {
+			r := httptest.NewRequest(http.MethodGet, path, nil)
+			r.RemoteAddr = peer
+			r.Header.Set("X-Forwarded-For", "127.0.0.1")
+			r.Header.Set("X-Real-Ip", "127.0.0.1")
+			w := httptest.NewRecorder()
+			on.ServeHTTP(w, r)
+			if w.Code != http.StatusUnauthorized || w.Header().Get("WWW-Authenticate") == "" || strings.Contains(w.Body.String(), "team/app") {
+				t.Errorf("GET %s from %s without credentials: %d, challenge %q; want 401 with a challenge and nothing of the ledger",
+					path, peer, w.Code, w.Header().Get("WWW-Authenticate"))
+			}
+		}
+		if w := call(on, "POST", "/taglock/v1/admin/ledger/check", peer, ""); w.Code != http.StatusNotFound {
+			t.Errorf("POST admin/ledger/check from %s: %d, want 404", peer, w.Code)
+		}
+	}
+	if got := repositories(t, call(on, "GET", "/taglock/v1/repositories", localPeer, "alice")); !slices.Equal(got, []string{"team/app"}) {
+		t.Errorf("alice on loopback: repositories %v, want only what she may pull", got)
+	}
 	off, _ := gated(t, false)
-	for _, tc := range []struct {
-		name string
-		h    http.Handler
-		peer string
-	}{
-		{"auth on, 127.0.0.1", on, localPeer},
-		{"auth on, ::1", on, "[::1]:40000"},
-		{"auth off, another host", off, remotePeer},
-	} {
-		got := repositories(t, call(tc.h, "GET", "/taglock/v1/repositories", tc.peer, ""))
-		if !slices.Equal(got, []string{"secret/db", "team/app"}) {
-			t.Errorf("%s: repositories %v, want both", tc.name, got)
+	for _, peer := range []string{localPeer, remotePeer} {
+		if got := repositories(t, call(off, "GET", "/taglock/v1/repositories", peer, "")); !slices.Equal(got, []string{"secret/db", "team/app"}) {
+			t.Errorf("auth off, %s: repositories %v, want both", peer, got)
 		}
 	}
 }

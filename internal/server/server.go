@@ -1,6 +1,14 @@
 // Package server wires taglock together: configuration, ledger, upstream
-// (embedded or remote), proxy and the HTTP listener. cmd/taglock and the
-// in-process integration tests both start taglock through it.
+// (embedded or remote), proxy, the HTTP listener and the admin socket.
+// cmd/taglock and the in-process integration tests both start taglock
+// through it.
+//
+// The TCP listener serves the registry API, health and metrics, and the
+// ledger's read API and web page behind the registry's authentication; it
+// answers anything under /taglock/v1/admin/ with 404. The admin API, and
+// the read API showing everything, are served only on the Unix socket
+// admin.socket, whose file permissions decide who may use them. No peer
+// address, header or host name grants anything.
 package server
 
 import (
@@ -39,6 +47,7 @@ type Server struct {
 	up       proxy.Upstream
 	http     *http.Server
 	ln       net.Listener
+	admin    *adminSocket
 	done     chan error
 	insight  *insight // audit file, scheduled verify
 	ret      *retentionParts
@@ -166,10 +175,19 @@ func StartWith(ctx context.Context, cfg config.Config, log zerolog.Logger, hooks
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", s.ready)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	gate := ledgerGate(authn, access, s.insight.auditLogger())
-	mux.Handle(web.Prefix, gate(web.New(web.Options{Ledger: s.ledger, Log: log, Viewer: viewer})))
-	mux.Handle(admin.Prefix, gate(admin.New(admin.Options{Ledger: s.ledger, Tools: s.proxy, Log: log, Retention: s.ret.runner,
-		Drift: s.insight.drift, Viewer: viewer})))
+	ledgerRoutes(mux, ledgerGate(authn, access, s.insight.auditLogger()),
+		web.New(web.Options{Ledger: s.ledger, Log: log, Viewer: viewer}),
+		admin.New(admin.Options{Ledger: s.ledger, Log: log, Drift: s.insight.drift, Viewer: viewer}))
+
+	s.admin, err = listenAdmin(cfg.AdminSocket(), cfg.Admin.Group)
+	if err != nil {
+		return nil, err
+	}
+	sock := http.NewServeMux()
+	sock.Handle(admin.Prefix, admin.New(admin.Options{Ledger: s.ledger, Tools: s.proxy, Log: log, Audit: s.insight.auditLogger(),
+		Retention: s.ret.runner, Drift: s.insight.drift, Admin: true}))
+	sock.Handle(web.Prefix, web.New(web.Options{Ledger: s.ledger, Log: log}))
+
 	s.http = &http.Server{
 		Handler:           rawPaths(mux, s.proxy),
 		ReadHeaderTimeout: 30 * time.Second,
@@ -189,10 +207,21 @@ func StartWith(ctx context.Context, cfg config.Config, log zerolog.Logger, hooks
 		mode = "upstream " + cfg.Upstream.URL
 	}
 	// Logged whatever the level: scripts read the bound address from it.
-	log.Log().Str("level", "info").Str("addr", s.ln.Addr().String()).Str("mode", mode).Str("data", cfg.Data).Msg("listening")
+	log.Log().Str("level", "info").Str("addr", s.ln.Addr().String()).Str("mode", mode).Str("data", cfg.Data).
+		Str("admin_socket", s.admin.path).Msg("listening")
 	s.insight.start(s.proxy, metrics)
 	go func() { s.done <- serve(s.http, s.ln) }()
+	s.admin.start(sock, log)
 	return s, nil
+}
+
+// ledgerRoutes mounts the web page and the ledger's read API on the TCP
+// listener's mux, behind gate. api must be built without admin.Options.Admin:
+// its admin calls are 404, answered before gate asks for credentials.
+func ledgerRoutes(mux *http.ServeMux, gate func(http.Handler) http.Handler, page, api http.Handler) {
+	mux.Handle(web.Prefix, gate(page))
+	mux.Handle(admin.Prefix+"admin/", api)
+	mux.Handle(admin.Prefix, gate(api))
 }
 
 // rawPaths sends every /v2 request to the proxy as it arrived. ServeMux
@@ -232,6 +261,9 @@ func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
 // Addr is the address the server listens on.
 func (s *Server) Addr() string { return s.ln.Addr().String() }
 
+// AdminSocket is the path of the Unix socket serving the admin API.
+func (s *Server) AdminSocket() string { return s.admin.path }
+
 // Ledger is the open ledger.
 func (s *Server) Ledger() *storage.Ledger { return s.ledger }
 
@@ -242,11 +274,16 @@ func (s *Server) Done() <-chan error { return s.done }
 // included) until ctx ends, then closes the registry and the ledger.
 func (s *Server) Shutdown(ctx context.Context) error {
 	err := s.http.Shutdown(ctx)
+	if aerr := s.admin.shutdown(ctx); err == nil {
+		err = aerr
+	}
+	s.admin = nil
 	s.closeAll()
 	return err
 }
 
 func (s *Server) closeAll() {
+	_ = s.admin.shutdown(context.Background())
 	if s.stopSettler != nil {
 		// Reservations still pending stay in the ledger and are settled
 		// after the next start.

@@ -1,7 +1,7 @@
 // Package view decides which parts of the ledger one caller of the ledger
-// API and web page sees. serve gives callers that authenticated from
-// another host a Viewer built from their pull rights; the API and the page
-// leave out whatever it hides.
+// API and web page sees. With authentication on, serve gives every caller
+// on its TCP listener a Viewer built from its pull rights; the API and the
+// page leave out whatever it hides.
 package view
 
 import (
@@ -19,8 +19,8 @@ type Viewer interface {
 	Tag(repo, tag string) bool
 }
 
-// All sees everything: the view of loopback peers and of every caller
-// while authentication is off.
+// All sees everything: the view of the admin socket's callers and of every
+// caller while authentication is off.
 type All struct{}
 
 // Repo implements Viewer.

@@ -3,6 +3,7 @@ package ledgertest
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -88,7 +89,7 @@ func testExportImport(t *testing.T, open Opener) {
 
 	dst := open(t)
 	for i := range 2 {
-		stats, err := dst.Import(ctx, bytes.NewReader(dump))
+		stats, err := dst.Import(ctx, bytes.NewReader(dump), storage.ImportOptions{})
 		if err != nil {
 			t.Fatalf("Import #%d: %v", i+1, err)
 		}
@@ -133,15 +134,154 @@ func testImportRejects(t *testing.T, open Opener) {
 		{"event without seq", `{"type":"event","kind":"accepted","repo":"r"}`},
 		{"event rewriting history", `{"type":"event","seq":1,"kind":"refused","repo":"r","time":"2026-11-26T12:00:00Z"}`},
 	}
+	// Each input starts with a valid binding of a new tag, which must not
+	// be written when a later record is refused.
+	fresh := `{"type":"binding","repo":"r","tag":"fresh","digest":"` + string(Digest("fresh")) + `","size":1,"mode":"mutable","pushedAt":"2026-11-26T12:00:00Z","pushedBy":"ci"}` + "\n"
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			if _, err := l.Import(ctx, strings.NewReader(tc.input)); !errors.Is(err, storage.ErrInvalid) {
+			if _, err := l.Import(ctx, strings.NewReader(fresh+tc.input), storage.ImportOptions{}); !errors.Is(err, storage.ErrInvalid) {
 				t.Errorf("Import: err = %v, want ErrInvalid", err)
 			}
 		})
 	}
 	if hist, err := l.Recent(ctx, "", 0); err != nil || len(hist) != 1 || hist[0].Kind != storage.EventAccepted {
 		t.Errorf("history after refused imports = %+v, %v", hist, err)
+	}
+	if _, err := l.Binding(ctx, "r", "fresh"); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("a refused import wrote its valid records: %v", err)
+	}
+}
+
+// importLines exports l, applies edit to its records (decoded as JSON
+// objects) and returns the result as an import stream.
+func importLines(t *testing.T, l *storage.Ledger, edit func(lines []map[string]any) []map[string]any) []byte {
+	t.Helper()
+	var lines []map[string]any
+	dec := json.NewDecoder(bytes.NewReader(MustExport(t, l)))
+	for dec.More() {
+		var m map[string]any
+		if err := dec.Decode(&m); err != nil {
+			t.Fatal(err)
+		}
+		lines = append(lines, m)
+	}
+	var out bytes.Buffer
+	enc := json.NewEncoder(&out)
+	for _, m := range edit(lines) {
+		if err := enc.Encode(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return out.Bytes()
+}
+
+// bindingLine finds the binding record of repo:tag among lines.
+func bindingLine(t *testing.T, lines []map[string]any, repo, tag string) map[string]any {
+	t.Helper()
+	for _, m := range lines {
+		if m["type"] == "binding" && m["repo"] == repo && m["tag"] == tag {
+			return m
+		}
+	}
+	t.Fatalf("no binding line for %s:%s", repo, tag)
+	return nil
+}
+
+func testImportContradictions(t *testing.T, open Opener) {
+	// An import never changes a binding silently: a record that differs
+	// from the recorded binding (another digest, a weaker mode, a revived
+	// tombstone, another pusher), a second record of one tag that differs
+	// from the first, a push reservation holding an immutable tag for
+	// another digest and a delete reservation that would leave it a
+	// mutable tombstone are each reported, and without Force nothing at all
+	// is written, not even the records that were fine. With Force they
+	// are applied and reported as replaced. Identical records and new
+	// tags import without Force.
+	ctx := context.Background()
+	l := open(t)
+	Populate(t, l)
+	stable := NewBinding("base", "stable", "stable")
+	MustPut(t, l, []storage.Binding{stable})
+	before := MustExport(t, l)
+	v1, next := MustBinding(t, l, "app", "v1"), MustBinding(t, l, "base", "next")
+	forged, newTag := Digest("forged"), Digest("new")
+	input := importLines(t, l, func(lines []map[string]any) []map[string]any {
+		bindingLine(t, lines, "app", "v1")["digest"] = string(forged)
+		bindingLine(t, lines, "base", "multi")["mode"] = storage.ModeMutable
+		v2line := bindingLine(t, lines, "app", "v2")
+		delete(v2line, "deleted")
+		delete(v2line, "deletedAt")
+		bindingLine(t, lines, "base", "next")["pushedBy"] = "mallory"
+		add := func(tag string, d digest.Digest) {
+			lines = append(lines, map[string]any{"type": "binding", "repo": "app", "tag": tag, "digest": string(d),
+				"size": 1, "mode": "immutable", "pushedAt": "2026-11-26T12:00:00Z", "pushedBy": "ci"})
+		}
+		add("v9", newTag)
+		add("v9", forged)
+		lines = append(lines, map[string]any{"type": "reservation", "id": strings.Repeat("f", 32), "repo": "base",
+			"tags": []string{"next"}, "digest": string(forged), "createdAt": "2026-11-26T12:00:00Z"})
+		lines = append(lines, map[string]any{"type": "reservation", "id": strings.Repeat("e", 32), "kind": "delete", "repo": "base",
+			"tags": []string{"stable"}, "digest": string(stable.Digest), "mode": "mutable", "createdAt": "2026-11-26T12:00:00Z"})
+		return lines
+	})
+	_, err := l.Import(ctx, bytes.NewReader(input), storage.ImportOptions{})
+	var ce *storage.ContradictionError
+	if !errors.Is(err, storage.ErrContradiction) || !errors.As(err, &ce) {
+		t.Fatalf("Import of contradicting records: err = %v, want a *ContradictionError", err)
+	}
+	got := map[string]string{}
+	for _, c := range ce.Contradictions {
+		if c.Record <= 0 {
+			t.Errorf("contradiction without its record number: %+v", c)
+		}
+		var fields []string
+		for _, ch := range c.Changes {
+			fields = append(fields, ch.Field)
+		}
+		got[c.Repo+":"+c.Tag+" "+strings.Join(fields, ",")] = c.Changes[0].Recorded + " -> " + c.Changes[0].Incoming
+	}
+	want := map[string]string{
+		"app:v1 digest":            string(v1.Digest) + " -> " + string(forged),
+		"base:multi mode":          "immutable -> mutable",
+		"app:v2 deleted,deletedAt": "true -> false",
+		"base:next pushedBy":       "ci -> mallory",
+		"app:v9 digest":            string(newTag) + " -> " + string(forged),
+		"base:next reservation":    "immutable, bound to " + string(next.Digest) + " -> push reserved for " + string(forged),
+		"base:stable reservation":  "immutable, bound to " + string(stable.Digest) + " -> delete leaving a mutable tombstone",
+	}
+	equal(t, "contradictions", got, want)
+	if msg := err.Error(); !strings.Contains(msg, "app:v1: digest "+string(v1.Digest)+" -> "+string(forged)) {
+		t.Errorf("error does not say what record would change: %s", msg)
+	}
+	if after := MustExport(t, l); !bytes.Equal(after, before) {
+		t.Fatalf("a refused import changed the ledger:\n got  %s\n want %s", after, before)
+	}
+
+	stats, err := l.Import(ctx, bytes.NewReader(input), storage.ImportOptions{Force: true})
+	if err != nil {
+		t.Fatalf("Import with Force: %v", err)
+	}
+	if len(stats.Replaced) != len(want) {
+		t.Errorf("Replaced = %+v, want the %d contradictions", stats.Replaced, len(want))
+	}
+	if b := MustBinding(t, l, "app", "v1"); b.Digest != forged {
+		t.Errorf("app:v1 after a forced import = %s, want %s", b.Digest, forged)
+	}
+	if b := MustBinding(t, l, "app", "v2"); b.Deleted {
+		t.Errorf("app:v2 after a forced import is still a tombstone")
+	}
+
+	// Identical records and a new tag need no Force.
+	same := importLines(t, l, func(lines []map[string]any) []map[string]any {
+		return append(lines, map[string]any{"type": "binding", "repo": "app", "tag": "v10", "digest": string(newTag),
+			"size": 1, "mode": "immutable", "pushedAt": "2026-11-26T12:00:00Z", "pushedBy": "ci"})
+	})
+	stats, err = l.Import(ctx, bytes.NewReader(same), storage.ImportOptions{})
+	if err != nil || len(stats.Replaced) != 0 {
+		t.Fatalf("Import of identical records and a new tag = %+v, %v", stats, err)
+	}
+	if b := MustBinding(t, l, "app", "v10"); b.Digest != newTag {
+		t.Errorf("new tag app:v10 = %s, want %s", b.Digest, newTag)
 	}
 }
 

@@ -50,6 +50,7 @@ func RunConformance(t *testing.T, open Opener) {
 		{"Pulls", testPulls},
 		{"ExportImport", testExportImport},
 		{"ImportRejects", testImportRejects},
+		{"ImportContradictions", testImportContradictions},
 		{"Backup", testBackup},
 		{"Check", testCheck},
 		{"CanceledContext", testCanceledContext},
