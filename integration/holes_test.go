@@ -265,10 +265,7 @@ func TestGarbageCollectionKeepsDeepGraphs(t *testing.T) {
 		t.Fatalf("tag the top index: %d %s", resp.StatusCode, body)
 	}
 	MustPush(t, e.Addr, "team/deep:scratch-1", MustImage(t)) // something for the run to delete
-	c, err := admin.NewClient("http://"+e.Addr, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := admin.NewClient(e.srv.AdminSocket())
 	res, err := c.RetentionApply(t.Context())
 	if err != nil || res.GC == nil || res.GC.BlobsDeleted == 0 {
 		t.Fatalf("retention apply: %+v, %v; want a garbage collection that deleted the scratch image's blobs", res.GC, err)

@@ -185,10 +185,7 @@ func TestReleasedWarnTagStaysBound(t *testing.T) {
 		if oe := ggcrError(t, err); oe.Code != "DENIED" {
 			t.Fatalf("move of 1.0 before the release: %v, want DENIED", err)
 		}
-		c, err := admin.NewClient("http://"+e.Addr, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := admin.NewClient(e.srv.AdminSocket())
 		res, err := c.RetentionApply(t.Context())
 		if err != nil {
 			t.Fatalf("retention apply: %v", err)
@@ -247,10 +244,7 @@ func TestRetentionSparesContentOfAPushInFlight(t *testing.T) {
 		// In embedded mode garbage collection waits for the push to
 		// finish; let it land a little after the deletes were tried.
 		go func() { time.Sleep(3 * time.Second); close(hold) }()
-		c, err := admin.NewClient("http://"+e.Addr, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := admin.NewClient(e.srv.AdminSocket())
 		res, err := c.RetentionApply(t.Context())
 		if err != nil {
 			t.Fatalf("retention apply: %v", err)

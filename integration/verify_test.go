@@ -28,10 +28,7 @@ func TestVerifyReportsIncompleteClosure(t *testing.T) {
 	if resp, body := do(t, http.MethodDelete, "http://"+e.Up.Addr+"/v2/shop/api/blobs/"+layer.String(), nil, nil); resp.StatusCode != http.StatusAccepted {
 		t.Fatalf("delete the layer around taglock: %d %s", resp.StatusCode, body)
 	}
-	c, err := admin.NewClient("http://"+e.Addr, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := admin.NewClient(e.srv.AdminSocket())
 	res, err := c.RunVerify(t.Context(), admin.VerifyRequest{Repair: true})
 	if err != nil {
 		t.Fatal(err)
@@ -74,10 +71,7 @@ func TestRepairThatMayStillLandIsUnknown(t *testing.T) {
 	mu.Lock()
 	slowPut = true
 	mu.Unlock()
-	c, err := admin.NewClient("http://"+e.Addr, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := admin.NewClient(e.srv.AdminSocket())
 	res, err := c.RunVerify(t.Context(), admin.VerifyRequest{Repair: true})
 	if err != nil {
 		t.Fatal(err)
