@@ -13,9 +13,11 @@
 //     to be pushed again with other content;
 //   - history: an append-only log of events (accepted, identical, moved,
 //     refused, deleted, ...) with a global, strictly increasing sequence;
-//   - reservations: the tags held by manifest pushes in flight. They are
-//     persisted, so a crash between forwarding a push upstream and recording
-//     its binding leaves a trace that can be reconciled after a restart;
+//   - reservations: what the requests in flight to the upstream hold: the
+//     tags and the whole graph of a manifest push, the tag, manifest or blob
+//     of a delete. They are persisted, with the deadline of the request, so
+//     a crash between forwarding a request and recording its outcome leaves
+//     a trace that is settled against the upstream after a restart;
 //   - manifest references: what each manifest points at, so deletes and
 //     retention can see the graph without asking the upstream;
 //   - pulls: the last time each manifest was pulled, for retention.
@@ -26,7 +28,9 @@
 // whether a push is allowed, which mode a tag has, or what may be deleted. It
 // stores what its callers decided and answers questions about it. Its one
 // piece of logic is the compare-and-swap in [Ledger.Reserve], which makes the
-// decision a caller took on a binding safe against concurrent pushes. Time
+// decision a caller took on a binding safe against concurrent pushes and
+// deletes: the bindings must be exactly as the caller saw them, and nothing
+// another reservation holds may be taken (see [Reservation]). Time
 // comes from the caller or from [Options.Now]; the ledger never reads the
 // clock elsewhere.
 //
@@ -36,11 +40,13 @@
 // (readers opened with [Options.ReadOnly] share it). Every write method is a
 // single bbolt read-write transaction, or part of one: it commits entirely or
 // not at all, and writes made at the same time may share a transaction (see
-// Caveats). A
-// manifest push goes through [Ledger.Reserve], then the upstream write, then
-// [Ledger.Commit] (or [Ledger.Release] when the upstream refused it). Writes
-// that need no reservation (adoption of tags found upstream, imports,
-// tombstoning, restores) use [Ledger.Put]; refusals and other bare events use
+// Caveats). A manifest push goes through [Ledger.Reserve], then the
+// upstream write, then [Ledger.Commit] (or [Ledger.Release] when the
+// upstream refused it); a delete of a tag, a manifest or a blob goes through
+// [Ledger.Reserve] with [ReserveDelete], then the upstream delete, then
+// [Ledger.CommitDelete], which marks what the upstream removed in the same
+// transaction. Writes that need no reservation (adoption of tags found
+// upstream, imports) use [Ledger.Put]; refusals and other bare events use
 // [Ledger.Append]. [Ledger.Import] reads what [Ledger.Export] wrote and never
 // changes a recorded binding silently: a record that contradicts one refuses
 // the whole import unless [ImportOptions.Force] is given.
@@ -61,6 +67,8 @@
 //	events_by_kind  kind\x00seq -> empty (Recent by kind)
 //	reservations    id -> Reservation
 //	reserved_tags   repo\x00tag\x00id -> digest (raw string)
+//	reserved_digests repo\x00digest\x00id -> kind ("push" or "delete"):
+//	                a push's digest and closure, a delete's digest
 //	manifests       repo\x00digest -> Manifest
 //	pulls           repo\x00digest -> last pull, big-endian int64 Unix
 //	                nanoseconds
