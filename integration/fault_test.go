@@ -33,6 +33,9 @@ type Fault struct {
 	Drop bool
 	// Skip does not forward the request at all (with Status or Drop).
 	Skip bool
+	// Header, when not nil, sets these headers on the registry's answer
+	// (an empty value deletes the header).
+	Header http.Header
 }
 
 // FaultUpstream sits between taglock's proxy and its registry, embedded or
@@ -121,6 +124,15 @@ func (f *FaultUpstream) answer(r *http.Request, fault *Fault, resp *http.Respons
 	switch {
 	case fault.Drop:
 		return nil, errors.New("fault: connection reset by the registry")
+	case fault.Header != nil && resp != nil:
+		for k, vs := range fault.Header {
+			if len(vs) == 1 && vs[0] == "" {
+				resp.Header.Del(k)
+				continue
+			}
+			resp.Header[http.CanonicalHeaderKey(k)] = vs
+		}
+		return resp, err
 	case fault.Status != 0:
 		return &http.Response{StatusCode: fault.Status, Status: http.StatusText(fault.Status),
 			Header:  http.Header{"Content-Type": {"application/json"}},

@@ -250,7 +250,10 @@ func (s *Server) remove(ctx context.Context, rm removal) (*http.Response, []stor
 		}
 		return resp, gone, nil
 	case resp.StatusCode >= 500:
+		// It may have deleted before failing.
 		s.settleLater(res)
+		defer drain(resp)
+		return nil, nil, &unknownOutcome{op: "delete of " + describe(res), err: upstreamFailure(resp)}
 	default:
 		s.releaseOrLog(res.ID)
 	}

@@ -93,6 +93,9 @@ var (
 	ErrLookup = errors.New("upstream lookup failed")
 	// errTooLarge is a manifest over maxManifestSize.
 	errTooLarge = errors.New("manifest too large")
+	// errUnreachable is an upstream that did not answer a request streamed
+	// to it; nothing taglock decides rests on it.
+	errUnreachable = errors.New("upstream unreachable")
 	// ErrUnknownOutcome wraps a push or delete the upstream did not answer
 	// clearly: it may or may not have happened, and the settler finds out.
 	ErrUnknownOutcome = errors.New("outcome unknown")
@@ -232,6 +235,10 @@ func writeError(w http.ResponseWriter, err error, log *zerolog.Logger) int {
 		log.Error().Err(err).Msg("ledger failure: refusing request")
 		return serveOCI(w, http.StatusServiceUnavailable,
 			errcode.ErrorCodeUnavailable.WithMessage("taglock: the ledger cannot confirm this request is allowed, so it was refused; nothing was changed"))
+	case errors.Is(err, errUnreachable):
+		log.Error().Err(err).Msg("upstream unreachable")
+		return serveOCI(w, http.StatusBadGateway,
+			errcode.ErrorCodeUnavailable.WithMessage("taglock: the upstream registry could not be reached"))
 	case errors.Is(err, ErrLookup), errors.Is(err, context.DeadlineExceeded):
 		log.Error().Err(err).Msg("upstream lookup failure: refusing request")
 		return serveOCI(w, http.StatusBadGateway,

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -226,15 +227,37 @@ type pushed struct {
 // commits the tags the upstream applied, a 5xx leaves the outcome to the
 // settler, and any other answer releases the tags.
 func (s *Server) finishPush(ctx context.Context, rt Route, resp *http.Response, p pushed) error {
+	op := "push of " + rt.Name + ":" + strings.Join(rt.Tags, ",")
 	switch {
 	case resp.StatusCode/100 == 2:
+		if got := resp.Header.Get("Docker-Content-Digest"); got != "" && got != p.digest.String() {
+			// The upstream says it stored other bytes than taglock sent:
+			// record nothing until it shows what the tag holds.
+			s.settleLater(p.res)
+			return &unknownOutcome{op: op, err: fmt.Errorf("the upstream answered %d naming digest %s, not the %s of the bytes taglock sent", resp.StatusCode, got, p.digest)}
+		}
 		return s.commit(ctx, p, appliedTags(rt, resp))
 	case resp.StatusCode >= 500:
+		// It may have stored the manifest before failing.
 		s.settleLater(p.res)
+		return &unknownOutcome{op: op, err: upstreamFailure(resp)}
 	default:
 		s.releaseOrLog(p.res.ID)
 	}
 	return nil
+}
+
+// upstreamFailure describes an upstream's error answer: its status and, from
+// an OCI error body, its first message.
+func upstreamFailure(resp *http.Response) error {
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	var doc struct {
+		Errors []struct{ Code, Message string } `json:"errors"`
+	}
+	if json.Unmarshal(b, &doc) == nil && len(doc.Errors) > 0 {
+		return fmt.Errorf("the upstream answered %d %s: %s", resp.StatusCode, doc.Errors[0].Code, doc.Errors[0].Message)
+	}
+	return fmt.Errorf("the upstream answered %d", resp.StatusCode)
 }
 
 // appliedTags is what a 2xx answer to a manifest PUT applied: the path's

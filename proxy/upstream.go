@@ -3,12 +3,17 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"io"
+	stdlog "log"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
 	"strings"
 	"sync"
+
+	"github.com/rs/zerolog"
 )
 
 // Upstream is the registry behind taglock.
@@ -40,20 +45,20 @@ type Remote struct {
 	base   *url.URL
 	client *http.Client
 	rp     *httputil.ReverseProxy
-	// OnError is called when the upstream cannot be reached while
-	// forwarding; nil writes a 502 with an OCI error body.
-	onError func(http.ResponseWriter, *http.Request, error)
 }
 
 // NewRemote returns an Upstream for the registry at base (scheme://host)
-// using transport for every request.
-func NewRemote(base *url.URL, transport http.RoundTripper, onError func(http.ResponseWriter, *http.Request, error)) *Remote {
+// using transport for every request. When the registry cannot be reached
+// while a client's request is streamed to it, the client gets a 502 with an
+// OCI error body, and log gets one line (nothing goes to the standard
+// library's logger).
+func NewRemote(base *url.URL, transport http.RoundTripper, log zerolog.Logger) *Remote {
 	u := &Remote{base: base, client: &http.Client{
 		Transport: transport,
 		// Redirects are the client's business; taglock's own lookups
 		// must see the upstream's answer as it is.
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}, onError: onError}
+	}}
 	u.rp = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.Out.URL.Scheme = base.Scheme
@@ -63,7 +68,15 @@ func NewRemote(base *url.URL, transport http.RoundTripper, onError func(http.Res
 		Transport:      transport,
 		BufferPool:     newBufferPool(),
 		ModifyResponse: func(resp *http.Response) error { rewriteLocation(resp, base); return nil },
-		ErrorHandler:   onError,
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
+				return // the client went away; nobody reads an answer
+			}
+			writeError(w, fmt.Errorf("%w: %s %s: %v", errUnreachable, r.Method, r.URL.Path, err), &log)
+		},
+		// Only reached for what ErrorHandler does not see (a panic
+		// aborting a copy): keep it off the standard logger.
+		ErrorLog: stdlog.New(log, "", 0),
 	}
 	return u
 }

@@ -47,7 +47,7 @@ func NewOffline(ctx context.Context, cfg config.Config, ledger proxy.Ledger, log
 		if err != nil {
 			return nil, err
 		}
-		up = proxy.NewRemote(base, keepPasswords(cfg, creds), nil)
+		up = proxy.NewRemote(base, keepPasswords(cfg, creds), log)
 	}
 	im, err := cfg.ImmutabilityPolicy()
 	if err != nil {

@@ -110,7 +110,7 @@ func StartWith(ctx context.Context, cfg config.Config, log zerolog.Logger, hooks
 		if err != nil {
 			return nil, err
 		}
-		s.up = proxy.NewRemote(base, keepPasswords(cfg, creds), nil)
+		s.up = proxy.NewRemote(base, keepPasswords(cfg, creds), log)
 	}
 	if hooks.Upstream != nil {
 		s.up = hooks.Upstream(s.up)
