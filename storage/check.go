@@ -187,7 +187,7 @@ func (c *checker) reservations(tx *bolt.Tx) error {
 		if string(k) != r.ID {
 			c.report("reservation %s is stored under key %q", r.ID, k)
 		}
-		for _, tag := range r.Tags {
+		for _, tag := range heldTags(r) {
 			if got := tags.Get(key(r.Repo, tag, r.ID)); digest.Digest(got) != r.Digest {
 				c.report("reservation %s lacks its tag entry for %s:%s", r.ID, r.Repo, tag)
 			}
@@ -245,7 +245,7 @@ func (c *checker) reservedTags(tx *bolt.Tx) error {
 		if err != nil {
 			return // reported by c.reservations
 		}
-		if r.Repo != repo || !slices.Contains(r.Tags, tag) || string(r.Digest) != string(v) {
+		if r.Repo != repo || !slices.Contains(heldTags(r), tag) || string(r.Digest) != string(v) {
 			c.report("reserved tag %s:%s does not match reservation %s", repo, tag, id)
 		}
 	})

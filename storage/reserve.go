@@ -24,7 +24,9 @@ import (
 // holds what r needs (see Reservation): for a push, a tag another push holds
 // with a different digest, a tag a delete holds, or a delete of Digest or of
 // any digest in Closure; for a delete, any reservation of its tag, or, by
-// digest, any push that depends on Digest and any other delete of it.
+// digest, any push that depends on Digest, any other delete of it and, for
+// a manifest, any reservation of a tag bound to it (which it then holds, in
+// Removes).
 //
 // On success it stores the reservation with r.ID, or a new random ID when r.ID
 // is empty, and CreatedAt set to Options.Now(), and returns it. Nothing is
@@ -46,8 +48,21 @@ func (l *Ledger) Reserve(ctx context.Context, r Reservation) (Reservation, error
 	r.Tags = slices.Clone(r.Tags)
 	r.Closure = normalizeClosure(r.Digest, r.Closure)
 	err := l.update(ctx, func(tx *bolt.Tx) error {
+		r.Removes = nil
 		if tx.Bucket(bucketReservations).Get([]byte(r.ID)) != nil {
 			return fmt.Errorf("reservation %s exists: %w", r.ID, ErrInvalid)
+		}
+		if r.IsDelete() && len(r.Tags) == 0 && !r.Blob {
+			live, err := liveBindingsOf(tx, r.Repo, r.Digest)
+			if err != nil {
+				return err
+			}
+			for _, b := range live {
+				if err := checkTagHeld(tx, r, b.Tag); err != nil {
+					return fmt.Errorf("reserve %s@%s (tag %s): %w", r.Repo, r.Digest, b.Tag, err)
+				}
+				r.Removes = append(r.Removes, b.Tag)
+			}
 		}
 		for _, tag := range r.Tags {
 			if err := checkExpect(tx, r.Repo, tag, r.Expect[tag]); err != nil {
@@ -299,6 +314,15 @@ func checkDigestHeld(tx *bolt.Tx, r Reservation, d digest.Digest) error {
 	})
 }
 
+// heldTags lists the tags r holds: its Tags and, for a delete of a
+// manifest, the tags it removes.
+func heldTags(r Reservation) []string {
+	if len(r.Removes) == 0 {
+		return r.Tags
+	}
+	return append(slices.Clone(r.Tags), r.Removes...)
+}
+
 // heldDigests lists the digests r holds or depends on: a push's Digest and
 // Closure, a delete by digest's Digest, nothing for a delete by tag.
 func heldDigests(r Reservation) []digest.Digest {
@@ -320,7 +344,7 @@ func putReservation(tx *bolt.Tx, r Reservation) error {
 	if err := tx.Bucket(bucketReservations).Put([]byte(r.ID), v); err != nil {
 		return err
 	}
-	for _, tag := range r.Tags {
+	for _, tag := range heldTags(r) {
 		if err := tx.Bucket(bucketReservedTags).Put(key(r.Repo, tag, r.ID), []byte(r.Digest)); err != nil {
 			return err
 		}
@@ -353,7 +377,7 @@ func deleteReservation(tx *bolt.Tx, id string) (Reservation, bool, error) {
 	if err != nil {
 		return Reservation{}, false, err
 	}
-	for _, tag := range r.Tags {
+	for _, tag := range heldTags(r) {
 		if err := tx.Bucket(bucketReservedTags).Delete(key(r.Repo, tag, r.ID)); err != nil {
 			return Reservation{}, false, err
 		}
@@ -427,7 +451,10 @@ func checkReservation(r Reservation) error {
 	default:
 		return fmt.Errorf("reservation for %s: kind %q: %w", r.Repo, r.Kind, ErrInvalid)
 	}
-	for _, tag := range r.Tags {
+	if len(r.Removes) > 0 && (!r.IsDelete() || len(r.Tags) > 0 || r.Blob) {
+		return fmt.Errorf("reservation for %s: only a delete of a manifest by digest removes tags: %w", r.Repo, ErrInvalid)
+	}
+	for _, tag := range heldTags(r) {
 		if err := checkName("tag", tag); err != nil {
 			return err
 		}

@@ -95,9 +95,12 @@ const (
 //     them) and depends on Digest and every digest in Closure, so no delete
 //     of any of them can be reserved while it is pending;
 //   - a delete by tag (one entry in Tags) holds that tag alone;
-//   - a delete by digest (no Tags) holds Digest alone, a manifest or, with
-//     Blob, a blob: no push that depends on it and no other delete of it can
-//     be reserved while it is pending.
+//   - a delete by digest (no Tags) holds Digest, a manifest or, with Blob, a
+//     blob: no push that depends on it and no other delete of it can be
+//     reserved while it is pending. A delete of a manifest also holds every
+//     tag bound to it when it is reserved (Removes): a registry's delete by
+//     digest untags them one by one, so a push moving one of them away
+//     meanwhile could lose the tag.
 type Reservation struct {
 	// ID identifies the reservation: 32 lowercase hex digits. Reserve
 	// assigns a random one when it is empty.
@@ -113,6 +116,9 @@ type Reservation struct {
 	Digest digest.Digest `json:"digest"`
 	// Blob marks a delete of a blob rather than a manifest.
 	Blob bool `json:"blob,omitempty"`
+	// Removes is, for a delete of a manifest by digest, the tags bound to
+	// it when Reserve stored it, which it holds. Reserve sets it.
+	Removes []string `json:"removes,omitempty"`
 	// Closure is every digest the pushed manifest references (child
 	// manifests and blobs, transitively); deletes of them wait for the
 	// push.

@@ -41,6 +41,7 @@ func RunConformance(t *testing.T, open Opener) {
 		{"ReserveExpect", testReserveExpect},
 		{"ReserveBusy", testReserveBusy},
 		{"ReserveDeletes", testReserveDeletes},
+		{"ReserveDeleteHoldsTagsItRemoves", testReserveDeleteHoldsTagsItRemoves},
 		{"ReserveRecord", testReserveRecord},
 		{"CommitAndRelease", testCommitAndRelease},
 		{"CommitDelete", testCommitDelete},

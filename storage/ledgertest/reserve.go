@@ -192,6 +192,38 @@ func testReserveDeletes(t *testing.T, open Opener) {
 	}
 }
 
+func testReserveDeleteHoldsTagsItRemoves(t *testing.T, open Opener) {
+	// A delete of a manifest by digest holds the tags bound to it: a
+	// registry untags them one by one, so a push that moved one of them to
+	// other content meanwhile could lose the tag. Whichever comes first,
+	// the other waits.
+	ctx := context.Background()
+	l := open(t)
+	old, other := NewBinding("r", "s1", "old"), NewBinding("r", "s2", "old")
+	old.Mode, other.Mode = storage.ModeMutable, storage.ModeMutable
+	MustPut(t, l, []storage.Binding{old, other})
+	move := storage.Reservation{Repo: "r", Tags: []string{"s1"}, Digest: Digest("new"), Expect: map[string]storage.Seen{"s1": old.Seen()}}
+	del := storage.Reservation{Kind: storage.ReserveDelete, Repo: "r", Digest: old.Digest}
+
+	d := MustReserve(t, l, del)
+	equal(t, "tags the delete holds", d.Removes, []string{"s1", "s2"})
+	if _, err := l.Reserve(ctx, move); !errors.Is(err, storage.ErrBusy) {
+		t.Errorf("move of a tag the delete removes: err = %v, want ErrBusy", err)
+	}
+	if err := l.Release(ctx, d.ID); err != nil {
+		t.Fatal(err)
+	}
+	m := MustReserve(t, l, move)
+	_, err := l.Reserve(ctx, del)
+	var be *storage.BusyError
+	if !errors.As(err, &be) || be.Holder.ID != m.ID || be.Tag != "s1" {
+		t.Errorf("delete of the digest a pending move leaves: err = %v, want ErrBusy held by the move on s1", err)
+	}
+	if _, err := l.Reserve(ctx, storage.Reservation{Kind: storage.ReserveDelete, Repo: "r", Digest: Digest("x"), Removes: []string{"s9"}}); err != nil {
+		t.Errorf("Reserve with Removes given: %v; Reserve sets Removes itself", err)
+	}
+}
+
 func testReserveRecord(t *testing.T, open Opener) {
 	// A reservation is stored as given: a caller may choose its ID, its
 	// closure is normalized, and its deadline and owner come back.
@@ -228,6 +260,7 @@ func testReserveRecord(t *testing.T, open Opener) {
 		{Kind: storage.ReserveDelete, Repo: "r", Tags: []string{"a"}, Digest: Digest("m"), Mode: "frozen"},
 		{Repo: "r", Digest: Digest("m")},
 		{Repo: "r", Tags: []string{"t"}, Digest: Digest("m"), Blob: true},
+		{Repo: "r", Tags: []string{"t"}, Digest: Digest("m"), Removes: []string{"u"}},
 		{Repo: "r", Tags: []string{"t"}, Digest: Digest("m"), Closure: []digest.Digest{"md5:00"}},
 	} {
 		if _, err := l.Reserve(ctx, bad); !errors.Is(err, storage.ErrInvalid) {
