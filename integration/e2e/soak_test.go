@@ -344,4 +344,3 @@ func registryTags(t *testing.T, registry, repo string) []string {
 	}
 	return list.Tags
 }
-
