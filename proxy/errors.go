@@ -135,6 +135,10 @@ func writeError(w http.ResponseWriter, err error, log *zerolog.Logger) int {
 		w.Header().Set("Retry-After", "1")
 		return serveOCI(w, http.StatusServiceUnavailable,
 			errcode.ErrorCodeUnavailable.WithMessage("taglock: "+err.Error()+"; retry shortly"))
+	case errors.Is(err, errGateHeld):
+		w.Header().Set("Retry-After", "5")
+		return serveOCI(w, http.StatusServiceUnavailable,
+			errcode.ErrorCodeUnavailable.WithMessage("taglock: garbage collection is holding writes for longer than this write may wait; nothing was changed, retry shortly"))
 	case errors.Is(err, context.Canceled):
 		// The client went away; nobody reads an answer.
 		return 499

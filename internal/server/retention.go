@@ -41,7 +41,7 @@ type retentionParts struct {
 func newRetentionParts(cfg config.Config, ledger *storage.Ledger, log zerolog.Logger) *retentionParts {
 	p := &retentionParts{pulls: proxy.NewPullTracker(ledger, proxy.PullTrackerOptions{Log: log})}
 	if cfg.Upstream.URL == "" {
-		p.gate = proxy.NewWriteGate()
+		p.gate = proxy.NewWriteGate(proxy.GateOptions{})
 	}
 	return p
 }
