@@ -52,7 +52,9 @@ type GateOptions struct {
 //
 // It also remembers blobs uploaded whose manifest has not been pushed yet
 // (a push spans several requests), so a collection between a blob upload
-// and its manifest does not sweep them.
+// and its manifest does not sweep them. An upload is recorded before its
+// request leaves the gate, so a Hold that finds no write in flight also
+// finds every upload that finished.
 //
 // The zero value is not usable; use NewWriteGate.
 type WriteGate struct {
@@ -227,6 +229,14 @@ func (s *Server) track(w *statusWriter, r *http.Request, rt Route) (func(), erro
 		}
 	}
 	return func() {
+		// A finished upload is recorded while its request still counts
+		// as in flight: a Hold that finds no write in flight then finds
+		// the blob pending, and the collection after it keeps the blob.
+		if s.gate != nil && (rt.Kind == KindUpload || rt.Kind == KindUploadStart) && w.status == http.StatusCreated {
+			if d, err := digest.Parse(w.Header().Get("Docker-Content-Digest")); err == nil {
+				s.gate.uploaded(d, s.now())
+			}
+		}
 		leave()
 		if w.status/100 != 2 {
 			return
@@ -240,12 +250,9 @@ func (s *Server) track(w *statusWriter, r *http.Request, rt Route) (func(), erro
 			if d != "" {
 				s.pulls.observe(rt.Name, d, s.now())
 			}
-		case s.gate == nil:
-		case (rt.Kind == KindUpload || rt.Kind == KindUploadStart) && w.status == http.StatusCreated:
-			if d, err := digest.Parse(w.Header().Get("Docker-Content-Digest")); err == nil {
-				s.gate.uploaded(d, s.now())
-			}
-		case rt.Kind == KindManifest && r.Method == http.MethodPut:
+		case s.gate != nil && rt.Kind == KindManifest && r.Method == http.MethodPut:
+			// After leaving: until the blobs are no longer pending they
+			// stay protected, which errs on the safe side.
 			d, err := digest.Parse(w.Header().Get("Docker-Content-Digest"))
 			if err != nil {
 				return

@@ -7,8 +7,11 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	digest "github.com/opencontainers/go-digest"
 
 	"github.com/taglock/taglock/storage"
 )
@@ -99,13 +102,8 @@ func TestHeldGateAnswers503(t *testing.T) {
 		reached <- r.Method + " " + r.URL.Path
 		w.WriteHeader(http.StatusAccepted)
 	})
-	l, err := storage.Open(filepath.Join(t.TempDir(), "ledger.db"), storage.Options{NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = l.Close() })
 	g := NewWriteGate(GateOptions{Drain: time.Hour, Wait: 50 * time.Millisecond})
-	srv := New(Options{Upstream: NewInProcess(up), Ledger: l, Gate: g})
+	srv := newGateServer(t, up, g, nil)
 	release, err := g.Hold(t.Context())
 	if err != nil {
 		t.Fatal(err)
@@ -135,5 +133,91 @@ func TestHeldGateAnswers503(t *testing.T) {
 	srv.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/v2/team/app/blobs/uploads/abc", nil))
 	if got := <-reached; got != "GET /v2/team/app/blobs/uploads/abc" {
 		t.Fatalf("read while held reached the registry as %q", got)
+	}
+}
+
+// isHeld reports whether Hold has closed the gate.
+func (g *WriteGate) isHeld() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.held != nil
+}
+
+// newGateServer is a proxy with gate g in front of up, on a fresh ledger.
+func newGateServer(t *testing.T, up http.Handler, g *WriteGate, now func() time.Time) *Server {
+	t.Helper()
+	l, err := storage.Open(filepath.Join(t.TempDir(), "ledger.db"), storage.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Close() })
+	return New(Options{Upstream: NewInProcess(up), Ledger: l, Gate: g, Now: now})
+}
+
+// A blob whose upload finishes just as garbage collection closes the gate
+// is pending when Hold returns: the upload is recorded before its request
+// leaves the gate, so the collection that follows cannot sweep it.
+func TestUploadFinishingAtHoldIsPending(t *testing.T) {
+	t.Parallel()
+	blob := digest.FromString("layer")
+	reached, finish := make(chan struct{}), make(chan struct{})
+	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(reached)
+		<-finish
+		w.Header().Set("Docker-Content-Digest", blob.String())
+		w.WriteHeader(http.StatusCreated)
+	})
+	// Once the registry has answered, the clock lets Hold return first
+	// (or waits half a second for it): a request that recorded its upload
+	// only after leaving the gate would be caught between the two.
+	var answered atomic.Bool
+	holdReturned := make(chan struct{})
+	now := func() time.Time {
+		if answered.Load() {
+			select {
+			case <-holdReturned:
+			case <-time.After(500 * time.Millisecond):
+			}
+		}
+		return time.Now()
+	}
+	g := NewWriteGate(GateOptions{Drain: patience, Wait: patience})
+	srv := newGateServer(t, up, g, now)
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		srv.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodPut,
+			"/v2/team/app/blobs/uploads/"+session+"?digest="+blob.String(), nil))
+	}()
+	<-reached
+	type held struct {
+		release func()
+		err     error
+	}
+	holds := make(chan held, 1)
+	go func() {
+		release, err := g.Hold(t.Context())
+		holds <- held{release, err}
+	}()
+	for !g.isHeld() { // the gate is closed, the upload in flight
+		time.Sleep(time.Millisecond)
+	}
+	answered.Store(true)
+	close(finish)
+	var h held
+	select {
+	case h = <-holds:
+	case <-time.After(patience):
+		t.Fatal("Hold did not return after the upload finished")
+	}
+	if h.err != nil {
+		t.Fatal(h.err)
+	}
+	pending := g.Pending(time.Now().Add(-time.Hour))
+	close(holdReturned)
+	h.release()
+	<-served
+	if !pending[blob] {
+		t.Fatal("a blob uploaded as the gate closed is not pending when Hold returns: the collection could sweep it")
 	}
 }
