@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
 	"time"
 
@@ -63,6 +64,11 @@ func (p *retentionParts) start(cfg config.Config, ledger *storage.Ledger, px *pr
 		gate, dir := p.gate, RegistryStorage(cfg.Data)
 		o.GC = func(ctx context.Context) (retention.GCResult, error) {
 			release, err := gate.Hold(ctx)
+			if errors.Is(err, proxy.ErrWritesInFlight) {
+				// Never collect while a write could land blobs: the
+				// gate is open again and the next run collects.
+				return retention.GCResult{Deferred: true, Reason: err.Error()}, nil
+			}
 			if err != nil {
 				return retention.GCResult{}, err
 			}
