@@ -90,11 +90,30 @@ var (
 	ErrLedger = errors.New("ledger unavailable")
 	// ErrLookup wraps a failed upstream lookup; the request is refused with 502.
 	ErrLookup = errors.New("upstream lookup failed")
-	// errTooLarge is a manifest over maxManifestSize.
-	errTooLarge = errors.New("manifest too large")
 	// errBusy is a tag held by a push that did not finish in time.
 	errBusy = errors.New("tag busy")
 )
+
+// tooLargeError is a manifest over the configured limit, in bytes.
+type tooLargeError struct{ limit int64 }
+
+func (e *tooLargeError) Error() string {
+	return fmt.Sprintf("manifest exceeds the %d byte limit (%s)", e.limit, humanSize(e.limit))
+}
+
+// humanSize writes n bytes as KiB, MiB or GiB when it is a whole number of
+// them.
+func humanSize(n int64) string {
+	for _, u := range []struct {
+		unit string
+		size int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if n >= u.size && n%u.size == 0 {
+			return fmt.Sprintf("%d %s", n/u.size, u.unit)
+		}
+	}
+	return fmt.Sprintf("%d B", n)
+}
 
 // upstreamAnswer relays an upstream response as it is, for example a 401
 // challenge to a lookup made with the client's credentials.
@@ -113,6 +132,7 @@ func writeError(w http.ResponseWriter, err error, log *zerolog.Logger) int {
 		v  *Violation
 		re *requestError
 		ua *upstreamAnswer
+		tl *tooLargeError
 	)
 	switch {
 	case errors.As(err, &v):
@@ -128,9 +148,8 @@ func writeError(w http.ResponseWriter, err error, log *zerolog.Logger) int {
 		w.WriteHeader(ua.status)
 		_, _ = w.Write(ua.body)
 		return ua.status
-	case errors.Is(err, errTooLarge):
-		return serveOCI(w, http.StatusRequestEntityTooLarge,
-			errcode.ErrorCodeSizeInvalid.WithMessage(fmt.Sprintf("manifest exceeds the %d byte limit", maxManifestSize)))
+	case errors.As(err, &tl):
+		return serveOCI(w, http.StatusRequestEntityTooLarge, errcode.ErrorCodeSizeInvalid.WithMessage("taglock: "+tl.Error()))
 	case errors.Is(err, errBusy):
 		w.Header().Set("Retry-After", "1")
 		return serveOCI(w, http.StatusServiceUnavailable,

@@ -81,34 +81,39 @@ type Options struct {
 	// Gate holds writes while the embedded registry's garbage collection
 	// runs; nil holds none.
 	Gate *WriteGate
+	// MaxManifestSize is the largest manifest, in bytes, that a client
+	// may push or that taglock reads from the upstream. Larger pushes are
+	// refused with 413 SIZE_INVALID. Default DefaultMaxManifestSize.
+	MaxManifestSize int64
 }
 
 // Server is the proxy's http.Handler.
 type Server struct {
-	up       Upstream
-	ledger   Ledger
-	im       policy.Immutability
-	promo    []policy.PromotionRule
-	pin      bool
-	log      zerolog.Logger
-	audit    zerolog.Logger
-	metrics  *Metrics
-	now      func() time.Time
-	wait     time.Duration
-	timeout  time.Duration
-	auth     Authenticator
-	access   policy.Access
-	pulls    *PullTracker
-	gate     *WriteGate
-	inflight sync.Map // reservation ID -> struct{}: reservations this process is still working on
-	bg       sync.WaitGroup
+	up          Upstream
+	ledger      Ledger
+	im          policy.Immutability
+	promo       []policy.PromotionRule
+	pin         bool
+	log         zerolog.Logger
+	audit       zerolog.Logger
+	metrics     *Metrics
+	now         func() time.Time
+	wait        time.Duration
+	timeout     time.Duration
+	auth        Authenticator
+	access      policy.Access
+	pulls       *PullTracker
+	gate        *WriteGate
+	maxManifest int64
+	inflight    sync.Map // reservation ID -> struct{}: reservations this process is still working on
+	bg          sync.WaitGroup
 }
 
 // New returns a Server.
 func New(o Options) *Server {
 	s := &Server{up: o.Upstream, ledger: o.Ledger, im: o.Immutability, promo: o.Promotion, pin: o.PinOnRead, log: o.Log, metrics: o.Metrics,
 		now: o.Now, wait: o.ReserveWait, timeout: o.LookupTimeout, auth: o.Auth, access: o.Access,
-		pulls: o.Pulls, gate: o.Gate}
+		pulls: o.Pulls, gate: o.Gate, maxManifest: o.MaxManifestSize}
 	if s.auth != nil {
 		s.access.Enabled = true
 	}
@@ -125,6 +130,9 @@ func New(o Options) *Server {
 	}
 	if s.timeout == 0 {
 		s.timeout = 30 * time.Second
+	}
+	if s.maxManifest <= 0 {
+		s.maxManifest = DefaultMaxManifestSize
 	}
 	return s
 }
