@@ -92,6 +92,8 @@ var (
 	ErrLookup = errors.New("upstream lookup failed")
 	// errBusy is a tag held by a push that did not finish in time.
 	errBusy = errors.New("tag busy")
+	// errTooManyUploads refuses an upload over Options.MaxUploads.
+	errTooManyUploads = errors.New("too many uploads in flight")
 )
 
 // tooLargeError is a manifest over the configured limit, in bytes.
@@ -154,6 +156,10 @@ func writeError(w http.ResponseWriter, err error, log *zerolog.Logger) int {
 		w.Header().Set("Retry-After", "1")
 		return serveOCI(w, http.StatusServiceUnavailable,
 			errcode.ErrorCodeUnavailable.WithMessage("taglock: "+err.Error()+"; retry shortly"))
+	case errors.Is(err, errTooManyUploads):
+		w.Header().Set("Retry-After", "2")
+		return serveOCI(w, http.StatusTooManyRequests,
+			errcode.ErrorCodeTooManyRequests.WithMessage("taglock: "+err.Error()+"; nothing was changed, retry shortly"))
 	case errors.Is(err, errGateHeld):
 		w.Header().Set("Retry-After", "5")
 		return serveOCI(w, http.StatusServiceUnavailable,

@@ -103,7 +103,7 @@ func TestHeldGateAnswers503(t *testing.T) {
 		w.WriteHeader(http.StatusAccepted)
 	})
 	g := NewWriteGate(GateOptions{Drain: time.Hour, Wait: 50 * time.Millisecond})
-	srv := newGateServer(t, up, g, nil)
+	srv := newTestServer(t, up, Options{Gate: g})
 	release, err := g.Hold(t.Context())
 	if err != nil {
 		t.Fatal(err)
@@ -143,15 +143,17 @@ func (g *WriteGate) isHeld() bool {
 	return g.held != nil
 }
 
-// newGateServer is a proxy with gate g in front of up, on a fresh ledger.
-func newGateServer(t *testing.T, up http.Handler, g *WriteGate, now func() time.Time) *Server {
+// newTestServer is a proxy configured by o in front of up, on a fresh
+// ledger.
+func newTestServer(t *testing.T, up http.Handler, o Options) *Server {
 	t.Helper()
 	l, err := storage.Open(filepath.Join(t.TempDir(), "ledger.db"), storage.Options{NoSync: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = l.Close() })
-	return New(Options{Upstream: NewInProcess(up), Ledger: l, Gate: g, Now: now})
+	o.Upstream, o.Ledger = NewInProcess(up), l
+	return New(o)
 }
 
 // A blob whose upload finishes just as garbage collection closes the gate
@@ -182,7 +184,7 @@ func TestUploadFinishingAtHoldIsPending(t *testing.T) {
 		return time.Now()
 	}
 	g := NewWriteGate(GateOptions{Drain: patience, Wait: patience})
-	srv := newGateServer(t, up, g, now)
+	srv := newTestServer(t, up, Options{Gate: g, Now: now})
 	served := make(chan struct{})
 	go func() {
 		defer close(served)

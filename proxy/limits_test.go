@@ -34,8 +34,7 @@ func TestMaxManifestSize(t *testing.T) {
 		reached = append(reached, r.Method+" "+r.URL.Path)
 		w.WriteHeader(http.StatusCreated)
 	})
-	srv := newGateServer(t, up, nil, nil)
-	srv.maxManifest = 1024 // as Options.MaxManifestSize sets it
+	srv := newTestServer(t, up, Options{MaxManifestSize: 1024})
 	manifest := func(size int) []byte {
 		b := []byte(`{"schemaVersion":2,"annotations":{"pad":"`)
 		b = append(b, bytes.Repeat([]byte("x"), size-len(b)-3)...)
@@ -82,5 +81,47 @@ func TestMaxManifestSize(t *testing.T) {
 				t.Errorf("the refused manifest reached the registry: %v", reached)
 			}
 		})
+	}
+}
+
+// With MaxUploads in flight, one more upload is refused at once with 429
+// TOOMANYREQUESTS, Retry-After and an OCI error body, while requests that
+// are not uploads pass; the slot is free again when an upload ends.
+func TestMaxUploads(t *testing.T) {
+	t.Parallel()
+	entered, finish := make(chan struct{}), make(chan struct{})
+	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPatch {
+			entered <- struct{}{}
+			<-finish
+		}
+		w.WriteHeader(http.StatusAccepted)
+	})
+	srv := newTestServer(t, up, Options{MaxUploads: 1})
+	serve := func(method, path string) *httptest.ResponseRecorder {
+		rec := httptest.NewRecorder()
+		srv.ServeHTTP(rec, httptest.NewRequest(method, path, strings.NewReader("data")))
+		return rec
+	}
+	done := make(chan *httptest.ResponseRecorder)
+	go func() { done <- serve(http.MethodPatch, "/v2/team/app/blobs/uploads/"+session) }()
+	<-entered
+
+	rec := serve(http.MethodPost, "/v2/team/other/blobs/uploads/")
+	if rec.Code != http.StatusTooManyRequests || rec.Header().Get("Retry-After") == "" {
+		t.Fatalf("upload over the cap: %d, Retry-After %q; want 429 with Retry-After", rec.Code, rec.Header().Get("Retry-After"))
+	}
+	if e := ociErrors(t, rec.Body.Bytes())[0]; e.Code != "TOOMANYREQUESTS" {
+		t.Errorf("error code %s, want TOOMANYREQUESTS", e.Code)
+	}
+	if rec := serve(http.MethodGet, "/v2/team/app/blobs/uploads/"+session); rec.Code != http.StatusAccepted {
+		t.Errorf("upload status while the cap is reached: %d, want it served", rec.Code)
+	}
+	close(finish)
+	if rec := <-done; rec.Code != http.StatusAccepted {
+		t.Fatalf("the upload in flight: %d", rec.Code)
+	}
+	if rec := serve(http.MethodPost, "/v2/team/other/blobs/uploads/"); rec.Code != http.StatusAccepted {
+		t.Errorf("upload after the slot was freed: %d, want it served", rec.Code)
 	}
 }

@@ -85,6 +85,10 @@ type Options struct {
 	// may push or that taglock reads from the upstream. Larger pushes are
 	// refused with 413 SIZE_INVALID. Default DefaultMaxManifestSize.
 	MaxManifestSize int64
+	// MaxUploads caps the blob upload requests (POST, PATCH and PUT of
+	// blobs/uploads) served at once; the excess is refused with 429
+	// TOOMANYREQUESTS and Retry-After. Zero (default): no cap.
+	MaxUploads int
 }
 
 // Server is the proxy's http.Handler.
@@ -105,7 +109,8 @@ type Server struct {
 	pulls       *PullTracker
 	gate        *WriteGate
 	maxManifest int64
-	inflight    sync.Map // reservation ID -> struct{}: reservations this process is still working on
+	uploads     chan struct{} // one token per upload in flight; nil: no cap
+	inflight    sync.Map      // reservation ID -> struct{}: reservations this process is still working on
 	bg          sync.WaitGroup
 }
 
@@ -133,6 +138,9 @@ func New(o Options) *Server {
 	}
 	if s.maxManifest <= 0 {
 		s.maxManifest = DefaultMaxManifestSize
+	}
+	if o.MaxUploads > 0 {
+		s.uploads = make(chan struct{}, o.MaxUploads)
 	}
 	return s
 }
@@ -189,6 +197,11 @@ func (s *Server) serve(w *statusWriter, r *http.Request, info *reqInfo) int {
 		return writeError(w, err, &s.log)
 	}
 	defer tracked()
+	admitted, err := s.admitUpload(r, rt)
+	if err != nil {
+		return writeError(w, err, &s.log)
+	}
+	defer admitted()
 	switch {
 	case rt.Kind == KindManifest && r.Method == http.MethodPut:
 		err = s.putManifest(w, r, rt)
