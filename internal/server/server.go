@@ -139,7 +139,10 @@ func Start(ctx context.Context, cfg config.Config, log zerolog.Logger) (_ *Serve
 	mux.Handle(admin.Prefix, gate(admin.New(admin.Options{Ledger: s.ledger, Tools: s.proxy, Log: log, Retention: s.ret.runner,
 		Drift: s.insight.drift, Viewer: viewer})))
 	s.http = &http.Server{
-		Handler:           rawPaths(mux, s.proxy),
+		// No ReadTimeout or WriteTimeout: they bound a whole request,
+		// which would cut off a multi-GiB transfer on a slow link.
+		// withDeadlines bounds only a stalled client instead.
+		Handler:           withDeadlines(rawPaths(mux, s.proxy), time.Minute, 2*time.Minute),
 		ReadHeaderTimeout: 30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          nil,
