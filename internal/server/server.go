@@ -105,19 +105,21 @@ func Start(ctx context.Context, cfg config.Config, log zerolog.Logger) (_ *Serve
 	}
 	s.ret = newRetentionParts(cfg, s.ledger, log)
 	s.proxy = proxy.New(proxy.Options{
-		Pulls:         s.ret.pulls,
-		Gate:          s.ret.gate,
-		Upstream:      metrics.Upstream(s.up),
-		Ledger:        timedLedger{s.ledger, metrics},
-		Immutability:  im,
-		Promotion:     promo,
-		PinOnRead:     cfg.Immutability.PinOnRead,
-		Log:           log,
-		Metrics:       metrics,
-		Audit:         s.insight.auditLogger(),
-		LookupTimeout: cfg.Upstream.Timeout.Std(),
-		Auth:          authn,
-		Access:        access,
+		Pulls:           s.ret.pulls,
+		Gate:            s.ret.gate,
+		Upstream:        metrics.Upstream(s.up),
+		Ledger:          timedLedger{s.ledger, metrics},
+		Immutability:    im,
+		Promotion:       promo,
+		PinOnRead:       cfg.Immutability.PinOnRead,
+		Log:             log,
+		Metrics:         metrics,
+		Audit:           s.insight.auditLogger(),
+		LookupTimeout:   cfg.Upstream.Timeout.Std(),
+		Auth:            authn,
+		Access:          access,
+		MaxUploads:      cfg.Limits.MaxConcurrentUploads,
+		MaxManifestSize: int64(cfg.Limits.MaxManifestSize),
 	})
 	if err := s.proxy.Reconcile(ctx); err != nil {
 		// Unsettled reservations stay and keep their tags held; pushes
@@ -142,9 +144,9 @@ func Start(ctx context.Context, cfg config.Config, log zerolog.Logger) (_ *Serve
 		// No ReadTimeout or WriteTimeout: they bound a whole request,
 		// which would cut off a multi-GiB transfer on a slow link.
 		// withDeadlines bounds only a stalled client instead.
-		Handler:           withDeadlines(rawPaths(mux, s.proxy), time.Minute, 2*time.Minute),
-		ReadHeaderTimeout: 30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
+		Handler:           withDeadlines(rawPaths(mux, s.proxy), cfg.Limits.BodyIdleTimeout.Std(), cfg.Limits.WriteIdleTimeout.Std()),
+		ReadHeaderTimeout: cfg.Limits.ReadHeaderTimeout.Std(),
+		IdleTimeout:       cfg.Limits.IdleTimeout.Std(),
 		ErrorLog:          nil,
 	}
 	if s.http.TLSConfig, err = serverTLS(cfg.TLS, log); err != nil {
