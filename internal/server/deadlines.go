@@ -21,16 +21,21 @@ func withDeadlines(h http.Handler, bodyIdle, writeIdle time.Duration) http.Handl
 		rc := http.NewResponseController(w)
 		dw := &deadlineWriter{ResponseWriter: w}
 		dw.d.init(writeIdle, rc.SetWriteDeadline)
+		var body *idleBody
 		if bodyIdle > 0 && r.Body != nil && r.Body != http.NoBody {
-			b := &idleBody{ReadCloser: r.Body}
-			b.d.init(bodyIdle, rc.SetReadDeadline)
-			r.Body = b
+			body = &idleBody{ReadCloser: r.Body}
+			body.d.init(bodyIdle, rc.SetReadDeadline)
+			r.Body = body
 		}
-		// The server writes what is still buffered after the handler
-		// returns: bound that too. (It clears the deadline afterwards,
-		// before the connection's next request.)
-		defer dw.d.extend(true)
 		h.ServeHTTP(dw, r)
+		// After the handler, the server writes what is still buffered
+		// and reads what the handler left of the body (to reuse the
+		// connection): bound both. It clears the deadlines before the
+		// connection's next request.
+		dw.d.extend(true)
+		if body != nil && !body.done.Load() {
+			body.d.extend(true)
+		}
 	})
 }
 
@@ -79,17 +84,26 @@ func (s *slider) clear() {
 // idle timeout.
 type idleBody struct {
 	io.ReadCloser
-	d slider
+	d    slider
+	done atomic.Bool // the body ended or failed
 }
 
 func (b *idleBody) Read(p []byte) (int, error) {
+	if b.done.Load() {
+		return b.ReadCloser.Read(p)
+	}
 	b.d.extend(false)
 	n, err := b.ReadCloser.Read(p)
-	if err != nil {
-		// The body is done with (io.EOF) or failed. HTTP/1 reads the
-		// connection in the background from here on, and must not
-		// inherit this deadline.
+	switch {
+	case err == io.EOF:
+		// HTTP/1 reads the connection in the background from here
+		// on, and must not inherit this deadline.
+		b.done.Store(true)
 		b.d.clear()
+	case err != nil:
+		// A deadline that passed stays: whoever reads on (the server
+		// discarding the rest of the body) fails at once.
+		b.done.Store(true)
 	}
 	return n, err
 }

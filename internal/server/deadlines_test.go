@@ -59,20 +59,38 @@ func result[T any](t *testing.T, ch <-chan T, what string) T {
 	}
 }
 
-// A request body that stops delivering is cut off after the idle timeout;
+// A request body that stops delivering is cut off after the idle timeout:
 // the handler's read fails with a deadline error instead of waiting on the
-// client.
+// client, and the connection is closed rather than left to the client,
+// whether the handler read the body or left it unread.
 func TestBodyIdleTimeoutCutsAStalledBody(t *testing.T) {
 	t.Parallel()
-	errs := make(chan error, 1)
-	addr := startDeadlines(t, func(w http.ResponseWriter, r *http.Request) {
-		_, err := io.ReadAll(r.Body)
-		errs <- err
-	}, 200*time.Millisecond, time.Minute)
-	conn := dial(t, addr, 0)
-	fmt.Fprintf(conn, "PATCH /v2/x/blobs/uploads/u HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nx")
-	if err := result(t, errs, "stalled body"); !errors.Is(err, os.ErrDeadlineExceeded) {
-		t.Fatalf("reading a stalled body: %v, want a deadline error", err)
+	for _, tt := range []struct {
+		name string
+		read bool
+	}{{"read by the handler", true}, {"left unread", false}} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			errs := make(chan error, 1)
+			addr := startDeadlines(t, func(w http.ResponseWriter, r *http.Request) {
+				if !tt.read {
+					w.WriteHeader(http.StatusRequestEntityTooLarge)
+					return
+				}
+				_, err := io.ReadAll(r.Body)
+				errs <- err
+			}, 200*time.Millisecond, time.Minute)
+			conn := dial(t, addr, 0)
+			fmt.Fprintf(conn, "PATCH /v2/x/blobs/uploads/u HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nx")
+			if tt.read {
+				if err := result(t, errs, "stalled body"); !errors.Is(err, os.ErrDeadlineExceeded) {
+					t.Fatalf("reading a stalled body: %v, want a deadline error", err)
+				}
+			}
+			if _, err := io.ReadAll(conn); errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("the connection of a stalled body was still open after %s", patience)
+			}
+		})
 	}
 }
 
