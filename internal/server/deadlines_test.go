@@ -21,6 +21,10 @@ import (
 // make them fail, only a wait that never ends.
 const patience = 20 * time.Second
 
+// slowIdle is the idle timeout of the tests whose transfers take longer in
+// total but never stall.
+const slowIdle = 3 * time.Second
+
 // startDeadlines serves h behind withDeadlines on a loopback listener.
 func startDeadlines(t *testing.T, h http.HandlerFunc, bodyIdle, writeIdle time.Duration) string {
 	t.Helper()
@@ -95,7 +99,8 @@ func TestBodyIdleTimeoutCutsAStalledBody(t *testing.T) {
 }
 
 // A body that keeps delivering is read in full however long it takes in
-// total: 2 s of bytes against a 1 s idle timeout.
+// total: 4 s of bytes, one every 50 ms, against a 3 s idle timeout (the
+// margin absorbs a loaded machine).
 func TestBodyIdleTimeoutAllowsASlowBody(t *testing.T) {
 	t.Parallel()
 	type read struct {
@@ -106,9 +111,9 @@ func TestBodyIdleTimeoutAllowsASlowBody(t *testing.T) {
 	addr := startDeadlines(t, func(w http.ResponseWriter, r *http.Request) {
 		b, err := io.ReadAll(r.Body)
 		reads <- read{len(b), err}
-	}, time.Second, time.Minute)
+	}, slowIdle, time.Minute)
 	conn := dial(t, addr, 0)
-	const n = 40
+	const n = 80
 	fmt.Fprintf(conn, "PATCH /v2/x/blobs/uploads/u HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n", n)
 	for range n {
 		time.Sleep(50 * time.Millisecond)
@@ -192,11 +197,11 @@ func (s *slowReader) Read(p []byte) (int, error) {
 }
 
 // A response that keeps flowing is written in full however long it takes
-// in total (2 s against a 1 s idle timeout), through Write and through
-// ReadFrom from a source that is not a file.
+// in total (4 s, a chunk every 50 ms, against a 3 s idle timeout), through
+// Write and through ReadFrom from a source that is not a file.
 func TestWriteIdleTimeoutAllowsASlowResponse(t *testing.T) {
 	t.Parallel()
-	const n = 40
+	const n = 80
 	for _, tt := range []struct {
 		name  string
 		write func(w http.ResponseWriter) error
@@ -222,7 +227,7 @@ func TestWriteIdleTimeoutAllowsASlowResponse(t *testing.T) {
 			addr := startDeadlines(t, func(w http.ResponseWriter, r *http.Request) {
 				w.Header().Set("Content-Length", strconv.Itoa(n*slowChunk))
 				errs <- tt.write(w)
-			}, time.Minute, time.Second)
+			}, time.Minute, slowIdle)
 			conn := dial(t, addr, 0)
 			fmt.Fprintf(conn, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
 			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
