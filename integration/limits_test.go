@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	digest "github.com/opencontainers/go-digest"
+
 	"github.com/taglock/taglock/internal/admin"
 	"github.com/taglock/taglock/internal/config"
 )
@@ -29,7 +31,8 @@ func withLimits(fn func(*config.Limits)) func(*config.Config) {
 	return func(c *config.Config) { fn(&c.Limits) }
 }
 
-// metric reads one unlabelled metric from taglock's /metrics.
+// metric reads one series from taglock's /metrics, named as the text
+// format writes it (labels in order); 0 when it has no sample yet.
 func (e *Env) metric(t *testing.T, name string) float64 {
 	t.Helper()
 	_, body := do(t, http.MethodGet, e.URL("/metrics"), nil, nil)
@@ -42,7 +45,6 @@ func (e *Env) metric(t *testing.T, name string) float64 {
 			return f
 		}
 	}
-	t.Fatalf("no metric %s", name)
 	return 0
 }
 
@@ -345,4 +347,48 @@ func TestManifestSizeLimit(t *testing.T) {
 			t.Errorf("the refused manifest's tag answers %d, want 404", resp.StatusCode)
 		}
 	})
+}
+
+// A client that stops reading a blob download is cut off after
+// limits.write_idle_timeout instead of holding the response, and its
+// handler, open: taglock finishes the request, and the client gets part of
+// the blob at most.
+func TestStalledDownloadIsCutOff(t *testing.T) {
+	t.Parallel()
+	e := MustEnv(t, Embedded, withLimits(func(l *config.Limits) {
+		l.WriteIdleTimeout = config.Duration(300 * time.Millisecond)
+	}))
+	blob := make([]byte, 32<<20) // far more than the socket buffers hold
+	d := digest.FromBytes(blob)
+	loc := e.startUpload(t, "team/big")
+	sep := "?"
+	if strings.Contains(loc, "?") {
+		sep = "&"
+	}
+	if resp, body := do(t, http.MethodPut, loc+sep+"digest="+d.String(), blob,
+		http.Header{"Content-Type": {"application/octet-stream"}}); resp.StatusCode != http.StatusCreated {
+		t.Fatalf("upload: %d %s", resp.StatusCode, body)
+	}
+	conn, err := net.Dial("tcp", e.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if err := conn.(*net.TCPConn).SetReadBuffer(4096); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(conn, "GET /v2/team/big/blobs/%s HTTP/1.1\r\nHost: %s\r\n\r\n", d, e.Addr)
+	// Read nothing until taglock has finished the request.
+	series := `taglock_requests_total{code="200",method="GET",route="blob"}`
+	e.waitMetric(t, series, "counted the download", func(v float64) bool { return v >= 1 })
+	// What is left is what the kernels had buffered; the connection may
+	// end, or (the server's socket closed with data unsent) go quiet.
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := io.Copy(io.Discard, resp.Body); n >= int64(len(blob)) {
+		t.Fatalf("read all %d bytes of a download the client stalled", n)
+	}
 }
