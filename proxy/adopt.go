@@ -73,12 +73,12 @@ func (s *Server) getManifest(ctx context.Context, h http.Header, repo, ref strin
 	defer drain(resp)
 	switch {
 	case resp.StatusCode == http.StatusOK:
-		body, err := io.ReadAll(io.LimitReader(resp.Body, maxManifestSize+1))
+		body, err := io.ReadAll(io.LimitReader(resp.Body, s.maxManifest+1))
 		if err != nil {
 			return nil, "", false, fmt.Errorf("%w: GET %s:%s: %v", ErrLookup, repo, ref, err)
 		}
-		if len(body) > maxManifestSize {
-			return nil, "", false, fmt.Errorf("%w: upstream manifest %s:%s exceeds %d bytes", ErrLookup, repo, ref, maxManifestSize)
+		if int64(len(body)) > s.maxManifest {
+			return nil, "", false, fmt.Errorf("%w: upstream manifest %s:%s exceeds %d bytes", ErrLookup, repo, ref, s.maxManifest)
 		}
 		return body, resp.Header.Get("Content-Type"), true, nil
 	case resp.StatusCode == http.StatusNotFound:

@@ -19,5 +19,8 @@
 //
 // The package fails closed: when the ledger or a required upstream lookup
 // cannot answer, the request is refused with a 5xx and nothing is forwarded.
+// Waits are bounded: a write held by a WriteGate (embedded garbage
+// collection) is refused with 503 after its wait, and uploads over
+// Options.MaxUploads with 429, rather than queued behind a slow client.
 // Decisions come from package policy; proxy does the I/O around them.
 package proxy

@@ -91,14 +91,14 @@ var (
 	ErrLedger = errors.New("ledger unavailable")
 	// ErrLookup wraps a failed upstream lookup; the request is refused with 502.
 	ErrLookup = errors.New("upstream lookup failed")
-	// errTooLarge is a manifest over maxManifestSize.
-	errTooLarge = errors.New("manifest too large")
 	// errUnreachable is an upstream that did not answer a request streamed
 	// to it; nothing taglock decides rests on it.
 	errUnreachable = errors.New("upstream unreachable")
 	// ErrUnknownOutcome wraps a push or delete the upstream did not answer
 	// clearly: it may or may not have happened, and the settler finds out.
 	ErrUnknownOutcome = errors.New("outcome unknown")
+	// errTooManyUploads refuses an upload over Options.MaxUploads.
+	errTooManyUploads = errors.New("too many uploads in flight")
 )
 
 // busyError is a reservation another request held longer than the wait.
@@ -171,6 +171,27 @@ type accessDenied struct {
 
 func (e *accessDenied) Error() string { return e.reason }
 
+// tooLargeError is a manifest over the configured limit, in bytes.
+type tooLargeError struct{ limit int64 }
+
+func (e *tooLargeError) Error() string {
+	return fmt.Sprintf("manifest exceeds the %d byte limit (%s)", e.limit, humanSize(e.limit))
+}
+
+// humanSize writes n bytes as KiB, MiB or GiB when it is a whole number of
+// them.
+func humanSize(n int64) string {
+	for _, u := range []struct {
+		unit string
+		size int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if n >= u.size && n%u.size == 0 {
+			return fmt.Sprintf("%d %s", n/u.size, u.unit)
+		}
+	}
+	return fmt.Sprintf("%d B", n)
+}
+
 // upstreamAnswer relays an upstream response as it is, for example a 401
 // challenge to a lookup made with the client's credentials.
 type upstreamAnswer struct {
@@ -193,6 +214,7 @@ func writeError(w http.ResponseWriter, err error, log *zerolog.Logger) int {
 		be *busyError
 		uo *unknownOutcome
 		ur *unrecorded
+		tl *tooLargeError
 	)
 	switch {
 	case errors.As(err, &v):
@@ -225,9 +247,16 @@ func writeError(w http.ResponseWriter, err error, log *zerolog.Logger) int {
 		w.WriteHeader(ua.status)
 		_, _ = w.Write(ua.body)
 		return ua.status
-	case errors.Is(err, errTooLarge):
-		return serveOCI(w, http.StatusRequestEntityTooLarge,
-			errcode.ErrorCodeSizeInvalid.WithMessage(fmt.Sprintf("manifest exceeds the %d byte limit", maxManifestSize)))
+	case errors.As(err, &tl):
+		return serveOCI(w, http.StatusRequestEntityTooLarge, errcode.ErrorCodeSizeInvalid.WithMessage("taglock: "+tl.Error()))
+	case errors.Is(err, errTooManyUploads):
+		w.Header().Set("Retry-After", "2")
+		return serveOCI(w, http.StatusTooManyRequests,
+			errcode.ErrorCodeTooManyRequests.WithMessage("taglock: "+err.Error()+"; nothing was changed, retry shortly"))
+	case errors.Is(err, errGateHeld):
+		w.Header().Set("Retry-After", "5")
+		return serveOCI(w, http.StatusServiceUnavailable,
+			errcode.ErrorCodeUnavailable.WithMessage("taglock: garbage collection is holding writes for longer than this write may wait; nothing was changed, retry shortly"))
 	case errors.Is(err, context.Canceled):
 		// The client went away; nobody reads an answer.
 		return 499

@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net/http"
 	"sync"
 	"time"
@@ -9,16 +11,55 @@ import (
 	digest "github.com/opencontainers/go-digest"
 )
 
+// Errors of the write gate.
+var (
+	// ErrWritesInFlight is returned, wrapped, by Hold when writes are still
+	// in flight after the drain timeout; the gate is open again.
+	ErrWritesInFlight = errors.New("writes still in flight")
+	// errGateHeld refuses a write that waited its bound at a held gate;
+	// it is answered 503 with Retry-After.
+	errGateHeld = errors.New("garbage collection is holding writes")
+)
+
+// Default bounds of a WriteGate.
+const (
+	// DefaultGateDrain is how long Hold waits for writes in flight.
+	DefaultGateDrain = 10 * time.Second
+	// DefaultGateWait is how long a write waits at a held gate.
+	DefaultGateWait = 20 * time.Second
+)
+
+// GateOptions bounds how long a WriteGate waits, either way.
+type GateOptions struct {
+	// Drain is how long Hold waits for the writes in flight to end before
+	// it gives up, opens the gate again and returns ErrWritesInFlight.
+	// Default DefaultGateDrain.
+	Drain time.Duration
+	// Wait is how long a write that arrives while the gate is held waits
+	// for it to open before it is refused with 503. Keep it above Drain,
+	// so that the writes that arrive while Hold drains get in when Hold
+	// gives up. Default DefaultGateWait.
+	Wait time.Duration
+}
+
 // WriteGate lets garbage collection of the embedded registry run without
 // racing pushes. Requests that write (PUT, POST, PATCH, DELETE) pass it
 // while it is open; Hold closes it, waits for the writes in flight to end,
-// and keeps new ones waiting until released. It also remembers blobs
-// uploaded whose manifest has not been pushed yet (a push spans several
-// requests), so a collection between a blob upload and its manifest does
-// not sweep them.
+// and keeps new ones waiting until released. Both waits are bounded: Hold
+// gives up when writes outlast the drain timeout (a slow client must not
+// stall garbage collection, nor every write queued behind it), and a
+// write that waits longer than the wait timeout is refused with 503.
+//
+// It also remembers blobs uploaded whose manifest has not been pushed yet
+// (a push spans several requests), so a collection between a blob upload
+// and its manifest does not sweep them. An upload is recorded before its
+// request leaves the gate, so a Hold that finds no write in flight also
+// finds every upload that finished.
 //
 // The zero value is not usable; use NewWriteGate.
 type WriteGate struct {
+	drain, wait time.Duration
+
 	mu      sync.Mutex
 	held    chan struct{} // non-nil while held; closed on release
 	active  int           // writes in flight
@@ -27,8 +68,15 @@ type WriteGate struct {
 }
 
 // NewWriteGate returns an open gate.
-func NewWriteGate() *WriteGate {
-	return &WriteGate{pending: map[digest.Digest]time.Time{}}
+func NewWriteGate(o GateOptions) *WriteGate {
+	g := &WriteGate{drain: o.Drain, wait: o.Wait, pending: map[digest.Digest]time.Time{}}
+	if g.drain <= 0 {
+		g.drain = DefaultGateDrain
+	}
+	if g.wait <= 0 {
+		g.wait = DefaultGateWait
+	}
+	return g
 }
 
 // isWrite reports whether a method changes the registry.
@@ -40,9 +88,10 @@ func isWrite(method string) bool {
 	return false
 }
 
-// enter waits until the gate is open and counts a write in flight. The
-// returned func ends it.
+// enter waits until the gate is open, at most the gate's wait timeout, and
+// counts a write in flight. The returned func ends it.
 func (g *WriteGate) enter(ctx context.Context) (func(), error) {
+	var expired <-chan time.Time
 	for {
 		g.mu.Lock()
 		if g.held == nil {
@@ -52,8 +101,15 @@ func (g *WriteGate) enter(ctx context.Context) (func(), error) {
 		}
 		ch := g.held
 		g.mu.Unlock()
+		if expired == nil {
+			t := time.NewTimer(g.wait)
+			defer t.Stop()
+			expired = t.C
+		}
 		select {
 		case <-ch:
+		case <-expired:
+			return nil, errGateHeld
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
@@ -70,8 +126,10 @@ func (g *WriteGate) leave() {
 	}
 }
 
-// Hold closes the gate and waits until no write is in flight. It returns
-// the func that opens the gate again; on error the gate is open.
+// Hold closes the gate and waits until no write is in flight, at most the
+// drain timeout. It returns the func that opens the gate again. When writes
+// are still in flight at the timeout it opens the gate at once and returns
+// an error wrapping ErrWritesInFlight; on any error the gate is open.
 func (g *WriteGate) Hold(ctx context.Context) (release func(), err error) {
 	for {
 		g.mu.Lock()
@@ -97,14 +155,29 @@ func (g *WriteGate) Hold(ctx context.Context) (release func(), err error) {
 			close(held)
 		})
 	}
+	var expired <-chan time.Time
 	for g.active > 0 {
 		if g.drained == nil {
 			g.drained = make(chan struct{})
 		}
 		ch := g.drained
 		g.mu.Unlock()
+		if expired == nil {
+			t := time.NewTimer(g.drain)
+			defer t.Stop()
+			expired = t.C
+		}
 		select {
 		case <-ch:
+		case <-expired:
+			g.mu.Lock()
+			n := g.active
+			g.mu.Unlock()
+			if n == 0 { // drained just as the timer fired
+				return release, nil
+			}
+			release()
+			return nil, fmt.Errorf("%w: %d after waiting %s", ErrWritesInFlight, n, g.drain)
 		case <-ctx.Done():
 			release()
 			return nil, ctx.Err()
@@ -156,6 +229,14 @@ func (s *Server) track(w *statusWriter, r *http.Request, rt Route) (func(), erro
 		}
 	}
 	return func() {
+		// A finished upload is recorded while its request still counts
+		// as in flight: a Hold that finds no write in flight then finds
+		// the blob pending, and the collection after it keeps the blob.
+		if s.gate != nil && (rt.Kind == KindUpload || rt.Kind == KindUploadStart) && w.status == http.StatusCreated {
+			if d, err := digest.Parse(w.Header().Get("Docker-Content-Digest")); err == nil {
+				s.gate.uploaded(d, s.now())
+			}
+		}
 		leave()
 		if w.status/100 != 2 {
 			return
@@ -169,12 +250,9 @@ func (s *Server) track(w *statusWriter, r *http.Request, rt Route) (func(), erro
 			if d != "" {
 				s.pulls.observe(rt.Name, d, s.now())
 			}
-		case s.gate == nil:
-		case (rt.Kind == KindUpload || rt.Kind == KindUploadStart) && w.status == http.StatusCreated:
-			if d, err := digest.Parse(w.Header().Get("Docker-Content-Digest")); err == nil {
-				s.gate.uploaded(d, s.now())
-			}
-		case rt.Kind == KindManifest && r.Method == http.MethodPut:
+		case s.gate != nil && rt.Kind == KindManifest && r.Method == http.MethodPut:
+			// After leaving: until the blobs are no longer pending they
+			// stay protected, which errs on the safe side.
 			d, err := digest.Parse(w.Header().Get("Docker-Content-Digest"))
 			if err != nil {
 				return

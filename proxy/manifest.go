@@ -11,9 +11,10 @@ import (
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
-// maxManifestSize is the largest manifest taglock accepts or reads, as the
-// distribution spec recommends registries support (4 MiB).
-const maxManifestSize = 4 << 20
+// DefaultMaxManifestSize is the largest manifest taglock accepts or reads
+// unless Options.MaxManifestSize says otherwise: 4 MiB, what the
+// distribution spec recommends registries support.
+const DefaultMaxManifestSize = 4 << 20
 
 // Media types whose entries are manifests rather than blobs.
 const (

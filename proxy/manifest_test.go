@@ -260,7 +260,7 @@ func TestParseManifestAtSizeLimit(t *testing.T) {
 	b.WriteString(`{"schemaVersion":2,"layers":[`)
 	n := 0
 	layer := `{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"` + layerDigest1.String() + `","size":7}`
-	for b.Len()+len(layer)+3 < maxManifestSize {
+	for b.Len()+len(layer)+3 < DefaultMaxManifestSize {
 		if n > 0 {
 			b.WriteByte(',')
 		}

@@ -23,6 +23,7 @@ type Metrics struct {
 	drift     *prometheus.GaugeVec
 	verifies  *prometheus.CounterVec
 	verified  prometheus.Gauge
+	uploads   prometheus.Gauge
 }
 
 // NewMetrics registers the proxy's collectors with reg.
@@ -62,8 +63,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		verified: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "taglock_verify_last_success_timestamp_seconds", Help: "When a scheduled verify last completed (Unix time); 0 before the first.",
 		}),
+		uploads: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "taglock_uploads_in_flight",
+			Help: "Blob upload requests (POST, PATCH and PUT of blobs/uploads) being served; limits.max_concurrent_uploads caps them.",
+		}),
 	}
-	reg.MustRegister(m.requests, m.refusals, m.warnings, m.upstream, m.ledgerOps, m.bytes, m.drift, m.verifies, m.verified)
+	reg.MustRegister(m.requests, m.refusals, m.warnings, m.upstream, m.ledgerOps, m.bytes, m.drift, m.verifies, m.verified, m.uploads)
 	for _, d := range []string{"in", "out"} {
 		m.bytes.WithLabelValues(d)
 	}

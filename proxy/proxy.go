@@ -92,36 +92,46 @@ type Options struct {
 	// Gate holds writes while the embedded registry's garbage collection
 	// runs; nil holds none.
 	Gate *WriteGate
+	// MaxManifestSize is the largest manifest, in bytes, that a client
+	// may push or that taglock reads from the upstream. Larger pushes are
+	// refused with 413 SIZE_INVALID. Default DefaultMaxManifestSize.
+	MaxManifestSize int64
+	// MaxUploads caps the blob upload requests (POST, PATCH and PUT of
+	// blobs/uploads) served at once; the excess is refused with 429
+	// TOOMANYREQUESTS and Retry-After. Zero (default): no cap.
+	MaxUploads int
 }
 
 // Server is the proxy's http.Handler.
 type Server struct {
-	up       Upstream
-	ledger   Ledger
-	im       policy.Immutability
-	promo    []policy.PromotionRule
-	pin      bool
-	log      zerolog.Logger
-	audit    zerolog.Logger
-	metrics  *Metrics
-	now      func() time.Time
-	wait     time.Duration
-	timeout  time.Duration
-	auth     Authenticator
-	access   policy.Access
-	pulls    *PullTracker
-	gate     *WriteGate
-	margin   time.Duration
-	owner    string
-	inflight sync.Map      // reservation ID -> struct{}: reservations requests of this process are still working on
-	kick     chan struct{} // wakes the settler
+	up          Upstream
+	ledger      Ledger
+	im          policy.Immutability
+	promo       []policy.PromotionRule
+	pin         bool
+	log         zerolog.Logger
+	audit       zerolog.Logger
+	metrics     *Metrics
+	now         func() time.Time
+	wait        time.Duration
+	timeout     time.Duration
+	auth        Authenticator
+	access      policy.Access
+	pulls       *PullTracker
+	gate        *WriteGate
+	maxManifest int64
+	uploads     chan struct{} // one token per upload in flight; nil: no cap
+	margin      time.Duration
+	owner       string
+	inflight    sync.Map      // reservation ID -> struct{}: reservations requests of this process are still working on
+	kick        chan struct{} // wakes the settler
 }
 
 // New returns a Server.
 func New(o Options) *Server {
 	s := &Server{up: o.Upstream, ledger: o.Ledger, im: o.Immutability, promo: o.Promotion, pin: o.PinOnRead, log: o.Log, metrics: o.Metrics,
 		now: o.Now, wait: o.ReserveWait, timeout: o.LookupTimeout, auth: o.Auth, access: o.Access,
-		pulls: o.Pulls, gate: o.Gate, margin: o.SettleMargin, owner: o.Owner, kick: make(chan struct{}, 1)}
+		pulls: o.Pulls, gate: o.Gate, maxManifest: o.MaxManifestSize, margin: o.SettleMargin, owner: o.Owner, kick: make(chan struct{}, 1)}
 	if s.auth != nil {
 		s.access.Enabled = true
 	}
@@ -146,6 +156,12 @@ func New(o Options) *Server {
 		var b [6]byte
 		_, _ = rand.Read(b[:])
 		s.owner = "taglock-" + hex.EncodeToString(b[:])
+	}
+	if s.maxManifest <= 0 {
+		s.maxManifest = DefaultMaxManifestSize
+	}
+	if o.MaxUploads > 0 {
+		s.uploads = make(chan struct{}, o.MaxUploads)
 	}
 	return s
 }
@@ -201,6 +217,11 @@ func (s *Server) serve(w *statusWriter, r *http.Request, info *reqInfo) int {
 		return writeError(w, err, &s.log)
 	}
 	defer tracked()
+	admitted, err := s.admitUpload(r, rt)
+	if err != nil {
+		return writeError(w, err, &s.log)
+	}
+	defer admitted()
 	switch {
 	case rt.Kind == KindManifest && r.Method == http.MethodPut:
 		err = s.putManifest(w, r, rt)

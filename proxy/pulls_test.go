@@ -50,7 +50,7 @@ func TestPullTrackerBatches(t *testing.T) {
 // a blob uploaded without its manifest stays pending.
 func TestWriteGateHoldsWrites(t *testing.T) {
 	t.Parallel()
-	g := NewWriteGate()
+	g := NewWriteGate(GateOptions{})
 	leave, err := g.enter(t.Context())
 	if err != nil {
 		t.Fatal(err)

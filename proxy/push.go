@@ -42,7 +42,7 @@ type tagDecision struct {
 //     (finishPush).
 func (s *Server) putManifest(w http.ResponseWriter, r *http.Request, rt Route) error {
 	ctx := r.Context()
-	body, err := readManifest(r)
+	body, err := readManifest(r, s.maxManifest)
 	if err != nil {
 		return err
 	}
@@ -388,21 +388,21 @@ func (s *Server) relay(w http.ResponseWriter, resp *http.Response, dgst digest.D
 	return nil
 }
 
-// readManifest reads at most maxManifestSize bytes of the body.
-func readManifest(r *http.Request) ([]byte, error) {
-	if r.ContentLength > maxManifestSize {
-		return nil, errTooLarge
+// readManifest reads at most limit bytes of the body.
+func readManifest(r *http.Request, limit int64) ([]byte, error) {
+	if r.ContentLength > limit {
+		return nil, &tooLargeError{limit}
 	}
 	var buf bytes.Buffer
 	if r.ContentLength > 0 {
 		buf.Grow(int(r.ContentLength))
 	}
-	n, err := buf.ReadFrom(io.LimitReader(r.Body, maxManifestSize+1))
+	n, err := buf.ReadFrom(io.LimitReader(r.Body, limit+1))
 	if err != nil {
 		return nil, fmt.Errorf("read manifest: %w", err)
 	}
-	if n > maxManifestSize {
-		return nil, errTooLarge
+	if n > limit {
+		return nil, &tooLargeError{limit}
 	}
 	return buf.Bytes(), nil
 }

@@ -266,7 +266,10 @@ func printApply(w io.Writer, res retention.Result) {
 		}
 	}
 	fmt.Fprintf(w, "deleted %d, skipped %d, failed %d (resumed from an interrupted run: %d)\n", res.Deleted, res.Skipped, res.Failed, res.Resumed)
-	if res.GC != nil {
+	switch {
+	case res.GC != nil && res.GC.Deferred:
+		fmt.Fprintf(w, "garbage collection deferred to the next run: %s\n", res.GC.Reason)
+	case res.GC != nil:
 		fmt.Fprintf(w, "garbage collection: %d blobs deleted, %s freed\n", res.GC.BlobsDeleted, humanBytes(res.GC.BytesFreed))
 	}
 }

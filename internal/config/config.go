@@ -12,9 +12,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -49,6 +51,8 @@ type Config struct {
 	Verify Verify `yaml:"verify"`
 	// Admin configures the Unix socket of the admin API.
 	Admin Admin `yaml:"admin"`
+	// Limits bounds what clients may hold: time, uploads, manifest size.
+	Limits Limits `yaml:"limits"`
 }
 
 // Admin is the `admin:` section: the Unix socket on which serve answers the
@@ -267,6 +271,85 @@ type Verify struct {
 	Schedule Duration `yaml:"schedule"`
 }
 
+// Limits is the `limits:` section: how long a client may stall and how
+// much it may take at once. Timeouts that bound a transfer are idle
+// timeouts: they move as data flows, so a multi-GiB upload or download on
+// a slow link takes as long as it needs, and only a client that stops
+// sending or reading is cut off.
+type Limits struct {
+	// ReadHeaderTimeout bounds reading a request's headers. Default 30s.
+	ReadHeaderTimeout Duration `yaml:"read_header_timeout"`
+	// IdleTimeout closes a keep-alive connection that waits this long for
+	// its next request. Default 2m.
+	IdleTimeout Duration `yaml:"idle_timeout"`
+	// BodyIdleTimeout aborts a request whose body delivers no byte for
+	// this long. Default 1m.
+	BodyIdleTimeout Duration `yaml:"body_idle_timeout"`
+	// WriteIdleTimeout aborts a response the client takes no bytes of for
+	// this long. Default 2m.
+	WriteIdleTimeout Duration `yaml:"write_idle_timeout"`
+	// MaxConcurrentUploads caps blob upload requests (POST, PATCH and PUT
+	// of blobs/uploads) served at once; the excess is refused with 429
+	// TOOMANYREQUESTS. 0 means no cap. Default 128.
+	MaxConcurrentUploads int `yaml:"max_concurrent_uploads"`
+	// MaxManifestSize is the largest manifest a client may push, or
+	// taglock reads from the upstream; larger pushes are refused with 413
+	// SIZE_INVALID. At most 64MiB, and at most 4MiB in embedded mode
+	// (the embedded registry's own limit). Default 4MiB.
+	MaxManifestSize ByteSize `yaml:"max_manifest_size"`
+	// GCDrainTimeout is how long garbage collection (embedded mode) waits
+	// for writes in flight before it is deferred to the next retention
+	// run. Default 10s.
+	GCDrainTimeout Duration `yaml:"gc_drain_timeout"`
+	// GCWriteWait is how long a write waits while garbage collection holds
+	// writes before it is refused with 503 and Retry-After. Keep it above
+	// GCDrainTimeout. Default 20s.
+	GCWriteWait Duration `yaml:"gc_write_wait"`
+}
+
+// ByteSize is a size in bytes, written as a number of bytes (4194304) or
+// with a binary unit: B, KiB, MiB or GiB (4MiB).
+type ByteSize int64
+
+var byteUnits = []struct {
+	suffix string
+	size   int64
+}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"B", 1}}
+
+// UnmarshalYAML parses a size.
+func (b *ByteSize) UnmarshalYAML(n *yaml.Node) error {
+	bad := fmt.Errorf("line %d: %q is not a size such as 4MiB, 512KiB or 4194304", n.Line, n.Value)
+	if n.Kind != yaml.ScalarNode {
+		return bad
+	}
+	num, unit := strings.TrimSpace(n.Value), int64(1)
+	for _, u := range byteUnits {
+		if v, ok := strings.CutSuffix(num, u.suffix); ok {
+			num, unit = strings.TrimSpace(v), u.size
+			break
+		}
+	}
+	v, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || v < 0 || v > math.MaxInt64/unit {
+		return bad
+	}
+	*b = ByteSize(v * unit)
+	return nil
+}
+
+// MarshalYAML writes the size as String does.
+func (b ByteSize) MarshalYAML() (any, error) { return b.String(), nil }
+
+// String writes the size with the largest unit that divides it.
+func (b ByteSize) String() string {
+	for _, u := range byteUnits {
+		if b >= ByteSize(u.size) && int64(b)%u.size == 0 {
+			return strconv.FormatInt(int64(b)/u.size, 10) + u.suffix
+		}
+	}
+	return strconv.FormatInt(int64(b), 10) + "B"
+}
+
 // Duration is a time.Duration written as "24h", "90m" or "720h".
 type Duration time.Duration
 
@@ -314,6 +397,16 @@ func Default() Config {
 		},
 		Auth:      Auth{Mode: "none"},
 		Retention: Retention{MaxDeletions: 500},
+		Limits: Limits{
+			ReadHeaderTimeout:    Duration(30 * time.Second),
+			IdleTimeout:          Duration(2 * time.Minute),
+			BodyIdleTimeout:      Duration(time.Minute),
+			WriteIdleTimeout:     Duration(2 * time.Minute),
+			MaxConcurrentUploads: 128,
+			MaxManifestSize:      4 << 20,
+			GCDrainTimeout:       Duration(10 * time.Second),
+			GCWriteWait:          Duration(20 * time.Second),
+		},
 	}
 }
 

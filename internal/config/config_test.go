@@ -24,6 +24,9 @@ func TestReferenceConfigIsTheDefault(t *testing.T) {
 		len(cfg.Immutability.Rules) != 1 || strings.Join(cfg.Immutability.Rules[0].Tags, ",") != strings.Join(def.Immutability.Rules[0].Tags, ",") {
 		t.Fatalf("configs/taglock.yaml differs from Default(): %+v", cfg)
 	}
+	if cfg.Limits != def.Limits {
+		t.Fatalf("configs/taglock.yaml limits %+v differ from Default() %+v", cfg.Limits, def.Limits)
+	}
 }
 
 // With no keys at all, the built-in defaults apply.
@@ -76,6 +79,11 @@ func TestErrorsNameLineAndKey(t *testing.T) {
 		{"token authentication needs its issuer", "auth:\n  mode: token\n", []string{"f.yaml:1:", "auth.token.issuer", "required for auth.mode token", "give exactly one of jwks or rootcertbundle"}},
 		{"client certificates need authentication on", "tls:\n  cert: a.pem\n  key: a.key\n  client_ca: ca.pem\n", []string{"f.yaml:4:", "tls.client_ca", "need auth.mode htpasswd or token"}},
 		{"retention policy without keep rules", "retention:\n  policies:\n    - repositories: [\"ci/**\"]\n", []string{"f.yaml:3:", "retention.policies[0].keep", "must say what it keeps"}},
+		{"a limit turned off", "limits:\n  body_idle_timeout: 0\n", []string{"f.yaml:2:", "limits.body_idle_timeout", "positive"}},
+		{"unknown unit", "limits:\n  max_manifest_size: 4MB\n", []string{"f.yaml:2", "4MiB"}},
+		{"manifest size over the embedded registry's", "limits:\n  max_manifest_size: 8MiB\n", []string{"f.yaml:2:", "limits.max_manifest_size", "without upstream.url"}},
+		{"manifest size over the ceiling", "upstream:\n  url: http://r\nlimits:\n  max_manifest_size: 1GiB\n", []string{"f.yaml:4:", "limits.max_manifest_size", "64MiB"}},
+		{"negative upload cap", "limits:\n  max_concurrent_uploads: -1\n", []string{"f.yaml:2:", "limits.max_concurrent_uploads"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -119,6 +127,33 @@ func TestImmutableRetentionForms(t *testing.T) {
 	}
 }
 
+// Sizes are bytes or a binary unit, and the limits section overrides only
+// the keys it names.
+func TestLimits(t *testing.T) {
+	for in, want := range map[string]ByteSize{"4194304": 4 << 20, "4MiB": 4 << 20, "512KiB": 512 << 10, "1 KiB": 1 << 10, "100B": 100} {
+		cfg, err := Parse("f.yaml", strings.NewReader("upstream:\n  url: http://r\nlimits:\n  max_manifest_size: "+in+"\n"))
+		if err != nil {
+			t.Errorf("%s: %v", in, err)
+			continue
+		}
+		if cfg.Limits.MaxManifestSize != want {
+			t.Errorf("%s read as %d, want %d", in, cfg.Limits.MaxManifestSize, want)
+		}
+	}
+	cfg, err := Parse("f.yaml", strings.NewReader("limits:\n  gc_write_wait: 1m\n  max_concurrent_uploads: 0\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Default().Limits
+	want.GCWriteWait, want.MaxConcurrentUploads = Duration(time.Minute), 0
+	if cfg.Limits != want {
+		t.Errorf("limits %+v, want %+v", cfg.Limits, want)
+	}
+	if got := ByteSize(4 << 20).String(); got != "4MiB" {
+		t.Errorf("4 MiB writes as %s", got)
+	}
+}
+
 // Load reads a file from disk.
 func TestLoadFile(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "c.yaml")
@@ -141,6 +176,7 @@ func FuzzParse(f *testing.F) {
 	f.Add("retention:\n  policies:\n    - immutable: {release_after: 1h}\n")
 	f.Add("admin:\n  socket: /run/taglock.sock\n  group: taglock\n")
 	f.Add("a: [\n")
+	f.Add("limits:\n  max_manifest_size: 4MiB\n  gc_write_wait: 30s\n  max_concurrent_uploads: 0\n")
 	f.Fuzz(func(t *testing.T, s string) {
 		cfg, err := Parse("fuzz.yaml", strings.NewReader(s))
 		if err == nil {

@@ -214,6 +214,7 @@ func (c Config) Validate() []FieldError {
 	if g := c.Admin.Group; g != "" && strings.ContainsAny(g, ":,\x00 \t\n") {
 		add("admin.group", "want a group name or numeric id, got %q", g)
 	}
+	c.Limits.validate(c.Upstream.URL == "", add)
 	return errs
 }
 
@@ -226,6 +227,38 @@ const (
 	// sets its permissions, then renames it into place.
 	MaxSocketDir = MaxSocketPath - 15
 )
+
+// maxManifestSize bounds limits.max_manifest_size: manifests are held in
+// memory whole.
+const maxManifestSize = 64 << 20
+
+// embeddedManifestSize is the embedded registry's own manifest limit.
+const embeddedManifestSize = 4 << 20
+
+func (l Limits) validate(embedded bool, add func(string, string, ...any)) {
+	for _, d := range []struct {
+		key string
+		v   Duration
+	}{
+		{"read_header_timeout", l.ReadHeaderTimeout}, {"idle_timeout", l.IdleTimeout},
+		{"body_idle_timeout", l.BodyIdleTimeout}, {"write_idle_timeout", l.WriteIdleTimeout},
+		{"gc_drain_timeout", l.GCDrainTimeout}, {"gc_write_wait", l.GCWriteWait},
+	} {
+		if d.v <= 0 {
+			add("limits."+d.key, "want a positive duration such as 30s, got %s", d.v.Std())
+		}
+	}
+	if l.MaxConcurrentUploads < 0 {
+		add("limits.max_concurrent_uploads", "must not be negative (0 means no cap)")
+	}
+	switch {
+	case l.MaxManifestSize <= 0 || l.MaxManifestSize > maxManifestSize:
+		add("limits.max_manifest_size", "want a size from 1B to %s, got %s", ByteSize(maxManifestSize), l.MaxManifestSize)
+	case embedded && l.MaxManifestSize > embeddedManifestSize:
+		add("limits.max_manifest_size", "the embedded registry accepts manifests of at most %s, so %s has no effect without upstream.url",
+			ByteSize(embeddedManifestSize), l.MaxManifestSize)
+	}
+}
 
 func oneOf(add func(string, string, ...any), path, v string, allowed ...string) {
 	for _, a := range allowed {

@@ -69,7 +69,8 @@ type Result struct {
 	Deleted int `json:"deleted"`
 	Skipped int `json:"skipped"`
 	Failed  int `json:"failed"`
-	// GC is what garbage collection freed; nil when none ran.
+	// GC is what garbage collection freed, or why it was deferred; nil
+	// when none was due.
 	GC *GCResult `json:"gc,omitempty"`
 }
 
@@ -138,14 +139,12 @@ func (r *Runner) Apply(ctx context.Context, o ApplyOptions) (res Result, err err
 	if err := r.run(ctx, j, &res, o); err != nil {
 		return res, err
 	}
-	if r.gc != nil && res.Deleted > 0 {
-		gc, err := r.gc(ctx)
+	if r.gc != nil && (res.Deleted > 0 || r.gcOwed()) {
+		gc, err := r.collect(ctx)
 		if err != nil {
 			return res, fmt.Errorf("garbage collection: %w", err)
 		}
 		res.GC = &gc
-		r.audit.Info().Str("event", "retention-gc").Int64("bytes_freed", gc.BytesFreed).Int("blobs_deleted", gc.BlobsDeleted).
-			Msg("retention: reclaimed blob storage")
 	}
 	r.log.Info().Int("deleted", res.Deleted).Int("skipped", res.Skipped).Int("failed", res.Failed).Int("resumed", res.Resumed).
 		Msg("retention: run finished")

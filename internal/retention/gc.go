@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
 	"path/filepath"
 
 	"github.com/distribution/distribution/v3"
@@ -27,7 +28,52 @@ type GCResult struct {
 	BytesBefore int64 `json:"bytesBefore"`
 	BytesAfter  int64 `json:"bytesAfter"`
 	BytesFreed  int64 `json:"bytesFreed"`
+	// Deferred is set when the collection did not run because it could
+	// not start safely (writes still in flight); nothing was swept, and
+	// the next run collects even if it deletes nothing. Reason says why.
+	Deferred bool   `json:"deferred,omitempty"`
+	Reason   string `json:"reason,omitempty"`
 }
+
+// collect runs garbage collection after a run. A collection deferred or
+// failed is remembered in Dir as owed, so the next run collects even if it
+// deletes nothing; one that ran clears the debt.
+func (r *Runner) collect(ctx context.Context) (GCResult, error) {
+	gc, err := r.gc(ctx)
+	if err == nil && !gc.Deferred {
+		r.audit.Info().Str("event", "retention-gc").Int64("bytes_freed", gc.BytesFreed).Int("blobs_deleted", gc.BlobsDeleted).
+			Msg("retention: reclaimed blob storage")
+		return gc, r.oweGC(false)
+	}
+	if oerr := r.oweGC(true); err == nil {
+		err = oerr
+	}
+	if err != nil {
+		return gc, err
+	}
+	r.audit.Warn().Str("event", "retention-gc-deferred").Str("reason", gc.Reason).
+		Msg("retention: garbage collection deferred to the next run")
+	return gc, nil
+}
+
+// gcOwed reports whether an earlier run deferred or failed its collection.
+func (r *Runner) gcOwed() bool {
+	_, err := os.Stat(r.gcOwedPath())
+	return err == nil
+}
+
+// oweGC records or clears an owed collection.
+func (r *Runner) oweGC(owed bool) error {
+	if owed {
+		return writeFileAtomic(r.gcOwedPath(), r.now().UTC())
+	}
+	if err := os.Remove(r.gcOwedPath()); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("retention state: %w", err)
+	}
+	return nil
+}
+
+func (r *Runner) gcOwedPath() string { return filepath.Join(r.dir, "gc-owed.json") }
 
 // CollectGarbage runs a mark and sweep over the embedded registry's
 // filesystem storage rooted at dir (the driver's rootdirectory), like

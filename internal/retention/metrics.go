@@ -13,6 +13,7 @@ type Metrics struct {
 	tagsKept         prometheus.Gauge
 	bytesFreed       prometheus.Counter
 	failed           prometheus.Counter
+	gcDeferred       prometheus.Counter
 	lastRun          prometheus.Gauge
 	lastSuccess      prometheus.Gauge
 }
@@ -30,12 +31,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Bytes retention freed: measured by garbage collection in embedded mode, estimated from the plan otherwise."}),
 		failed: prometheus.NewCounter(prometheus.CounterOpts{Name: "taglock_retention_deletions_failed_total",
 			Help: "Deletions that failed; the next run tries them again."}),
+		gcDeferred: prometheus.NewCounter(prometheus.CounterOpts{Name: "taglock_retention_gc_deferred_total",
+			Help: "Garbage collections skipped because writes were still in flight when they had to start; the next run collects."}),
 		lastRun: prometheus.NewGauge(prometheus.GaugeOpts{Name: "taglock_retention_last_run_timestamp_seconds",
 			Help: "When the last retention run started (Unix time)."}),
 		lastSuccess: prometheus.NewGauge(prometheus.GaugeOpts{Name: "taglock_retention_last_run_success",
 			Help: "1 when the last retention run finished with every deletion done, 0 otherwise."}),
 	}
-	reg.MustRegister(m.tagsDeleted, m.manifestsDeleted, m.tagsKept, m.bytesFreed, m.failed, m.lastRun, m.lastSuccess)
+	reg.MustRegister(m.tagsDeleted, m.manifestsDeleted, m.tagsKept, m.bytesFreed, m.failed, m.gcDeferred, m.lastRun, m.lastSuccess)
 	return m
 }
 
@@ -58,6 +61,9 @@ func (m *Metrics) observe(start time.Time, res Result, err error) {
 	}
 	if !res.Report.Time.IsZero() {
 		m.tagsKept.Set(float64(res.Report.Totals.TagsKept))
+	}
+	if res.GC != nil && res.GC.Deferred {
+		m.gcDeferred.Inc()
 	}
 	switch {
 	case res.GC != nil:

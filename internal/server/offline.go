@@ -55,7 +55,7 @@ func NewOffline(ctx context.Context, cfg config.Config, ledger proxy.Ledger, log
 		return nil, err
 	}
 	o.proxy = proxy.New(proxy.Options{Upstream: up, Ledger: ledger, Immutability: im, Log: log,
-		LookupTimeout: cfg.Upstream.Timeout.Std()})
+		LookupTimeout: cfg.Upstream.Timeout.Std(), MaxManifestSize: int64(cfg.Limits.MaxManifestSize)})
 	return o, nil
 }
 

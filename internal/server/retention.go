@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
 	"time"
 
@@ -41,7 +42,7 @@ type retentionParts struct {
 func newRetentionParts(cfg config.Config, ledger *storage.Ledger, log zerolog.Logger) *retentionParts {
 	p := &retentionParts{pulls: proxy.NewPullTracker(ledger, proxy.PullTrackerOptions{Log: log})}
 	if cfg.Upstream.URL == "" {
-		p.gate = proxy.NewWriteGate()
+		p.gate = proxy.NewWriteGate(proxy.GateOptions{Drain: cfg.Limits.GCDrainTimeout.Std(), Wait: cfg.Limits.GCWriteWait.Std()})
 	}
 	return p
 }
@@ -63,6 +64,11 @@ func (p *retentionParts) start(cfg config.Config, ledger *storage.Ledger, px *pr
 		gate, dir := p.gate, RegistryStorage(cfg.Data)
 		o.GC = func(ctx context.Context) (retention.GCResult, error) {
 			release, err := gate.Hold(ctx)
+			if errors.Is(err, proxy.ErrWritesInFlight) {
+				// Never collect while a write could land blobs: the
+				// gate is open again and the next run collects.
+				return retention.GCResult{Deferred: true, Reason: err.Error() + " (limits.gc_drain_timeout)"}, nil
+			}
 			if err != nil {
 				return retention.GCResult{}, err
 			}

@@ -17,11 +17,13 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	stdlog "log"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -136,21 +138,23 @@ func StartWith(ctx context.Context, cfg config.Config, log zerolog.Logger, hooks
 	}
 	s.ret = newRetentionParts(cfg, s.ledger, log)
 	s.proxy = proxy.New(proxy.Options{
-		Pulls:         s.ret.pulls,
-		Gate:          s.ret.gate,
-		Upstream:      metrics.Upstream(s.up),
-		Ledger:        timedLedger{s.ledger, metrics},
-		Immutability:  im,
-		Promotion:     promo,
-		PinOnRead:     cfg.Immutability.PinOnRead,
-		Log:           log,
-		Metrics:       metrics,
-		Audit:         s.insight.auditLogger(),
-		LookupTimeout: cfg.Upstream.Timeout.Std(),
-		SettleMargin:  cfg.Upstream.SettleMargin.Std(),
-		ReserveWait:   hooks.ReserveWait,
-		Auth:          authn,
-		Access:        access,
+		Pulls:           s.ret.pulls,
+		Gate:            s.ret.gate,
+		Upstream:        metrics.Upstream(s.up),
+		Ledger:          timedLedger{s.ledger, metrics},
+		Immutability:    im,
+		Promotion:       promo,
+		PinOnRead:       cfg.Immutability.PinOnRead,
+		Log:             log,
+		Metrics:         metrics,
+		Audit:           s.insight.auditLogger(),
+		LookupTimeout:   cfg.Upstream.Timeout.Std(),
+		SettleMargin:    cfg.Upstream.SettleMargin.Std(),
+		ReserveWait:     hooks.ReserveWait,
+		Auth:            authn,
+		Access:          access,
+		MaxUploads:      cfg.Limits.MaxConcurrentUploads,
+		MaxManifestSize: int64(cfg.Limits.MaxManifestSize),
 	})
 	if err := s.proxy.Reconcile(ctx); err != nil {
 		// Unsettled reservations stay and keep their tags held; pushes
@@ -189,10 +193,13 @@ func StartWith(ctx context.Context, cfg config.Config, log zerolog.Logger, hooks
 	sock.Handle(web.Prefix, web.New(web.Options{Ledger: s.ledger, Log: log}))
 
 	s.http = &http.Server{
-		Handler:           rawPaths(mux, s.proxy),
-		ReadHeaderTimeout: 30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          nil,
+		// No ReadTimeout or WriteTimeout: they bound a whole request,
+		// which would cut off a multi-GiB transfer on a slow link.
+		// withDeadlines bounds only a stalled client instead.
+		Handler:           withDeadlines(rawPaths(mux, s.proxy), cfg.Limits.BodyIdleTimeout.Std(), cfg.Limits.WriteIdleTimeout.Std()),
+		ReadHeaderTimeout: cfg.Limits.ReadHeaderTimeout.Std(),
+		IdleTimeout:       cfg.Limits.IdleTimeout.Std(),
+		ErrorLog:          httpErrorLog(log),
 	}
 	if s.http.TLSConfig, err = serverTLS(cfg.TLS, log); err != nil {
 		return nil, err
@@ -222,6 +229,28 @@ func ledgerRoutes(mux *http.ServeMux, gate func(http.Handler) http.Handler, page
 	mux.Handle(web.Prefix, gate(page))
 	mux.Handle(admin.Prefix+"admin/", api)
 	mux.Handle(admin.Prefix, gate(api))
+}
+
+// httpErrorLog routes net/http's own messages to log: what a client's
+// behaviour causes (a failed TLS handshake, a handler writing after a client
+// hung up) at debug, anything else at warn. Nothing reaches the standard
+// library's logger.
+func httpErrorLog(log zerolog.Logger) *stdlog.Logger {
+	return stdlog.New(httpLogWriter{log}, "", 0)
+}
+
+type httpLogWriter struct{ log zerolog.Logger }
+
+func (w httpLogWriter) Write(p []byte) (int, error) {
+	msg := strings.TrimSpace(string(p))
+	ev := w.log.Warn()
+	for _, noise := range []string{"http: TLS handshake error", "http: superfluous response.WriteHeader", "http2: "} {
+		if strings.HasPrefix(msg, noise) {
+			ev = w.log.Debug()
+		}
+	}
+	ev.Str("component", "net/http").Msg(msg)
+	return len(p), nil
 }
 
 // rawPaths sends every /v2 request to the proxy as it arrived. ServeMux

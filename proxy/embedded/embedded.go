@@ -36,8 +36,11 @@ type Registry struct {
 type Options struct {
 	// Root is the storage directory. Required.
 	Root string
-	// Log receives Distribution's own log lines, at debug for its
-	// per-request info lines. Default zerolog.Nop().
+	// Log receives Distribution's own log lines. Its request logging,
+	// which includes every answer with an error code such as a 404 for a
+	// blob a client checks before uploading it, goes to debug (taglock
+	// logs each request itself); answers of 500 and above and its other
+	// errors stay errors. Default zerolog.Nop().
 	Log zerolog.Logger
 }
 
@@ -149,15 +152,7 @@ func (hook) Fire(e *logrus.Entry) error {
 	routeMu.Lock()
 	log := routeDst
 	routeMu.Unlock()
-	var ev *zerolog.Event
-	switch e.Level {
-	case logrus.PanicLevel, logrus.FatalLevel, logrus.ErrorLevel:
-		ev = log.Error()
-	case logrus.WarnLevel:
-		ev = log.Warn()
-	default:
-		ev = log.Debug()
-	}
+	ev := log.WithLevel(level(e))
 	for k, v := range e.Data {
 		if k == "go.version" {
 			continue
@@ -166,6 +161,39 @@ func (hook) Fire(e *logrus.Entry) error {
 	}
 	ev.Msg(e.Message)
 	return nil
+}
+
+// level is the zerolog level of a Distribution log entry. Distribution
+// logs every answer carrying an error code at error level ("response
+// completed with error"), the 404s of a normal push included: those are
+// request logging, at debug, and so is a client that went away mid-upload.
+// Answers of 500 and above, and errors about anything but an answer, stay
+// errors.
+func level(e *logrus.Entry) zerolog.Level {
+	switch e.Level {
+	case logrus.PanicLevel, logrus.FatalLevel, logrus.ErrorLevel:
+		if status, ok := responseStatus(e.Data); ok && status < 500 {
+			return zerolog.DebugLevel
+		}
+		if strings.HasPrefix(e.Message, "client disconnected") {
+			return zerolog.DebugLevel
+		}
+		return zerolog.ErrorLevel
+	case logrus.WarnLevel:
+		return zerolog.WarnLevel
+	}
+	return zerolog.DebugLevel
+}
+
+// responseStatus is the HTTP status an entry about an answer carries.
+func responseStatus(data logrus.Fields) (int, bool) {
+	switch v := data["http.response.status"].(type) {
+	case int:
+		return v, v > 0
+	case int64:
+		return int(v), v > 0
+	}
+	return 0, false
 }
 
 type discard struct{}
