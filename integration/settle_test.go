@@ -147,20 +147,7 @@ func TestReconciledPushKeepsImmutableMode(t *testing.T) {
 // waitSettled waits until no reservation is pending.
 func waitSettled(t *testing.T, e *Env) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		res, err := e.Ledger().Reservations(t.Context())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(res) == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("reservations still pending: %+v", res)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitSettledWithin(t, e, 15*time.Second)
 }
 
 // TestReleasedWarnTagStaysBound ensures a tag recorded in warn mode, then
