@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	digest "github.com/opencontainers/go-digest"
 
@@ -293,4 +294,89 @@ func TestGarbageCollectionKeepsDeepGraphs(t *testing.T) {
 			t.Errorf("the bottom image's layer does not pull after garbage collection: %v", err)
 		}
 	}
+}
+
+// index returns an OCI index naming the manifests ms, pushed by digest to
+// repo.
+func index(t *testing.T, e *Env, repo string, ms ...Manifest) Manifest {
+	t.Helper()
+	var entries []map[string]any
+	for _, m := range ms {
+		entries = append(entries, map[string]any{"mediaType": m.MediaType, "digest": m.Digest, "size": len(m.Raw)})
+	}
+	raw, err := json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": entries})
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx := Manifest{Raw: raw, MediaType: "application/vnd.oci.image.index.v1+json", Digest: digest.FromBytes(raw)}
+	if resp, body := putManifest(t, e.Addr, "/v2/"+repo+"/manifests/"+idx.Digest.String(), idx); resp.StatusCode != http.StatusCreated {
+		t.Fatalf("push index by digest: %d %s", resp.StatusCode, body)
+	}
+	return idx
+}
+
+// TestIndexOverMissingContentRefused ensures a tag is never bound to an
+// index whose graph no longer pulls whole: the registry checks only an
+// index's direct children, so taglock checks what lies below them, after it
+// holds the graph, and refuses with 400 when a layer or a grandchild is
+// gone, whether it went long before or at the same moment.
+func TestIndexOverMissingContentRefused(t *testing.T) {
+	t.Parallel()
+	forEachMode(t, func(t *testing.T, m Mode) {
+		e := MustEnv(t, m)
+		t.Run("a child's layer deleted before", func(t *testing.T) {
+			img := MustImage(t)
+			MustPushByDigest(t, e.Addr, "team/idx", img)
+			layer := mustLayers(t, img)[0]
+			if resp, body := do(t, http.MethodDelete, e.URL("/v2/team/idx/blobs/"+layer.String()), nil, nil); resp.StatusCode != http.StatusAccepted {
+				t.Fatalf("delete the unprotected layer: %d %s", resp.StatusCode, body)
+			}
+			idx := index(t, e, "team/idx", MustManifest(t, img))
+			resp, body := putManifest(t, e.Addr, "/v2/team/idx/manifests/v1", idx)
+			if oe := parseOCI(t, resp.StatusCode, body); oe.Status != http.StatusBadRequest || oe.Code != "MANIFEST_BLOB_UNKNOWN" || !strings.Contains(oe.Message, layer.String()) {
+				t.Errorf("tag an index whose child lost a layer: %d %s %q, want 400 MANIFEST_BLOB_UNKNOWN naming %s", oe.Status, oe.Code, oe.Message, layer)
+			}
+			if _, err := e.Ledger().Binding(t.Context(), "team/idx", "v1"); !errors.Is(err, storage.ErrNotFound) {
+				t.Errorf("a refused push left a binding: %v", err)
+			}
+		})
+		t.Run("a grandchild deleted before", func(t *testing.T) {
+			img := MustImage(t)
+			MustPushByDigest(t, e.Addr, "team/idx", img)
+			child := index(t, e, "team/idx", MustManifest(t, img))
+			if resp, body := do(t, http.MethodDelete, e.URL("/v2/team/idx/manifests/"+MustDigest(t, img).String()), nil, nil); resp.StatusCode != http.StatusAccepted {
+				t.Fatalf("delete the unprotected grandchild: %d %s", resp.StatusCode, body)
+			}
+			top := index(t, e, "team/idx", child)
+			resp, body := putManifest(t, e.Addr, "/v2/team/idx/manifests/v2", top)
+			if oe := parseOCI(t, resp.StatusCode, body); oe.Status != http.StatusBadRequest || oe.Code != "MANIFEST_BLOB_UNKNOWN" {
+				t.Errorf("tag an index whose grandchild is gone: %d %s %q, want 400 MANIFEST_BLOB_UNKNOWN", oe.Status, oe.Code, oe.Message)
+			}
+		})
+		t.Run("a child's layer deleted at the same moment", func(t *testing.T) {
+			var won, lost int
+			for i := range 60 {
+				img, err := random.Image(64, 1)
+				if err != nil {
+					t.Fatal(err)
+				}
+				MustPushByDigest(t, e.Addr, "team/idxrace", img)
+				layer := mustLayers(t, img)[0]
+				idx := index(t, e, "team/idxrace", MustManifest(t, img))
+				tag := fmt.Sprintf("v%d", i)
+				st := together(t,
+					send(t, http.MethodDelete, e.URL("/v2/team/idxrace/blobs/"+layer.String()), nil),
+					send(t, http.MethodPut, e.URL("/v2/team/idxrace/manifests/"+tag), &idx))
+				if st[1] != http.StatusCreated {
+					continue
+				}
+				won++
+				if !e.served(t, "/v2/team/idxrace/blobs/"+layer.String()) {
+					lost++
+					t.Errorf("round %d: the index push got 201 and the layer delete %d; the layer is gone", i, st[0])
+				}
+			}
+			t.Logf("60 rounds: %d index pushes answered 201, %d lost a layer", won, lost)
+		})
+	})
 }

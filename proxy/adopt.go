@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"strings"
 
+	"github.com/distribution/distribution/v3/registry/api/errcode"
 	digest "github.com/opencontainers/go-digest"
 	"golang.org/x/sync/errgroup"
 
@@ -114,6 +115,12 @@ type graph struct {
 	// learned are the child manifests fetched from the upstream because
 	// the ledger had no record of them; the caller records them.
 	learned []storage.Manifest
+	// children are the child manifests in closure; the rest are blobs.
+	children map[digest.Digest]bool
+	// indirect is what closure holds below the manifest's own references:
+	// the registry checks that a manifest's direct references exist when
+	// it is pushed, never what they reference in turn.
+	indirect []digest.Digest
 }
 
 // graphTooLarge is a manifest graph over maxGraphManifests.
@@ -131,25 +138,34 @@ func (e *graphTooLarge) Error() string {
 // manifests come from the ledger, or from the upstream (lookupParallelism at
 // a time) when taglock never saw them.
 func (s *Server) closure(ctx context.Context, h http.Header, repo string, refs manifestRefs) (graph, error) {
-	var g graph
+	g := graph{children: map[digest.Digest]bool{}}
 	seen := map[digest.Digest]bool{}
 	var frontier []digest.Digest
+	direct := true
 	add := func(refs manifestRefs) {
 		for _, b := range refs.Blobs {
 			if !seen[b] {
 				seen[b] = true
 				g.closure = append(g.closure, b)
+				if !direct {
+					g.indirect = append(g.indirect, b)
+				}
 			}
 		}
 		for _, c := range refs.Children {
 			if !seen[c] {
 				seen[c] = true
+				g.children[c] = true
 				g.closure = append(g.closure, c)
 				frontier = append(frontier, c)
+				if !direct {
+					g.indirect = append(g.indirect, c)
+				}
 			}
 		}
 	}
 	add(refs)
+	direct = false
 	manifests := 0
 	for len(frontier) > 0 {
 		level := frontier
@@ -179,6 +195,38 @@ func (s *Server) closure(ctx context.Context, h http.Header, repo string, refs m
 		}
 	}
 	return g, nil
+}
+
+// checkPresent fails with a 400 naming the first digest of g.indirect the
+// upstream no longer has: a tag is bound only to a graph that pulls whole,
+// and the registry itself checks only a manifest's direct references. The
+// caller holds a reservation on the graph, so nothing can be deleted
+// through taglock between this check and the binding.
+func (s *Server) checkPresent(ctx context.Context, h http.Header, repo string, g graph) error {
+	missing := make([]bool, len(g.indirect))
+	eg, ectx := errgroup.WithContext(ctx)
+	eg.SetLimit(lookupParallelism)
+	for i, d := range g.indirect {
+		eg.Go(func() error {
+			what := "blobs"
+			if g.children[d] {
+				what = "manifests"
+			}
+			gone, err := s.absentAs(ectx, h, "/v2/"+repo+"/"+what+"/"+d.String())
+			missing[i] = gone
+			return err
+		})
+	}
+	if err := eg.Wait(); err != nil {
+		return err
+	}
+	for i, gone := range missing {
+		if gone {
+			return &requestError{code: errcode.ErrorCodeManifestBlobUnknown, status: http.StatusBadRequest,
+				msg: fmt.Sprintf("the manifest's graph references %s, which the registry no longer has; taglock binds a tag only to content that pulls whole: push %s again first", g.indirect[i], g.indirect[i])}
+		}
+	}
+	return nil
 }
 
 // childRefs returns what child manifest d references, from the ledger's

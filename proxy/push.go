@@ -35,7 +35,9 @@ type tagDecision struct {
 //  3. reserve the tags and the graph in the ledger, on the condition that
 //     no binding changed since step 2 (reservePush); a delete of anything
 //     in the graph now waits for this push, and this push waited for any
-//     delete already under way;
+//     delete already under way; then check that what lies below the
+//     manifest's own references is still there, which the registry does
+//     not check (checkPresent);
 //  4. forward the bytes with a deadline the reservation records;
 //  5. commit the tags the upstream applied, release on a definite refusal,
 //     and leave the reservation to the settler when the outcome is unknown
@@ -80,6 +82,10 @@ func (s *Server) putManifest(w http.ResponseWriter, r *http.Request, rt Route) e
 		return err
 	}
 	defer s.inflight.Delete(res.ID)
+	if err := s.checkPresent(ctx, r.Header, rt.Name, g); err != nil {
+		s.releaseOrLog(res.ID)
+		return err
+	}
 	resp, err := s.sendManifest(ctx, r, rt, body, res.Deadline)
 	if err != nil {
 		// The upstream may or may not have stored it: the settler finds

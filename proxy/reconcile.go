@@ -227,9 +227,19 @@ func (s *Server) settleDelete(ctx context.Context, res storage.Reservation) erro
 // full manifest Accept list: true on a 404, false on a 2xx, an error
 // otherwise.
 func (s *Server) absent(ctx context.Context, path string) (bool, error) {
+	return s.absentAs(ctx, nil, path)
+}
+
+// absentAs is absent with the credentials in h (a client's, passed through
+// to the upstream), when it has any.
+func (s *Server) absentAs(ctx context.Context, h http.Header, path string) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	req, err := newRequest(ctx, http.MethodHead, &url.URL{Path: path}, nil, http.Header{"Accept": manifestAccept})
+	hdr := http.Header{"Accept": manifestAccept}
+	if a := h.Get("Authorization"); a != "" {
+		hdr.Set("Authorization", a)
+	}
+	req, err := newRequest(ctx, http.MethodHead, &url.URL{Path: path}, nil, hdr)
 	if err != nil {
 		return false, err
 	}
