@@ -1,12 +1,14 @@
 package integration
 
 import (
+	"encoding/base64"
 	"net/http"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/taglock/taglock/internal/admin"
@@ -258,4 +260,57 @@ func TestRetentionSparesContentOfAPushInFlight(t *testing.T) {
 			t.Errorf("verify after the run: %+v, %v; want no immutable drift", vr.Report.Findings, err)
 		}
 	})
+}
+
+// TestSettlingWithClientCredentials ensures that in front of a registry
+// that checks the client's own credentials (passthrough), an unknown
+// outcome is settled with them, and that once the request can no longer
+// land the hold ends when promised even if the registry never shows the
+// outcome to taglock: a tag is never held for ever.
+func TestSettlingWithClientCredentials(t *testing.T) {
+	t.Parallel()
+	up := mustBasicUpstream(t, mustHtpasswd(t, map[string]string{"ci": "ci-secret"}))
+	e := &Env{Mode: Separate, Data: t.TempDir()}
+	e.cfg = config.Default()
+	e.cfg.Listen, e.cfg.Data = "127.0.0.1:0", e.Data
+	e.cfg.Upstream.URL = "http://" + up
+	e.cfg.Upstream.Timeout = config.Duration(500 * time.Millisecond)
+	e.cfg.Upstream.SettleMargin = config.Duration(time.Second)
+	var once sync.Once
+	e.InjectFaults(t, func(r *http.Request) *Fault {
+		var fault *Fault
+		if manifestPut("team/app", "latest")(r) {
+			once.Do(func() { fault = &Fault{Skip: true, Status: http.StatusInternalServerError} })
+		}
+		return fault
+	})
+	e.Start(t)
+	ci := append(ggcrOpts(t), remote.WithAuth(basicAuth("ci", "ci-secret")))
+	a, b := MustImage(t), MustImage(t)
+	for _, img := range []v1.Image{a, b} {
+		if err := remote.Write(e.Ref(t, "team/app@"+MustDigest(t, img).String()), img, ci...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	login := http.Header{"Authorization": {"Basic " + base64.StdEncoding.EncodeToString([]byte("ci:ci-secret"))}}
+	put := func(m Manifest) (*http.Response, []byte) {
+		h := login.Clone()
+		h.Set("Content-Type", m.MediaType)
+		return do(t, http.MethodPut, e.URL("/v2/team/app/manifests/latest"), m.Raw, h)
+	}
+	if resp, body := put(MustManifest(t, a)); resp.StatusCode != http.StatusBadGateway {
+		t.Fatalf("push answered 500 by the registry: %d %s, want 502", resp.StatusCode, body)
+	}
+	start := time.Now()
+	for {
+		resp, body := put(MustManifest(t, b))
+		if resp.StatusCode == http.StatusCreated {
+			break
+		}
+		if resp.StatusCode != http.StatusServiceUnavailable || time.Since(start) > 20*time.Second {
+			t.Fatalf("push of other content %s after the unknown outcome: %d %s", time.Since(start).Round(time.Millisecond), resp.StatusCode, body)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	waitSettled(t, e)
 }

@@ -32,7 +32,7 @@ func (s *Server) deleteManifest(w http.ResponseWriter, r *http.Request, rt Route
 		return err
 	}
 	var warns []storage.Binding
-	resp, gone, err := s.remove(ctx, removal{repo: rt.Name, digest: rt.Digest, event: s.deleteEvent(ctx),
+	resp, gone, err := s.remove(ctx, removal{repo: rt.Name, digest: rt.Digest, event: s.deleteEvent(ctx), auth: r.Header.Get("Authorization"),
 		check: func(bs []storage.Binding) error {
 			var err error
 			warns, err = s.checkProtected(ctx, rt.Name, rt.Digest, ReasonManifestDeleted, bs)
@@ -74,7 +74,7 @@ func (s *Server) deleteTag(w http.ResponseWriter, r *http.Request, rt Route) err
 			return v
 		}
 		resp, gone, err := s.remove(ctx, removal{repo: rt.Name, tag: rt.Tag, digest: st.current.Digest, expect: st.seen(),
-			event: s.deleteEvent(ctx), send: s.sender(r, rt)})
+			event: s.deleteEvent(ctx), auth: r.Header.Get("Authorization"), send: s.sender(r, rt)})
 		if errors.Is(err, storage.ErrChanged) {
 			continue // a push changed the binding in between: decide again
 		}
@@ -96,7 +96,7 @@ func (s *Server) deleteBlob(w http.ResponseWriter, r *http.Request, rt Route) er
 		return err
 	}
 	var warns []storage.Binding
-	resp, _, err := s.remove(ctx, removal{repo: rt.Name, digest: rt.Digest, blob: true, event: s.deleteEvent(ctx),
+	resp, _, err := s.remove(ctx, removal{repo: rt.Name, digest: rt.Digest, blob: true, event: s.deleteEvent(ctx), auth: r.Header.Get("Authorization"),
 		check: func(bs []storage.Binding) error {
 			var err error
 			warns, err = s.checkProtected(ctx, rt.Name, rt.Digest, ReasonBlobDeleted, bs)
@@ -184,6 +184,9 @@ type removal struct {
 	send func(ctx context.Context, deadline time.Time) (*http.Response, error)
 	// event is the template of the history events of what it removes.
 	event storage.Event
+	// auth is the client's Authorization, which the settler asks the
+	// upstream with if the outcome is unknown; "" for none.
+	auth string
 }
 
 // remove runs one delete under a delete reservation: it reserves what the
@@ -200,7 +203,10 @@ func (s *Server) remove(ctx context.Context, rm removal) (*http.Response, []stor
 		return nil, nil, err
 	}
 	s.inflight.Store(id, struct{}{})
-	defer s.inflight.Delete(id)
+	if rm.auth != "" {
+		s.creds.Store(id, rm.auth)
+	}
+	defer s.done(id)
 	res := storage.Reservation{ID: id, Kind: storage.ReserveDelete, Repo: rm.repo, Digest: rm.digest, Blob: rm.blob,
 		Mode: rm.mode, Owner: s.owner, User: rm.event.User}
 	if rm.tag != "" {

@@ -124,6 +124,8 @@ type Server struct {
 	margin      time.Duration
 	owner       string
 	inflight    sync.Map      // reservation ID -> struct{}: reservations requests of this process are still working on
+	creds       sync.Map      // reservation ID -> Authorization of the request in flight, for the settler
+	settleCreds sync.Map      // reservation ID -> Authorization the settler asks the upstream with
 	kick        chan struct{} // wakes the settler
 }
 

@@ -81,7 +81,7 @@ func (s *Server) putManifest(w http.ResponseWriter, r *http.Request, rt Route) e
 	if err != nil {
 		return err
 	}
-	defer s.inflight.Delete(res.ID)
+	defer s.done(res.ID)
 	if err := s.checkPresent(ctx, r.Header, rt.Name, g); err != nil {
 		s.releaseOrLog(res.ID)
 		return err
@@ -112,12 +112,15 @@ func (s *Server) reservePush(ctx context.Context, r *http.Request, rt Route, dgs
 	// Mark the reservation as this process's before it exists, so the
 	// settler never mistakes it for one left behind.
 	s.inflight.Store(id, struct{}{})
+	if a := r.Header.Get("Authorization"); a != "" {
+		s.creds.Store(id, a)
+	}
 	ri := info(ctx)
 	wait := s.waiter()
 	for {
 		decisions, err := s.decideWrite(ctx, r, rt.Name, rt.Tags, dgst)
 		if err != nil {
-			s.inflight.Delete(id)
+			s.done(id)
 			return nil, storage.Reservation{}, err
 		}
 		expect := map[string]storage.Seen{}
@@ -133,7 +136,7 @@ func (s *Server) reservePush(ctx context.Context, r *http.Request, rt Route, dgs
 			continue // another request changed a binding in between: decide again
 		}
 		if err := wait(ctx, err); err != nil {
-			s.inflight.Delete(id)
+			s.done(id)
 			return nil, storage.Reservation{}, err
 		}
 	}

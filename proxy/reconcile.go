@@ -99,8 +99,20 @@ func (s *Server) Settle(ctx context.Context, interval time.Duration) {
 	}
 }
 
-// settleLater hands a reservation whose outcome is unknown to the settler.
+// done ends a request's claim on reservation id: the settler may take it
+// from now on, if it is still pending.
+func (s *Server) done(id string) {
+	s.inflight.Delete(id)
+	s.creds.Delete(id)
+}
+
+// settleLater hands a reservation whose outcome is unknown to the settler,
+// with the credentials of its request, which the settler needs to see the
+// outcome on an upstream that checks them.
 func (s *Server) settleLater(res storage.Reservation) {
+	if a, ok := s.creds.Load(res.ID); ok {
+		s.settleCreds.Store(res.ID, a)
+	}
 	s.inflight.Delete(res.ID)
 	s.log.Warn().Str("reservation", res.ID).Str("repo", res.Repo).Strs("tags", res.Tags).Str("digest", res.Digest.String()).
 		Str("kind", string(res.Kind)).Msg("outcome unknown; the settler holds the reservation until the upstream shows it")
@@ -118,12 +130,42 @@ func (s *Server) releaseOrLog(id string) {
 }
 
 // settle settles one reservation if its outcome is known, and returns an
-// error wrapping errInDoubt when it is not yet.
+// error wrapping errInDoubt when it is not yet. Once its request can no
+// longer land, a reservation whose outcome the upstream will not show (it
+// is unreachable, or refuses taglock's lookups: an upstream that checks
+// the client's credentials, after a restart lost them) is released rather
+// than held for ever: the tags are then free, and a tag the push did land
+// is adopted from the upstream by the next request that needs it.
 func (s *Server) settle(ctx context.Context, res storage.Reservation) error {
+	var err error
 	if res.IsDelete() {
-		return s.settleDelete(ctx, res)
+		err = s.settleDelete(ctx, res)
+	} else {
+		err = s.settlePush(ctx, res)
 	}
-	return s.settlePush(ctx, res)
+	switch {
+	case err == nil:
+		s.settleCreds.Delete(res.ID)
+	case !errors.Is(err, errInDoubt) && !errors.Is(err, ErrLedger) && !res.InDoubt(s.now(), s.margin):
+		if rerr := s.ledger.Release(ctx, res.ID); rerr != nil {
+			return fmt.Errorf("%w: release after %v: %v", ErrLedger, err, rerr)
+		}
+		s.settleCreds.Delete(res.ID)
+		s.log.Error().Err(err).Str("reservation", res.ID).Str("target", describe(res)).
+			Msg("settler: the upstream does not show the outcome and the request can no longer land; released")
+		s.audit.Warn().Str("event", "settle-released").Str("repo", res.Repo).Strs("tags", res.Tags).Str("digest", res.Digest.String()).
+			Str("reason", err.Error()).Msg("released a reservation whose outcome the upstream would not show")
+		return nil
+	}
+	return err
+}
+
+// settleAuth is the header the settler asks the upstream with for res.
+func (s *Server) settleAuth(res storage.Reservation) http.Header {
+	if a, ok := s.settleCreds.Load(res.ID); ok {
+		return http.Header{"Authorization": {a.(string)}}
+	}
+	return http.Header{}
 }
 
 // settlePush commits the tags the upstream holds with the reserved digest
@@ -138,7 +180,7 @@ func (s *Server) settlePush(ctx context.Context, res storage.Reservation) error 
 		refs     manifestRefs
 	)
 	for _, tag := range res.Tags {
-		b, mediaType, found, err := s.getManifest(ctx, http.Header{}, res.Repo, tag)
+		b, mediaType, found, err := s.getManifest(ctx, s.settleAuth(res), res.Repo, tag)
 		if err != nil {
 			return fmt.Errorf("settle %s:%s: %w", res.Repo, tag, err)
 		}
@@ -199,7 +241,7 @@ func (s *Server) settleDelete(ctx context.Context, res storage.Reservation) erro
 	case res.Blob:
 		path = "/v2/" + res.Repo + "/blobs/" + res.Digest.String()
 	}
-	gone, err := s.absent(ctx, path)
+	gone, err := s.absentAs(ctx, s.settleAuth(res), path)
 	if err != nil {
 		return fmt.Errorf("settle delete of %s: %w", describe(res), err)
 	}

@@ -376,7 +376,7 @@ func (s *Server) repairOne(ctx context.Context, f Finding) error {
 		return err
 	}
 	s.inflight.Store(id, struct{}{})
-	defer s.inflight.Delete(id)
+	defer s.done(id)
 	ri := info(ctx)
 	res, err := s.ledger.Reserve(ctx, storage.Reservation{ID: id, Repo: f.Repo, Tags: []string{f.Tag}, Digest: b.Digest, Closure: b.Closure,
 		Deadline: s.now().Add(s.timeout), Owner: s.owner, User: ri.user, Expect: map[string]storage.Seen{f.Tag: b.Seen()}})
