@@ -399,3 +399,80 @@ func contextWithCancel(t *testing.T) (context.Context, context.CancelFunc) {
 	t.Cleanup(cancel)
 	return ctx, cancel
 }
+
+// TestRetentionResumeFollowsTheCurrentPolicy ensures an interrupted run is
+// not finished under a configuration that no longer asks for it: an
+// operator who stops a mistaken run (release_after far too short) and
+// reverts the configuration loses no more tags, and a lowered
+// max_deletions refuses what is left.
+func TestRetentionResumeFollowsTheCurrentPolicy(t *testing.T) {
+	t.Parallel()
+	e := MustEnv(t, Embedded)
+	for i := range 12 {
+		MustPush(t, e.Addr, fmt.Sprintf("team/mass:r%02d", i), MustImage(t))
+	}
+	e.Stop(t)
+	ledger := e.MustOpenLedger(t)
+	runner := func(release time.Duration, maxDeletions int) *retention.Runner {
+		cfg := e.cfg
+		cfg.Retention.MaxDeletions = maxDeletions
+		cfg.Retention.Policies = []config.RetentionPolicy{{Repositories: []string{"team/**"},
+			Keep: []config.KeepRule{{MostRecent: 1}}, Immutable: config.ImmutableRetention{ReleaseAfter: config.Duration(release)}}}
+		off, err := server.NewOffline(t.Context(), cfg, ledger, nopLog())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = off.Close() })
+		pol, _ := cfg.RetentionSettings()
+		im, _ := cfg.ImmutabilityPolicy()
+		return retention.New(retention.Options{Policy: pol, Immutability: im, Ledger: ledger, Upstream: off.Proxy(),
+			Dir: server.RetentionDir(e.Data)})
+	}
+	live := func() int {
+		bs, err := ledger.Bindings(t.Context(), "team/mass")
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, b := range bs {
+			if !b.Deleted {
+				n++
+			}
+		}
+		return n
+	}
+
+	// The mistaken run, interrupted after three deletions.
+	ctx, cancel := contextWithCancel(t)
+	mistaken := runner(time.Nanosecond, 0)
+	if _, err := mistaken.Apply(ctx, retention.ApplyOptions{Progress: func(p retention.Progress) {
+		if p.Done == 3 {
+			cancel()
+		}
+	}}); err == nil {
+		t.Fatal("interrupted apply: no error")
+	}
+	if n := live(); n != 9 {
+		t.Fatalf("%d tags live after three deletions, want 9", n)
+	}
+	// Lowered max_deletions: what is left is refused.
+	if _, err := runner(time.Nanosecond, 2).Apply(t.Context(), retention.ApplyOptions{}); !errors.Is(err, retention.ErrTooManyDeletions) {
+		t.Errorf("resume over a lowered max_deletions: %v, want ErrTooManyDeletions", err)
+	}
+	// Reverted: immutable tags are kept again, and nothing more goes.
+	res, err := runner(0, 0).Apply(t.Context(), retention.ApplyOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Resumed != 0 {
+		t.Errorf("apply after reverting resumed %d deletions, want none", res.Resumed)
+	}
+	for _, d := range res.Deletions {
+		if d.Tag != "" {
+			t.Errorf("apply after reverting deleted tag %s (%s)", d.Tag, d.Outcome)
+		}
+	}
+	if n := live(); n != 9 {
+		t.Errorf("%d tags live after the reverted apply, want 9", n)
+	}
+}

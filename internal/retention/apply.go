@@ -2,6 +2,8 @@ package retention
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -74,10 +76,31 @@ type Result struct {
 	GC *GCResult `json:"gc,omitempty"`
 }
 
-// journal is the state file of a run: the deletions it still has to do.
+// journal is the state file of a run: the deletions it still has to do,
+// and the policy that planned them.
 type journal struct {
-	Started time.Time  `json:"started"`
+	Started time.Time `json:"started"`
+	// Policy fingerprints the retention and immutability configuration
+	// the run applied; a run is resumed only under the same one.
+	Policy  string     `json:"policy,omitempty"`
 	Pending []Deletion `json:"pending"`
+}
+
+// fingerprint names the configuration a run applies: the retention
+// policies and max_deletions, and the immutability rules (not the
+// schedule).
+func (r *Runner) fingerprint() string {
+	pol := r.pol
+	pol.Schedule = 0
+	b, err := json.Marshal(struct {
+		Retention    policy.Retention
+		Immutability policy.Immutability
+	}{pol, r.im})
+	if err != nil {
+		return "unknown: " + err.Error() // never equal to a journal's
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
 }
 
 // Apply finishes an interrupted run, if any, then plans and applies the
@@ -100,12 +123,29 @@ func (r *Runner) Apply(ctx context.Context, o ApplyOptions) (res Result, err err
 	if j, err := r.loadJournal(); err != nil {
 		return res, err
 	} else if j != nil && len(j.Pending) > 0 {
-		r.log.Info().Int("pending", len(j.Pending)).Time("started", j.Started).Msg("retention: resuming an interrupted run")
-		n := len(res.Deletions)
-		if err := r.run(ctx, j, &res, o); err != nil {
-			return res, err
+		switch fp := r.fingerprint(); {
+		case j.Policy != fp:
+			// The configuration changed since the interrupted run (an
+			// operator may have reverted a mistake): its deletions are
+			// not this policy's. The fresh plan below decides.
+			r.log.Warn().Int("pending", len(j.Pending)).Time("started", j.Started).
+				Msg("retention: the configuration changed since the interrupted run; its remaining deletions are dropped and a fresh plan decides")
+			r.audit.Warn().Str("event", "retention-resume-dropped").Int("pending", len(j.Pending)).Time("started", j.Started).
+				Msg("retention: an interrupted run's remaining deletions were dropped: the configuration changed")
+			if err := r.removeJournal(); err != nil {
+				return res, err
+			}
+		case r.pol.MaxDeletions > 0 && len(j.Pending) > r.pol.MaxDeletions:
+			return res, fmt.Errorf("%w: the interrupted run has %d deletions left, max_deletions is %d; review them (taglock retention plan) and raise retention.max_deletions",
+				ErrTooManyDeletions, len(j.Pending), r.pol.MaxDeletions)
+		default:
+			r.log.Info().Int("pending", len(j.Pending)).Time("started", j.Started).Msg("retention: resuming an interrupted run")
+			n := len(res.Deletions)
+			if err := r.run(ctx, j, &res, o); err != nil {
+				return res, err
+			}
+			res.Resumed = len(res.Deletions) - n
 		}
-		res.Resumed = len(res.Deletions) - n
 	}
 
 	res.Report, err = r.Plan(ctx)
@@ -118,7 +158,7 @@ func (r *Runner) Apply(ctx context.Context, o ApplyOptions) (res Result, err err
 		return res, fmt.Errorf("%w: %d deletions planned, max_deletions is %d; review the plan (taglock retention plan) and raise retention.max_deletions or narrow the policies",
 			ErrTooManyDeletions, res.Report.Totals.Deletions(), r.pol.MaxDeletions)
 	}
-	j := &journal{Started: res.Report.Time}
+	j := &journal{Started: res.Report.Time, Policy: r.fingerprint()}
 	for _, p := range res.Report.Plans {
 		for _, t := range p.Tags {
 			if !t.Kept {
