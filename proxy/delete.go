@@ -259,7 +259,7 @@ func (s *Server) remove(ctx context.Context, rm removal) (*http.Response, []stor
 		// It may have deleted before failing.
 		s.settleLater(res)
 		defer drain(resp)
-		return nil, nil, &unknownOutcome{op: "delete of " + describe(res), err: upstreamFailure(resp)}
+		return nil, nil, &unknownOutcome{op: "delete of " + describe(res), err: upstreamFailure(resp), answered: true}
 	default:
 		s.releaseOrLog(res.ID)
 	}

@@ -138,6 +138,9 @@ func (e *busyError) message() string {
 type unknownOutcome struct {
 	op  string
 	err error
+	// answered is true when err describes the upstream's own answer,
+	// which the client may see; a transport error is not shown.
+	answered bool
 }
 
 func (e *unknownOutcome) Error() string { return e.op + ": " + e.err.Error() }
@@ -232,8 +235,12 @@ func writeError(w http.ResponseWriter, err error, log *zerolog.Logger) int {
 		return serveOCI(w, http.StatusServiceUnavailable, errcode.ErrorCodeUnavailable.WithMessage(be.message()))
 	case errors.As(err, &uo):
 		log.Error().Err(err).Msg("upstream did not answer a write: its outcome is being settled")
+		what := "the upstream registry did not answer the " + uo.op
+		if uo.answered {
+			what = "for the " + uo.op + ", " + uo.err.Error()
+		}
 		return serveOCI(w, http.StatusBadGateway, errcode.ErrorCodeUnavailable.WithMessage(
-			"taglock: the upstream registry did not answer the "+uo.op+", so whether it took effect is not known yet; taglock keeps what it touches held until the upstream shows the outcome. Retry the same request, or look the tag up (taglock resolve)"))
+			"taglock: "+what+", so whether it took effect is not known yet; taglock keeps what it touches held until the upstream shows the outcome. Retry the same request, or look the tag up (taglock resolve)"))
 	case errors.As(err, &ur):
 		log.Error().Err(err).Msg("ledger failure after an upstream write: its outcome is being settled")
 		w.Header().Set("Retry-After", "1")

@@ -243,13 +243,13 @@ func (s *Server) finishPush(ctx context.Context, rt Route, resp *http.Response, 
 			// The upstream says it stored other bytes than taglock sent:
 			// record nothing until it shows what the tag holds.
 			s.settleLater(p.res)
-			return &unknownOutcome{op: op, err: fmt.Errorf("the upstream answered %d naming digest %s, not the %s of the bytes taglock sent", resp.StatusCode, got, p.digest)}
+			return &unknownOutcome{op: op, err: fmt.Errorf("the upstream answered %d naming digest %s, not the %s of the bytes taglock sent", resp.StatusCode, got, p.digest), answered: true}
 		}
 		return s.commit(ctx, p, appliedTags(rt, resp))
 	case resp.StatusCode >= 500:
 		// It may have stored the manifest before failing.
 		s.settleLater(p.res)
-		return &unknownOutcome{op: op, err: upstreamFailure(resp)}
+		return &unknownOutcome{op: op, err: upstreamFailure(resp), answered: true}
 	default:
 		s.releaseOrLog(p.res.ID)
 	}

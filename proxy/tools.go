@@ -404,7 +404,7 @@ func (s *Server) repairOne(ctx context.Context, f Finding) error {
 	switch {
 	case resp.StatusCode >= 500:
 		s.settleLater(res)
-		return &unknownOutcome{op: "restore of " + f.Repo + ":" + f.Tag, err: fmt.Errorf("upstream answered %d", resp.StatusCode)}
+		return &unknownOutcome{op: "restore of " + f.Repo + ":" + f.Tag, err: fmt.Errorf("the upstream answered %d", resp.StatusCode), answered: true}
 	case resp.StatusCode != http.StatusCreated && resp.StatusCode != http.StatusOK:
 		s.releaseOrLog(res.ID)
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
