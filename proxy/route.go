@@ -329,6 +329,9 @@ func parseDigest(s string) (digest.Digest, error) {
 // drops the rest. Upload sessions keep opaque state parameters, because the
 // spec leaves their Location opaque.
 func allowedQuery(rt *Route, q url.Values) (url.Values, error) {
+	if err := checkKeyCase(rt, q); err != nil {
+		return nil, err
+	}
 	out := url.Values{}
 	single := func(k string) (string, bool, error) {
 		vs, ok := q[k]
@@ -441,6 +444,35 @@ func allowedQuery(rt *Route, q url.Values) (url.Values, error) {
 		}
 	}
 	return out, nil
+}
+
+// definedKeys are the query parameters each endpoint defines (for
+// manifests, on PUT only).
+var definedKeys = map[Kind][]string{
+	KindCatalog:     {"n", "last"},
+	KindTags:        {"n", "last"},
+	KindManifest:    {"tag"},
+	KindUploadStart: {"digest", "mount", "from"},
+	KindUpload:      {"digest"},
+	KindReferrers:   {"artifactType"},
+}
+
+// checkKeyCase refuses a parameter spelled like one the endpoint defines
+// but in other letter case (TAG=, Digest=). Parameter names are
+// case-sensitive, so taglock and the registry would both ignore it, while
+// the client, or a proxy in front that folds case, believes it applied.
+func checkKeyCase(rt *Route, q url.Values) error {
+	if rt.Kind == KindManifest && rt.Method != http.MethodPut {
+		return nil // only a PUT takes ?tag=; elsewhere it is dropped
+	}
+	for k := range q {
+		for _, want := range definedKeys[rt.Kind] {
+			if k != want && strings.EqualFold(k, want) {
+				return badRequest(errcode.ErrorCodeUnsupported, "query parameter %q is not %q: parameter names are case-sensitive", k, want)
+			}
+		}
+	}
+	return nil
 }
 
 // isRequestError reports whether err is a parse failure.
