@@ -408,7 +408,9 @@ func readManifest(r *http.Request, limit int64) ([]byte, error) {
 	}
 	n, err := buf.ReadFrom(io.LimitReader(r.Body, limit+1))
 	if err != nil {
-		return nil, fmt.Errorf("read manifest: %w", err)
+		// The client's framing is broken (a bad chunk, a body cut
+		// short): its fault, not taglock's.
+		return nil, badRequest(errcode.ErrorCodeManifestInvalid, "manifest body could not be read: %v", err)
 	}
 	if n > limit {
 		return nil, &tooLargeError{limit}
