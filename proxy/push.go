@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -407,6 +408,10 @@ func readManifest(r *http.Request, limit int64) ([]byte, error) {
 		buf.Grow(int(r.ContentLength))
 	}
 	n, err := buf.ReadFrom(io.LimitReader(r.Body, limit+1))
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return nil, &requestError{code: errcode.ErrorCodeManifestInvalid, status: http.StatusRequestTimeout,
+			msg: "the manifest body stopped arriving before it was complete (limits.body_idle_timeout)"}
+	}
 	if err != nil {
 		// The client's framing is broken (a bad chunk, a body cut
 		// short): its fault, not taglock's.
