@@ -112,6 +112,7 @@ func TestPinGolden(t *testing.T) {
 		{"comments.yaml", 0},
 		{"initcontainers.yaml", 0},
 		{"compose.yaml", 0},
+		{"operator.yaml", 0},
 		{"mutable.yaml", exitFailure},
 	}
 	for _, tc := range tests {

@@ -101,18 +101,24 @@ func findImages(src []byte) ([]imageSite, error) {
 		if err != nil {
 			return nil, err
 		}
+		// Depth first, each pair before the next, so sites come in file
+		// order: a mapping's own image: after a nested one's must not
+		// come first, or the edits would be applied out of order.
 		var walk func(n *yaml.Node)
 		walk = func(n *yaml.Node) {
-			if n.Kind == yaml.MappingNode {
-				for i := 0; i+1 < len(n.Content); i += 2 {
-					k, v := n.Content[i], n.Content[i+1]
-					if k.Value == "image" && v.Kind == yaml.ScalarNode && v.Tag == "!!str" {
-						out = append(out, locate(src, lines, v))
-					}
+			if n.Kind != yaml.MappingNode {
+				for _, c := range n.Content {
+					walk(c)
 				}
+				return
 			}
-			for _, c := range n.Content {
-				walk(c)
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				k, v := n.Content[i], n.Content[i+1]
+				if k.Value == "image" && v.Kind == yaml.ScalarNode && v.Tag == "!!str" {
+					out = append(out, locate(src, lines, v))
+				}
+				walk(k)
+				walk(v)
 			}
 		}
 		walk(&doc)
