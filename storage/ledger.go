@@ -85,7 +85,8 @@ type Ledger struct {
 // Open opens the ledger at path, creating the file (mode 0600), its parent
 // directory (0700) and its buckets when needed. It returns an error wrapping
 // ErrLocked when another process holds the file past Options.LockTimeout, and
-// one wrapping ErrCorrupt when the file is not a ledger of this version.
+// one wrapping ErrCorrupt when the file is not a ledger of this version, is
+// empty or truncated, or has lost a bucket.
 func Open(path string, opts Options) (*Ledger, error) {
 	timeout := opts.LockTimeout
 	switch {
@@ -103,6 +104,9 @@ func Open(path string, opts Options) (*Ledger, error) {
 			return nil, fmt.Errorf("create ledger directory: %w", err)
 		}
 	}
+	if err := checkFile(path); err != nil {
+		return nil, fmt.Errorf("open ledger %s: %w", path, err)
+	}
 	db, err := bolt.Open(path, 0o600, &bolt.Options{
 		Timeout:      timeout,
 		ReadOnly:     opts.ReadOnly,
@@ -111,6 +115,9 @@ func Open(path string, opts Options) (*Ledger, error) {
 	})
 	if errors.Is(err, berrors.ErrTimeout) {
 		return nil, fmt.Errorf("open ledger %s: waited %s: %w", path, timeout, ErrLocked)
+	}
+	if errors.Is(err, berrors.ErrInvalid) || errors.Is(err, berrors.ErrVersionMismatch) || errors.Is(err, berrors.ErrChecksum) {
+		return nil, fmt.Errorf("open ledger %s: %w: %w", path, err, ErrCorrupt)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("open ledger %s: %w", path, err)
@@ -128,21 +135,34 @@ func Open(path string, opts Options) (*Ledger, error) {
 	return l, nil
 }
 
-// createLayout creates missing buckets and checks the schema version.
+// createLayout creates the buckets and the schema version in a new file.
+// In an existing ledger it creates only the buckets later versions added
+// (addedBuckets) and checks the rest: a file that has buckets but no version
+// is not a ledger, and a ledger missing one of its own buckets has lost
+// records, so both are refused rather than filled in with empty buckets.
 func createLayout(tx *bolt.Tx) error {
+	if meta := tx.Bucket(bucketMeta); meta != nil && meta.Get(keyVersion) != nil {
+		for _, name := range addedBuckets {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return fmt.Errorf("create bucket %s: %w", name, err)
+			}
+		}
+		if err := checkLayout(tx); err != nil {
+			return err
+		}
+		return indexReservedDigests(tx)
+	}
+	if err := tx.ForEach(func(name []byte, _ *bolt.Bucket) error {
+		return fmt.Errorf("bucket %q but no schema version: not a taglock ledger: %w", name, ErrCorrupt)
+	}); err != nil {
+		return err
+	}
 	for _, name := range allBuckets {
-		if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+		if _, err := tx.CreateBucket(name); err != nil {
 			return fmt.Errorf("create bucket %s: %w", name, err)
 		}
 	}
-	meta := tx.Bucket(bucketMeta)
-	if meta.Get(keyVersion) == nil {
-		return meta.Put(keyVersion, []byte(schemaVersion))
-	}
-	if err := checkLayout(tx); err != nil {
-		return err
-	}
-	return indexReservedDigests(tx)
+	return tx.Bucket(bucketMeta).Put(keyVersion, []byte(schemaVersion))
 }
 
 // checkLayout verifies that every bucket exists and the version is known.
