@@ -101,6 +101,10 @@ func (g *globals) open(ctx context.Context, mode openMode) (*session, error) {
 		s.service = admin.NewClient(s.socket)
 		return s, nil
 	}
+	if errors.Is(err, storage.ErrCorrupt) {
+		return nil, exitError{code: exitFailure, msg: fmt.Sprintf(
+			"%v; the ledger file cannot be read as it is: restore it from a copy made by `taglock ledger backup` (with serve stopped, put the copy at %s)", err, path)}
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -90,10 +90,15 @@ func StartWith(ctx context.Context, cfg config.Config, log zerolog.Logger, hooks
 		return nil, fmt.Errorf("data directory: %w", err)
 	}
 	s.ledger, err = storage.Open(LedgerPath(cfg.Data), storage.Options{})
-	if err != nil {
-		if errors.Is(err, storage.ErrLocked) {
-			return nil, fmt.Errorf("%w: is another taglock serving %s?", err, cfg.Data)
-		}
+	switch {
+	case errors.Is(err, storage.ErrLocked):
+		return nil, fmt.Errorf("%w: is another taglock serving %s?", err, cfg.Data)
+	case errors.Is(err, storage.ErrCorrupt):
+		return nil, fmt.Errorf("%w; taglock will not serve without its ledger. "+
+			"Run `taglock ledger check` to see what is wrong, then restore the ledger: "+
+			"put a copy made by `taglock ledger backup` at %s, "+
+			"or import a `taglock ledger export` into a new data directory", err, LedgerPath(cfg.Data))
+	case err != nil:
 		return nil, err
 	}
 	if cfg.Upstream.URL == "" {
