@@ -8,7 +8,11 @@
 #   4. a private Docker daemon   root only: its own socket, data and exec roots in a
 #                                temporary directory, no bridge, no iptables; stopped on exit
 #   5. go test -race ./...       unit and in-process integration tests
-#   6. go test -tags e2e ./integration/e2e/...
+#   6. scripts/fuzz.sh           every fuzz target (found by grep) for TAGLOCK_FUZZ_TIME
+#                                each, default 10s: about 1.5 minutes on 2 cores, plus
+#                                about 3 on a cold build cache, which compiles every
+#                                dependency once more with the fuzzer's instrumentation
+#   7. go test -tags e2e ./integration/e2e/...
 #                                the built binary with the real CLIs, a separate Distribution
 #                                upstream and the OCI conformance program
 #
@@ -22,7 +26,7 @@
 # (DOCKER_HOST or the default socket) is used instead of a private one.
 #
 # Environment: TAGLOCK_TOOLS (tool directory), TAGLOCK_BIN_DIR (default ./bin),
-# TAGLOCK_E2E_TIMEOUT (default 20m).
+# TAGLOCK_E2E_TIMEOUT (default 20m), TAGLOCK_FUZZ_TIME (per target, default 10s).
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -137,6 +141,7 @@ step "build taglock" build || built=0
 dockerd_ok=1
 step "start Docker daemon" docker_daemon || dockerd_ok=0
 step "unit and integration tests (go test -race ./...)" unit || true
+step "fuzz each target for ${TAGLOCK_FUZZ_TIME:-10s} (scripts/fuzz.sh)" "$TAGLOCK_ROOT/scripts/fuzz.sh" || true
 if ((built && dockerd_ok)); then
   step "end-to-end tests (go test -tags e2e ./integration/e2e/...)" e2e || true
 else
