@@ -29,9 +29,10 @@ import (
 
 // TestLedgerOnFullDisk ensures what a full disk under the data directory
 // does to pushes: each one is answered 5xx with an OCI error, never
-// accepted; after the first few at most (bbolt reuses freed pages, so a
-// small reservation can still fit where the commit after the upstream PUT
-// does not) no push reaches the registry at all; every push the registry
+// accepted; once one push reached the registry and its commit failed
+// (bbolt reuses freed pages, so a small reservation can still fit where the
+// commit after the upstream PUT does not), no push reaches the registry at
+// all until that one is recorded; every push the registry
 // took is held by its reservation; deleting an immutable tag is still
 // refused; shutting down while reservations cannot be settled takes no
 // longer than the shutdown allows; and after a restart with room again the
@@ -69,6 +70,7 @@ func TestLedgerOnFullDisk(t *testing.T) {
 			return scrapeSum(t, e.Addr, `taglock_upstream_duration_seconds_count{method="PUT",op="lookup"}`)
 		}
 		var refused, reached []int // pushes that did not and did reach the registry
+		unrecordedAt := -1         // the first push the registry took and the ledger could not record
 		for i, mf := range ms {
 			before := manifestPuts()
 			resp, body := putManifest(t, e.Addr, fmt.Sprintf("/v2/team/app/manifests/v%d", i+1), mf)
@@ -87,8 +89,12 @@ func TestLedgerOnFullDisk(t *testing.T) {
 			// (503), or, embedded on the same full disk, it failed to
 			// store it (502, outcome unknown): never an acceptance.
 			reached = append(reached, i)
+			if unrecordedAt >= 0 {
+				t.Errorf("push %d reached the registry after push %d's commit had failed; once a write is unrecorded, none may be forwarded", i+1, unrecordedAt+1)
+			}
 			switch {
 			case oe.Status == http.StatusServiceUnavailable && strings.Contains(oe.Message, "could not record it"):
+				unrecordedAt = i
 			case oe.Status == http.StatusBadGateway && strings.Contains(oe.Message, "not known yet"):
 			default:
 				t.Errorf("push %d reached the registry on a full disk and got %d %s %q; want 503 saying the ledger could not record it, or 502 saying the outcome is not known",

@@ -198,6 +198,9 @@ type removal struct {
 // the settler. It returns the upstream's answer and the bindings marked
 // deleted.
 func (s *Server) remove(ctx context.Context, rm removal) (*http.Response, []storage.Binding, error) {
+	if err := s.writable(); err != nil {
+		return nil, nil, err
+	}
 	id, err := storage.NewReservationID()
 	if err != nil {
 		return nil, nil, err
@@ -251,7 +254,7 @@ func (s *Server) remove(ctx context.Context, rm removal) (*http.Response, []stor
 		gone, err := s.ledger.CommitDelete(ctx, res.ID, ev)
 		if err != nil {
 			drain(resp)
-			s.settleLater(res)
+			s.stuck(res)
 			return nil, nil, &unrecorded{op: "delete of " + describe(res), err: err}
 		}
 		return resp, gone, nil

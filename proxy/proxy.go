@@ -126,6 +126,7 @@ type Server struct {
 	inflight    sync.Map      // reservation ID -> struct{}: reservations requests of this process are still working on
 	creds       sync.Map      // reservation ID -> Authorization of the request in flight, for the settler
 	settleCreds sync.Map      // reservation ID -> Authorization the settler asks the upstream with
+	unrecorded  sync.Map      // reservation ID -> struct{}: writes the upstream carried out that the ledger could not record yet
 	kick        chan struct{} // wakes the settler
 }
 

@@ -78,6 +78,9 @@ func (s *Server) putManifest(w http.ResponseWriter, r *http.Request, rt Route) e
 	if err != nil {
 		return err
 	}
+	if err := s.writable(); err != nil {
+		return err
+	}
 	decisions, res, err := s.reservePush(ctx, r, rt, dgst, g.closure)
 	if err != nil {
 		return err
@@ -320,8 +323,8 @@ func (s *Server) commit(ctx context.Context, p pushed, applied []string) error {
 	if err := s.ledger.Commit(ctx, p.res.ID, bindings, events, ms...); err != nil {
 		// The upstream holds the manifest but the ledger could not record
 		// it; the reservation stays and is settled when the ledger can
-		// be written again.
-		s.settleLater(p.res)
+		// be written again, and until then no new write is forwarded.
+		s.stuck(p.res)
 		return &unrecorded{op: "push of " + p.res.Repo + ":" + strings.Join(applied, ","), err: err}
 	}
 	return nil

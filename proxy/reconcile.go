@@ -106,6 +106,27 @@ func (s *Server) done(id string) {
 	s.creds.Delete(id)
 }
 
+// stuck notes that the upstream carried out the write of res but the
+// ledger could not record it: until the settler has recorded it, the ledger
+// is not trusted with new writes (a full disk, say, that took the small
+// reservation and refused the commit), so they are refused before they
+// reach the upstream (writable).
+func (s *Server) stuck(res storage.Reservation) {
+	s.unrecorded.Store(res.ID, struct{}{})
+	s.settleLater(res)
+}
+
+// writable fails, wrapping ErrLedger, while a write the upstream carried out
+// is not recorded in the ledger yet.
+func (s *Server) writable() error {
+	stuck := false
+	s.unrecorded.Range(func(any, any) bool { stuck = true; return false })
+	if stuck {
+		return fmt.Errorf("%w: a write the upstream carried out could not be recorded yet; writes wait until it is", ErrLedger)
+	}
+	return nil
+}
+
 // settleLater hands a reservation whose outcome is unknown to the settler,
 // with the credentials of its request, which the settler needs to see the
 // outcome on an upstream that checks them.
@@ -146,11 +167,13 @@ func (s *Server) settle(ctx context.Context, res storage.Reservation) error {
 	switch {
 	case err == nil:
 		s.settleCreds.Delete(res.ID)
+		s.unrecorded.Delete(res.ID)
 	case !errors.Is(err, errInDoubt) && !errors.Is(err, ErrLedger) && !res.InDoubt(s.now(), s.margin):
 		if rerr := s.ledger.Release(ctx, res.ID); rerr != nil {
 			return fmt.Errorf("%w: release after %v: %v", ErrLedger, err, rerr)
 		}
 		s.settleCreds.Delete(res.ID)
+		s.unrecorded.Delete(res.ID)
 		s.log.Error().Err(err).Str("reservation", res.ID).Str("target", describe(res)).
 			Msg("settler: the upstream does not show the outcome and the request can no longer land; released")
 		s.audit.Warn().Str("event", "settle-released").Str("repo", res.Repo).Strs("tags", res.Tags).Str("digest", res.Digest.String()).

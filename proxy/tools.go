@@ -417,7 +417,7 @@ func (s *Server) repairOne(ctx context.Context, f Finding) error {
 		Previous: f.Actual, User: ri.user, Rule: b.Rule, Reason: "drift-" + f.Kind,
 		Message: fmt.Sprintf("repair: the tag was %s on the upstream around taglock; the recorded manifest was put back", f.Kind)}
 	if err := s.ledger.Commit(context.WithoutCancel(ctx), res.ID, []storage.Binding{b}, []storage.Event{ev}); err != nil {
-		s.settleLater(res)
+		s.stuck(res)
 		return fmt.Errorf("%w: record repair of %s:%s: %v", ErrLedger, f.Repo, f.Tag, err)
 	}
 	s.audit.Warn().Str("event", "repaired").Str("repo", f.Repo).Str("tag", f.Tag).Str("recorded", b.Digest.String()).
