@@ -18,6 +18,7 @@ import (
 
 	"github.com/taglock/taglock/internal/admin"
 	"github.com/taglock/taglock/internal/config"
+	"github.com/taglock/taglock/internal/ledger"
 	"github.com/taglock/taglock/internal/server"
 	"github.com/taglock/taglock/proxy"
 	"github.com/taglock/taglock/storage"
@@ -63,9 +64,15 @@ var (
 type session struct {
 	service
 	cfg    config.Config
-	ledger string // the ledger file
+	ledger string // the ledger, for messages: its file
 	socket string // the admin socket when serve holds the ledger; "" otherwise
-	close  func()
+	// store is the ledger this process opened itself; nil when serve
+	// holds it.
+	store storage.Ledger
+	// tools is the proxy over store and the upstream, for withUpstream;
+	// nil otherwise.
+	tools *proxy.Server
+	close func()
 }
 
 // openMode says what a command needs from the ledger.
@@ -88,14 +95,14 @@ func (g *globals) open(ctx context.Context, mode openMode) (*session, error) {
 	if g.data != "" {
 		cfg.Data = g.data
 	}
-	path := server.LedgerPath(cfg.Data)
-	s := &session{cfg: cfg, ledger: path, close: func() {}}
+	path := ledger.BoltPath(cfg.Data)
+	s := &session{cfg: cfg, ledger: ledger.Describe(cfg), close: func() {}}
 	if mode == readOnly {
 		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
 			return nil, exitError{code: exitFailure, msg: fmt.Sprintf("no ledger at %s: has taglock served from data directory %s?", path, cfg.Data)}
 		}
 	}
-	l, err := storage.Open(path, storage.Options{LockTimeout: lockWait, ReadOnly: mode == readOnly})
+	l, err := ledger.Open(ctx, cfg, ledger.Options{LockTimeout: lockWait, ReadOnly: mode == readOnly})
 	if errors.Is(err, storage.ErrLocked) {
 		s.socket = cfg.AdminSocket()
 		s.service = admin.NewClient(s.socket)
@@ -104,6 +111,7 @@ func (g *globals) open(ctx context.Context, mode openMode) (*session, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.store = l
 	local := admin.Local{Ledger: l}
 	closeAudit := func() {}
 	if mode != readOnly {
@@ -132,6 +140,7 @@ func (g *globals) open(ctx context.Context, mode openMode) (*session, error) {
 			return nil, fmt.Errorf("upstream: %w", err)
 		}
 		local.Tools = off.Proxy()
+		s.tools = off.Proxy()
 		s.close = func() { _ = off.Close(); _ = l.Close(); closeAudit() }
 	}
 	s.service = local
@@ -259,7 +268,7 @@ func newLedgerBackup(g *globals) *cobra.Command {
 			if n, err = s.Backup(cmd.Context(), f); err != nil {
 				return s.explain(err)
 			}
-			return checkBackup(cmd.Context(), f.Name())
+			return ledger.CheckBackup(cmd.Context(), s.cfg, f.Name())
 		})
 		if err != nil {
 			return err
@@ -271,19 +280,6 @@ func newLedgerBackup(g *globals) *cobra.Command {
 		return nil
 	}
 	return cmd
-}
-
-// checkBackup opens a written backup and runs the ledger check on it.
-func checkBackup(ctx context.Context, path string) error {
-	l, err := storage.Open(path, storage.Options{ReadOnly: true, LockTimeout: lockWait})
-	if err != nil {
-		return fmt.Errorf("backup does not open as a ledger: %w", err)
-	}
-	defer l.Close()
-	if problems, err := l.Check(ctx); err != nil {
-		return fmt.Errorf("backup fails the ledger check (%d problems): %w", len(problems), err)
-	}
-	return nil
 }
 
 // writeAtomic writes path through a temporary file in the same directory,

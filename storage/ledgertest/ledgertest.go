@@ -1,13 +1,13 @@
 // Package ledgertest is the conformance suite every ledger backend runs, in
 // the manner of Distribution's storage driver test suites: one set of
 // expectations about bindings, tombstones, the closure index, reservations,
-// history, manifests, pulls, export, backup and integrity checks.
+// history, manifests, pulls, export and import, backup and integrity
+// checks, and the races several ledgers sharing one store must survive.
 //
-// The Backup and Check parts reopen files with storage.Open and damage a
-// closed ledger file with bbolt directly, following the bucket layout
-// documented in package storage; a backend that is not a bbolt file will
-// need its own hooks there. It holds test code only and must not be
-// imported outside tests.
+// Every backend runs it unmodified. What only one backend can be asked
+// (restoring its backup format, damaging its storage for Check, file locks)
+// belongs in that backend's own tests. It holds test code only and must not
+// be imported outside tests.
 package ledgertest
 
 import (
@@ -25,7 +25,7 @@ import (
 
 // Opener returns a fresh, empty ledger for one test. It must close the
 // ledger in t.Cleanup, tolerating a ledger the test already closed.
-type Opener func(t *testing.T) *storage.Ledger
+type Opener func(t *testing.T) storage.Ledger
 
 // RunConformance runs the whole suite, each part as a parallel subtest with
 // ledgers made by open.
@@ -90,7 +90,7 @@ func NewBinding(repo, tag, content string) storage.Binding {
 }
 
 // MustPut stores bindings and events or fails the test.
-func MustPut(t testing.TB, l *storage.Ledger, bindings []storage.Binding, events ...storage.Event) {
+func MustPut(t testing.TB, l storage.Ledger, bindings []storage.Binding, events ...storage.Event) {
 	t.Helper()
 	if err := l.Put(context.Background(), bindings, events); err != nil {
 		t.Fatalf("Put: %v", err)
@@ -98,7 +98,7 @@ func MustPut(t testing.TB, l *storage.Ledger, bindings []storage.Binding, events
 }
 
 // MustReserve reserves or fails the test.
-func MustReserve(t testing.TB, l *storage.Ledger, r storage.Reservation) storage.Reservation {
+func MustReserve(t testing.TB, l storage.Ledger, r storage.Reservation) storage.Reservation {
 	t.Helper()
 	got, err := l.Reserve(context.Background(), r)
 	if err != nil {
@@ -108,7 +108,7 @@ func MustReserve(t testing.TB, l *storage.Ledger, r storage.Reservation) storage
 }
 
 // MustBinding reads a binding or fails the test.
-func MustBinding(t testing.TB, l *storage.Ledger, repo, tag string) storage.Binding {
+func MustBinding(t testing.TB, l storage.Ledger, repo, tag string) storage.Binding {
 	t.Helper()
 	b, err := l.Binding(context.Background(), repo, tag)
 	if err != nil {

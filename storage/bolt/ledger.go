@@ -1,4 +1,4 @@
-package storage
+package bolt
 
 import (
 	"bytes"
@@ -10,8 +10,10 @@ import (
 	"slices"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	bbolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/taglock/taglock/storage"
 )
 
 // schemaVersion is the bucket layout version stored in meta/version.
@@ -53,13 +55,13 @@ const DefaultLockTimeout = time.Second
 // Options configure Open. The zero value is ready to use.
 type Options struct {
 	// LockTimeout is how long Open waits for the file lock before it
-	// returns ErrLocked. Zero means DefaultLockTimeout (1s); a negative
-	// value means try once and do not wait.
+	// returns storage.ErrLocked. Zero means DefaultLockTimeout (1s); a
+	// negative value means try once and do not wait.
 	LockTimeout time.Duration
 
 	// ReadOnly opens the ledger read-only, under a shared lock that other
 	// read-only openers may hold at the same time. The file must exist.
-	// Writes return ErrReadOnly. Default false.
+	// Writes return storage.ErrReadOnly. Default false.
 	ReadOnly bool
 
 	// Now is the ledger's clock, used for reservation times and for events
@@ -75,17 +77,20 @@ type Options struct {
 // Ledger is a bbolt-backed ledger of tag bindings, history, reservations,
 // manifest references and pulls. It is safe for concurrent use.
 type Ledger struct {
-	db       *bolt.DB
+	db       *bbolt.DB
 	writes   *group
 	path     string
 	now      func() time.Time
 	readOnly bool
 }
 
+var _ storage.Ledger = (*Ledger)(nil)
+
 // Open opens the ledger at path, creating the file (mode 0600), its parent
 // directory (0700) and its buckets when needed. It returns an error wrapping
-// ErrLocked when another process holds the file past Options.LockTimeout, and
-// one wrapping ErrCorrupt when the file is not a ledger of this version.
+// storage.ErrLocked when another process holds the file past
+// Options.LockTimeout, and one wrapping storage.ErrCorrupt when the file is
+// not a ledger of this version.
 func Open(path string, opts Options) (*Ledger, error) {
 	timeout := opts.LockTimeout
 	switch {
@@ -103,14 +108,14 @@ func Open(path string, opts Options) (*Ledger, error) {
 			return nil, fmt.Errorf("create ledger directory: %w", err)
 		}
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{
 		Timeout:      timeout,
 		ReadOnly:     opts.ReadOnly,
 		NoSync:       opts.NoSync,
-		FreelistType: bolt.FreelistMapType,
+		FreelistType: bbolt.FreelistMapType,
 	})
 	if errors.Is(err, berrors.ErrTimeout) {
-		return nil, fmt.Errorf("open ledger %s: waited %s: %w", path, timeout, ErrLocked)
+		return nil, fmt.Errorf("open ledger %s: waited %s: %w", path, timeout, storage.ErrLocked)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("open ledger %s: %w", path, err)
@@ -129,7 +134,7 @@ func Open(path string, opts Options) (*Ledger, error) {
 }
 
 // createLayout creates missing buckets and checks the schema version.
-func createLayout(tx *bolt.Tx) error {
+func createLayout(tx *bbolt.Tx) error {
 	for _, name := range allBuckets {
 		if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 			return fmt.Errorf("create bucket %s: %w", name, err)
@@ -146,14 +151,14 @@ func createLayout(tx *bolt.Tx) error {
 }
 
 // checkLayout verifies that every bucket exists and the version is known.
-func checkLayout(tx *bolt.Tx) error {
+func checkLayout(tx *bbolt.Tx) error {
 	for _, name := range allBuckets {
 		if tx.Bucket(name) == nil && (tx.Writable() || !slices.ContainsFunc(addedBuckets, func(b []byte) bool { return bytes.Equal(b, name) })) {
-			return fmt.Errorf("missing bucket %s: %w", name, ErrCorrupt)
+			return fmt.Errorf("missing bucket %s: %w", name, storage.ErrCorrupt)
 		}
 	}
 	if v := tx.Bucket(bucketMeta).Get(keyVersion); string(v) != schemaVersion {
-		return fmt.Errorf("schema version %q, want %q: %w", v, schemaVersion, ErrCorrupt)
+		return fmt.Errorf("schema version %q, want %q: %w", v, schemaVersion, storage.ErrCorrupt)
 	}
 	return nil
 }
@@ -175,7 +180,7 @@ func (l *Ledger) clock() time.Time { return l.now().UTC() }
 func (l *Ledger) Path() string { return l.path }
 
 // view runs fn in a read-only transaction after checking ctx.
-func (l *Ledger) view(ctx context.Context, fn func(*bolt.Tx) error) error {
+func (l *Ledger) view(ctx context.Context, fn func(*bbolt.Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -186,12 +191,12 @@ func (l *Ledger) view(ctx context.Context, fn func(*bolt.Tx) error) error {
 // together with concurrent writers' (see group). fn must not do anything
 // slow, since every other writer waits for it, and must keep its effects
 // inside the transaction, since it may run more than once.
-func (l *Ledger) update(ctx context.Context, fn func(*bolt.Tx) error) error {
+func (l *Ledger) update(ctx context.Context, fn func(*bbolt.Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	if l.readOnly {
-		return ErrReadOnly
+		return storage.ErrReadOnly
 	}
 	return l.writes.update(fn)
 }
