@@ -26,8 +26,8 @@ import (
 type Config struct {
 	// Listen is the address taglock serves on. Default 127.0.0.1:5000.
 	Listen string `yaml:"listen"`
-	// Data is the directory for the ledger and, in embedded mode, the
-	// registry's storage. Default ./taglock-data.
+	// Data is the directory for the bolt ledger and, in embedded mode,
+	// the registry's storage. Default ./taglock-data.
 	Data string `yaml:"data"`
 	// Log controls logging.
 	Log Log `yaml:"log"`
@@ -49,6 +49,9 @@ type Config struct {
 	Verify Verify `yaml:"verify"`
 	// Admin configures the Unix socket of the admin API.
 	Admin Admin `yaml:"admin"`
+	// Ledger says where the ledger is kept: a bbolt file in Data
+	// (default) or an etcd cluster.
+	Ledger Ledger `yaml:"ledger"`
 }
 
 // Admin is the `admin:` section: the Unix socket on which serve answers the
@@ -314,6 +317,7 @@ func Default() Config {
 		},
 		Auth:      Auth{Mode: "none"},
 		Retention: Retention{MaxDeletions: 500},
+		Ledger:    defaultLedger(),
 	}
 }
 

@@ -214,6 +214,7 @@ func (c Config) Validate() []FieldError {
 	if g := c.Admin.Group; g != "" && strings.ContainsAny(g, ":,\x00 \t\n") {
 		add("admin.group", "want a group name or numeric id, got %q", g)
 	}
+	c.Ledger.validate(add)
 	return errs
 }
 
