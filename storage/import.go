@@ -52,8 +52,10 @@ type ImportView interface {
 // ImportTarget is what ImportInto needs from a backend.
 type ImportTarget interface {
 	// ViewImport calls fn with a view of one consistent state of the
-	// ledger.
-	ViewImport(ctx context.Context, fn func(ImportView) error) error
+	// ledger, which answers at least what checking records asks: the
+	// bindings of their repo:tags (a reservation's tags included), their
+	// reservations by ID and their events by Seq.
+	ViewImport(ctx context.Context, records []ImportRecord, fn func(ImportView) error) error
 	// WriteImport stores records, all or none, the way Import documents:
 	// bindings, manifests and reservations replace the records with their
 	// keys (a replaced reservation's index entries go with it), pulls keep
@@ -73,7 +75,7 @@ func ImportInto(ctx context.Context, r io.Reader, o ImportOptions, t ImportTarge
 		return ImportStats{}, err
 	}
 	var found []Contradiction
-	err = t.ViewImport(ctx, func(v ImportView) error {
+	err = t.ViewImport(ctx, records, func(v ImportView) error {
 		found = nil
 		ov := newOverlay(v)
 		for i, rec := range records {

@@ -116,7 +116,7 @@ func (l *Ledger) Import(ctx context.Context, r io.Reader, o storage.ImportOption
 type importTarget struct{ l *Ledger }
 
 // ViewImport implements storage.ImportTarget with a read transaction.
-func (t importTarget) ViewImport(ctx context.Context, fn func(storage.ImportView) error) error {
+func (t importTarget) ViewImport(ctx context.Context, _ []storage.ImportRecord, fn func(storage.ImportView) error) error {
 	return t.l.view(ctx, func(tx *bbolt.Tx) error { return fn(txView{tx}) })
 }
 
