@@ -8,7 +8,6 @@ import (
 	"maps"
 	"slices"
 	"strconv"
-	"strings"
 
 	digest "github.com/opencontainers/go-digest"
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -316,8 +315,12 @@ func (t importTarget) WriteImport(ctx context.Context, records []storage.ImportR
 		before := l.seq.last
 		last := before
 		var applyErr error
+		written := map[string]bool{}
+		for _, bw := range w.bs {
+			written[l.k.binding(bw.b.Repo, bw.b.Tag)] = true
+		}
 		extra := func(t *txn) {
-			applyErr = l.applyImport(t, v, records, &last)
+			applyErr = l.applyImport(t, v, written, records, &last)
 		}
 		resp, err := w.commit(ctx, extra, nil, nil)
 		if applyErr != nil {
@@ -334,11 +337,12 @@ func (t importTarget) WriteImport(ctx context.Context, records []storage.ImportR
 }
 
 // applyImport adds to t the compares that keep v true and the writes of
-// records other than bindings (write.add adds those). last is the event
-// sequence, moved past imported events.
-func (l *Ledger) applyImport(t *txn, v *importView, records []storage.ImportRecord, last *uint64) error {
+// records other than bindings (write.add adds those, with the compares of
+// the bindings written). last is the event sequence, moved past imported
+// events.
+func (l *Ledger) applyImport(t *txn, v *importView, written map[string]bool, records []storage.ImportRecord, last *uint64) error {
 	for _, k := range slices.Sorted(maps.Keys(v.kvs)) {
-		if k == l.k.seq() || strings.HasPrefix(k, l.k.prefix("b")) {
+		if k == l.k.seq() || written[k] {
 			continue // the sequencer's compare below, and write.add's
 		}
 		if kv := v.kvs[k]; kv == nil {
