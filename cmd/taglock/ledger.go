@@ -64,7 +64,7 @@ var (
 type session struct {
 	service
 	cfg    config.Config
-	ledger string // the ledger, for messages: its file
+	ledger string // the ledger, for messages: its file, or its etcd cluster and prefix
 	socket string // the admin socket when serve holds the ledger; "" otherwise
 	// store is the ledger this process opened itself; nil when serve
 	// holds it.
@@ -86,7 +86,8 @@ const (
 
 // open loads the config and reaches the ledger: directly when no other
 // process holds it, otherwise through the admin socket of the serve that
-// does. It never waits on the lock for more than lockWait.
+// does. It never waits on the lock for more than lockWait. An etcd ledger
+// is never held: the commands always reach it directly.
 func (g *globals) open(ctx context.Context, mode openMode) (*session, error) {
 	cfg, err := g.load()
 	if err != nil {
@@ -97,7 +98,7 @@ func (g *globals) open(ctx context.Context, mode openMode) (*session, error) {
 	}
 	path := ledger.BoltPath(cfg.Data)
 	s := &session{cfg: cfg, ledger: ledger.Describe(cfg), close: func() {}}
-	if mode == readOnly {
+	if mode == readOnly && !ledger.Shared(cfg) {
 		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
 			return nil, exitError{code: exitFailure, msg: fmt.Sprintf("no ledger at %s: has taglock served from data directory %s?", path, cfg.Data)}
 		}
@@ -229,7 +230,10 @@ func newLedgerCmd(g *globals) *cobra.Command {
 		Long: `Maintain the ledger. Each subcommand works whether or not serve is running on
 the data directory: without serve it opens the ledger itself; with serve it
 asks the running server through its admin socket (admin.socket, by default
-taglock.sock in the data directory), found through --config or --data.
+taglock.sock in the data directory), found through --config or --data. With
+ledger.backend etcd the subcommands reach the etcd cluster the config names
+directly, while serve runs or not: export from one config and import with
+another to move a ledger between bolt and etcd.
 
 Exit codes: 0 success, 1 failure or problems found, 2 usage error.`,
 	}
@@ -241,7 +245,7 @@ Exit codes: 0 success, 1 failure or problems found, 2 usage error.`,
 func newLedgerBackup(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "backup FILE",
-		Short: "Write a hot, consistent copy of the ledger file, checked before it replaces FILE",
+		Short: "Write a hot, consistent copy of the ledger (bolt: the file; etcd: its export), checked before it replaces FILE",
 		Args:  usageArgs(cobra.ExactArgs(1)),
 	}
 	asJSON := outputFlag(cmd)
