@@ -62,7 +62,8 @@
 // compares, so etcd's serializable transactions let at most one of them
 // through. A reservation of more than 40 tags compares the repository's
 // bindings and holders as a whole, to keep within the compares of one
-// transaction, and one may hold at most 100 tags.
+// transaction, and one may hold at most 60 tags, so that its Commit fits
+// one transaction too.
 //
 // [Ledger.Commit], [Ledger.CommitDelete] and [Ledger.Release] read the
 // reservation and settle it in one transaction that compares its
@@ -83,11 +84,12 @@
 // chunk/ keys of at most 512 KiB, and the ref/ index entries of the
 // binding's digest and closure (one per digest, so a large image index
 // would not fit one transaction) go to ref/ keys, both named by the
-// generation. The binding's own transaction is then small; it deletes the
-// chunks of the generation it replaces, and after it the replaced
-// generation's index entries are deleted too. A write that changes only a
-// binding's mode, tombstone or first push keeps its generation and writes
-// nothing ahead. Reads keep only index entries of the binding's current
+// generation. A few index entries (48 in one write) and no chunks go in
+// the binding's own transaction instead, which is the common push. The
+// transaction deletes the chunks of the generation it replaces and, as
+// far as they fit, its index entries; the rest are deleted right after.
+// A write that changes only a binding's mode, tombstone or first push
+// keeps its generation and writes nothing ahead. Reads keep only index entries of the binding's current
 // generation and read chunks at the binding's revision, so entries and
 // chunks written ahead of a write that failed, or left by a crash, are
 // never seen: they are garbage, removed when the write that made them

@@ -16,10 +16,12 @@ import (
 
 // A reservation of more tags than perTagLimit compares its repository's
 // bindings and tag holders as a whole rather than tag by tag, to stay
-// within one transaction's compares; maxTags is the most one may hold.
+// within one transaction's compares; maxTags is the most one may hold, so
+// that the Commit of as many bindings, which also deletes a holder entry
+// per tag, fits one transaction.
 const (
 	perTagLimit = 40
-	maxTags     = 100
+	maxTags     = 60
 )
 
 // Reserve implements storage.Ledger: one read of everything the decision

@@ -22,12 +22,24 @@ type bindingWrite struct {
 	old    *bindingRecord // nil when the tag has no binding
 	oldRev int64          // the old binding's ModRevision; 0 when none
 	rec    bindingRecord  // what is stored
-	// fresh is the generation written ahead for b (its index entries and
-	// chunks), "" until then; it stays for the retries of one write.
+	// fresh is the new generation chosen for b, "" until one is needed;
+	// it stays for the retries of one write.
 	fresh string
+	// ahead is set once fresh's index entries and chunks were written
+	// ahead of the transaction; otherwise the transaction writes the
+	// index entries itself.
+	ahead bool
+	// oldDropped is set when the transaction also deletes the index
+	// entries of the generation it replaces.
+	oldDropped bool
 	// done is set once the binding is stored.
 	done bool
 }
+
+// inlineRefs is how many index entries of new generations a write puts in
+// its own transaction; beyond it, or with a chunked manifest, they are
+// written ahead.
+const inlineRefs = 48
 
 // write is a write of bindings, and what is written ahead for them.
 type write struct {
@@ -85,9 +97,18 @@ func (w *write) readWith(ctx context.Context, extra []get) ([][]*mvccpb.KeyValue
 	return got[:len(extra)], nil
 }
 
-// prepare decides each binding's record and writes ahead, once per write,
-// the index entries and manifest chunks of a new generation.
+// prepare decides each binding's record: a binding of the same content
+// keeps its generation, another gets a new one. A new generation's index
+// entries go in the write's own transaction when they are few and the
+// manifest is small; otherwise they and the manifest's chunks are written
+// ahead, once per write.
 func (w *write) prepare(ctx context.Context) error {
+	refs := 0
+	for _, bw := range w.bs {
+		if bw.old == nil || !sameContent(*bw.old, bw.b) {
+			refs += len(bw.b.RefDigests())
+		}
+	}
 	for _, bw := range w.bs {
 		b := bw.b
 		if bw.old != nil && sameContent(*bw.old, b) {
@@ -99,10 +120,13 @@ func (w *write) prepare(ctx context.Context) error {
 				if err != nil {
 					return err
 				}
-				if err := w.l.writeAhead(ctx, b, gen); err != nil {
+				bw.fresh = gen
+			}
+			if !bw.ahead && (refs > inlineRefs || len(b.Manifest) > inlineManifest) {
+				if err := w.l.writeAhead(ctx, b, bw.fresh); err != nil {
 					return err
 				}
-				bw.fresh = gen
+				bw.ahead = true
 			}
 			bw.rec = bindingRecord{Binding: b, Gen: bw.fresh}
 			if len(b.Manifest) > inlineManifest {
@@ -150,8 +174,32 @@ func (w *write) add(t *txn) error {
 		} else if bw.old != nil && bw.old.Gen != bw.rec.Gen && bw.old.Chunks > 0 {
 			t.delPrefix(w.l.k.chunks(bw.old.Repo, bw.old.Tag, bw.old.Gen))
 		}
+		if bw.rec.Gen == bw.fresh && !bw.ahead {
+			for _, d := range bw.b.RefDigests() {
+				t.put(w.l.k.ref(bw.b.Repo, string(d), bw.b.Tag, bw.fresh), "")
+			}
+		}
 	}
 	return nil
+}
+
+// dropOld adds to t, as far as they fit, the deletion of the index entries
+// of the generations the write's bindings replace.
+func (w *write) dropOld(t *txn) {
+	for _, bw := range w.bs {
+		bw.oldDropped = false
+		if bw.old == nil || bw.old.Gen == bw.rec.Gen {
+			continue
+		}
+		refs := bw.old.RefDigests()
+		if !t.fits(len(refs), 256*len(refs)) {
+			continue
+		}
+		for _, d := range refs {
+			t.del(w.l.k.ref(bw.old.Repo, string(d), bw.old.Tag, bw.old.Gen))
+		}
+		bw.oldDropped = true
+	}
 }
 
 // stored notes that the write's bindings are stored and removes, as far
@@ -161,7 +209,7 @@ func (w *write) add(t *txn) error {
 func (w *write) stored(ctx context.Context) {
 	for _, bw := range w.bs {
 		bw.done = true
-		if bw.old != nil && bw.old.Gen != bw.rec.Gen {
+		if bw.old != nil && bw.old.Gen != bw.rec.Gen && !bw.oldDropped {
 			w.l.dropGen(ctx, bw.old.Repo, bw.old.Tag, bw.old.Gen, bw.old.RefDigests(), false)
 		}
 	}
@@ -175,7 +223,7 @@ func (w *write) cleanup(ctx context.Context) {
 		return
 	}
 	for _, bw := range w.bs {
-		if bw.fresh != "" && (!bw.done || bw.rec.Gen != bw.fresh) {
+		if bw.ahead && (!bw.done || bw.rec.Gen != bw.fresh) {
 			w.l.dropGen(context.WithoutCancel(ctx), bw.b.Repo, bw.b.Tag, bw.fresh, bw.b.RefDigests(), true)
 		}
 	}
@@ -236,6 +284,7 @@ func (w *write) commit(ctx context.Context, extra func(*txn), events []storage.E
 		}
 		t.put(k, string(v))
 	}
+	w.dropOld(&t)
 	resp, err := t.commit(ctx, l.kv)
 	if len(events) > 0 {
 		l.committed(resp, err, n, len(n.events) > 0)
