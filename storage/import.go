@@ -40,13 +40,13 @@ type ImportRecord struct {
 type ImportView interface {
 	// Binding returns the binding of repo:tag; ok is false when there is
 	// none.
-	Binding(repo, tag string) (b Binding, ok bool, err error)
+	Binding(ctx context.Context, repo, tag string) (b Binding, ok bool, err error)
 	// Reservation returns the pending reservation id; ok is false when
 	// there is none.
-	Reservation(id string) (r Reservation, ok bool, err error)
+	Reservation(ctx context.Context, id string) (r Reservation, ok bool, err error)
 	// Event returns the event recorded under seq; ok is false when there
 	// is none.
-	Event(seq uint64) (e Event, ok bool, err error)
+	Event(ctx context.Context, seq uint64) (e Event, ok bool, err error)
 }
 
 // ImportTarget is what ImportInto needs from a backend.
@@ -84,7 +84,7 @@ func ImportInto(ctx context.Context, r io.Reader, o ImportOptions, t ImportTarge
 					return err
 				}
 			}
-			c, err := ov.check(rec, true)
+			c, err := ov.check(ctx, rec, true)
 			if err != nil {
 				return fmt.Errorf("import record %d: %w", rec.N, err)
 			}
@@ -109,7 +109,7 @@ func ImportInto(ctx context.Context, r io.Reader, o ImportOptions, t ImportTarge
 			replaced = replaced[:0]
 			ov := newOverlay(v)
 			for _, rec := range recs {
-				c, err := ov.check(rec, false)
+				c, err := ov.check(ctx, rec, false)
 				if err != nil {
 					return fmt.Errorf("import record %d: %w", rec.N, err)
 				}
@@ -166,22 +166,22 @@ func newOverlay(v ImportView) *overlay {
 	return &overlay{v: v, bindings: map[string]Binding{}, reservations: map[string]Reservation{}, events: map[uint64]Event{}}
 }
 
-func (o *overlay) binding(repo, tag string) (Binding, bool, error) {
+func (o *overlay) binding(ctx context.Context, repo, tag string) (Binding, bool, error) {
 	if b, ok := o.bindings[repo+nul+tag]; ok {
 		return b, true, nil
 	}
-	return o.v.Binding(repo, tag)
+	return o.v.Binding(ctx, repo, tag)
 }
 
 // check reports how rec contradicts the ledger (without Record), or nil,
 // and notes rec in o; an error means rec cannot be imported at all.
 // whole is true while checking the whole stream before writing, when an
 // event appearing twice is the stream's fault rather than the ledger's.
-func (o *overlay) check(rec ImportRecord, whole bool) (*Contradiction, error) {
+func (o *overlay) check(ctx context.Context, rec ImportRecord, whole bool) (*Contradiction, error) {
 	switch {
 	case rec.Binding != nil:
 		b := *rec.Binding
-		old, ok, err := o.binding(b.Repo, b.Tag)
+		old, ok, err := o.binding(ctx, b.Repo, b.Tag)
 		if err != nil {
 			return nil, err
 		}
@@ -195,7 +195,7 @@ func (o *overlay) check(rec ImportRecord, whole bool) (*Contradiction, error) {
 		return nil, nil
 	case rec.Reservation != nil:
 		r := *rec.Reservation
-		c, err := o.reservationContradiction(r)
+		c, err := o.reservationContradiction(ctx, r)
 		o.reservations[r.ID] = r
 		return c, err
 	case rec.Event != nil:
@@ -211,7 +211,7 @@ func (o *overlay) check(rec ImportRecord, whole bool) (*Contradiction, error) {
 				}
 				return nil, fmt.Errorf("event %d differs from the recorded one: %w", e.Seq, ErrInvalid)
 			}
-		} else if old, ok, err := o.v.Event(e.Seq); err != nil {
+		} else if old, ok, err := o.v.Event(ctx, e.Seq); err != nil {
 			return nil, err
 		} else if ok && !sameJSON(old, j) {
 			return nil, fmt.Errorf("event %d differs from the recorded one: %w", e.Seq, ErrInvalid)
@@ -233,11 +233,11 @@ func sameJSON(v any, j []byte) bool {
 // delete by tag tombstones the tag with the delete's mode. So a new one
 // holding an immutable tag for another digest, or deleting it with a weaker
 // mode, would change the binding later.
-func (o *overlay) reservationContradiction(r Reservation) (*Contradiction, error) {
+func (o *overlay) reservationContradiction(ctx context.Context, r Reservation) (*Contradiction, error) {
 	old, ok := o.reservations[r.ID]
 	if !ok {
 		var err error
-		if old, ok, err = o.v.Reservation(r.ID); err != nil {
+		if old, ok, err = o.v.Reservation(ctx, r.ID); err != nil {
 			return nil, err
 		}
 	}
@@ -251,7 +251,7 @@ func (o *overlay) reservationContradiction(r Reservation) (*Contradiction, error
 		}
 	}
 	for _, tag := range r.Tags {
-		b, ok, err := o.binding(r.Repo, tag)
+		b, ok, err := o.binding(ctx, r.Repo, tag)
 		if err != nil {
 			return nil, err
 		}

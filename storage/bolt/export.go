@@ -173,11 +173,11 @@ func importEvent(tx *bbolt.Tx, e storage.Event) error {
 // txView is a transaction as import checks read it.
 type txView struct{ tx *bbolt.Tx }
 
-func (v txView) Binding(repo, tag string) (storage.Binding, bool, error) {
+func (v txView) Binding(_ context.Context, repo, tag string) (storage.Binding, bool, error) {
 	return getBinding(v.tx, repo, tag)
 }
 
-func (v txView) Reservation(id string) (storage.Reservation, bool, error) {
+func (v txView) Reservation(_ context.Context, id string) (storage.Reservation, bool, error) {
 	raw := v.tx.Bucket(bucketReservations).Get([]byte(id))
 	if raw == nil {
 		return storage.Reservation{}, false, nil
@@ -186,7 +186,7 @@ func (v txView) Reservation(id string) (storage.Reservation, bool, error) {
 	return r, err == nil, err
 }
 
-func (v txView) Event(seq uint64) (storage.Event, bool, error) {
+func (v txView) Event(_ context.Context, seq uint64) (storage.Event, bool, error) {
 	k := seqKey(seq)
 	raw := v.tx.Bucket(bucketEvents).Get(k)
 	if raw == nil {

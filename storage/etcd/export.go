@@ -213,26 +213,22 @@ func (t importTarget) ViewImport(ctx context.Context, records []storage.ImportRe
 	if err != nil {
 		return err
 	}
-	return fn(viewAt{ctx, v})
+	return fn(v)
 }
 
-// viewAt answers storage.ImportView from an importView; the context only
-// serves to read chunked manifests within the call that made it.
-type viewAt struct {
-	ctx context.Context
-	v   *importView
-}
-
-func (a viewAt) kv(k string) (*mvccpb.KeyValue, error) {
-	kv, ok := a.v.kvs[k]
+// kv returns what the view read of key k, nil when k was absent.
+func (v *importView) kv(k string) (*mvccpb.KeyValue, error) {
+	kv, ok := v.kvs[k]
 	if !ok {
 		return nil, fmt.Errorf("import read %q, which it did not ask for", k)
 	}
 	return kv, nil
 }
 
-func (a viewAt) Binding(repo, tag string) (storage.Binding, bool, error) {
-	kv, err := a.kv(a.v.l.k.binding(repo, tag))
+// Binding implements storage.ImportView, reading a chunked manifest at the
+// view's revision.
+func (v *importView) Binding(ctx context.Context, repo, tag string) (storage.Binding, bool, error) {
+	kv, err := v.kv(v.l.k.binding(repo, tag))
 	if err != nil || kv == nil {
 		return storage.Binding{}, false, err
 	}
@@ -240,14 +236,15 @@ func (a viewAt) Binding(repo, tag string) (storage.Binding, bool, error) {
 	if err != nil {
 		return storage.Binding{}, false, err
 	}
-	if err := a.v.l.loadManifest(a.ctx, a.v.rev, &rec); err != nil {
+	if err := v.l.loadManifest(ctx, v.rev, &rec); err != nil {
 		return storage.Binding{}, false, err
 	}
 	return rec.Binding, true, nil
 }
 
-func (a viewAt) Reservation(id string) (storage.Reservation, bool, error) {
-	kv, err := a.kv(a.v.l.k.reservation(id))
+// Reservation implements storage.ImportView.
+func (v *importView) Reservation(_ context.Context, id string) (storage.Reservation, bool, error) {
+	kv, err := v.kv(v.l.k.reservation(id))
 	if err != nil || kv == nil {
 		return storage.Reservation{}, false, err
 	}
@@ -255,8 +252,9 @@ func (a viewAt) Reservation(id string) (storage.Reservation, bool, error) {
 	return r, err == nil, err
 }
 
-func (a viewAt) Event(seq uint64) (storage.Event, bool, error) {
-	kv, err := a.kv(a.v.l.k.event(seq))
+// Event implements storage.ImportView.
+func (v *importView) Event(_ context.Context, seq uint64) (storage.Event, bool, error) {
+	kv, err := v.kv(v.l.k.event(seq))
 	if err != nil || kv == nil {
 		return storage.Event{}, false, err
 	}
@@ -289,7 +287,7 @@ func (t importTarget) WriteImport(ctx context.Context, records []storage.ImportR
 		if err != nil {
 			return false, err
 		}
-		if err := check(viewAt{ctx, v}); err != nil {
+		if err := check(v); err != nil {
 			return false, err
 		}
 		for _, bw := range w.bs {
