@@ -207,7 +207,7 @@ func (l *Ledger) putReservation(t *txn, r storage.Reservation) error {
 		return fmt.Errorf("encode reservation %s: %w", r.ID, err)
 	}
 	t.put(l.k.reservation(r.ID), string(v))
-	for _, tag := range r.Tags {
+	for _, tag := range uniq(r.Tags) {
 		t.put(l.k.reservedTag(r.Repo, tag, r.ID), r.ID)
 	}
 	if len(r.Holds()) > 0 {
@@ -219,7 +219,7 @@ func (l *Ledger) putReservation(t *txn, r storage.Reservation) error {
 // deleteReservation adds to t the deletion of r and its index entries.
 func (l *Ledger) deleteReservation(t *txn, r storage.Reservation) {
 	t.del(l.k.reservation(r.ID))
-	for _, tag := range r.Tags {
+	for _, tag := range uniq(r.Tags) {
 		t.del(l.k.reservedTag(r.Repo, tag, r.ID))
 	}
 	if len(r.Holds()) > 0 {
@@ -495,6 +495,18 @@ func (l *Ledger) Reservations(ctx context.Context) ([]storage.Reservation, error
 		return cmp.Or(a.CreatedAt.Compare(b.CreatedAt), cmp.Compare(a.ID, b.ID))
 	})
 	return out, nil
+}
+
+// uniq returns tags without repeats, in order: etcd refuses one key twice
+// in a transaction, and a reservation may name a tag twice.
+func uniq(tags []string) []string {
+	out := make([]string, 0, len(tags))
+	for _, tag := range tags {
+		if !slices.Contains(out, tag) {
+			out = append(out, tag)
+		}
+	}
+	return out
 }
 
 func decodeReservation(kv *mvccpb.KeyValue) (storage.Reservation, error) {

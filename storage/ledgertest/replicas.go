@@ -102,9 +102,20 @@ func testLargeManifests(t *testing.T, open Opener) {
 
 func testManyTags(t *testing.T, open Opener) {
 	// A push may hold many tags at once (?tag= parameters), and holds each
-	// of them against other pushes and deletes, both ways round.
+	// of them against other pushes and deletes, both ways round; a tag
+	// named twice is held once.
 	ctx := context.Background()
 	l := open(t)
+	twice := MustReserve(t, l, storage.Reservation{Repo: "r", Tags: []string{"dup", "dup"}, Digest: Digest("dup")})
+	if _, err := l.Reserve(ctx, storage.Reservation{Repo: "r", Tags: []string{"dup"}, Digest: Digest("other")}); !errors.Is(err, storage.ErrBusy) {
+		t.Errorf("push of a tag reserved twice over: err = %v, want busy", err)
+	}
+	if err := l.Commit(ctx, twice.ID, []storage.Binding{NewBinding("r", "dup", "dup"), NewBinding("r", "dup", "dup")}, nil); err != nil {
+		t.Fatalf("Commit of a tag named twice: %v", err)
+	}
+	if problems, err := l.Check(ctx); err != nil {
+		t.Errorf("Check after a tag named twice: %v %q", err, problems)
+	}
 	var many []string
 	for i := range 60 {
 		many = append(many, fmt.Sprintf("t%02d", i))
