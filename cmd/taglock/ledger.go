@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"time"
@@ -87,7 +88,9 @@ const (
 // open loads the config and reaches the ledger: directly when no other
 // process holds it, otherwise through the admin socket of the serve that
 // does. It never waits on the lock for more than lockWait. An etcd ledger
-// is never held: the commands always reach it directly.
+// is never held, but a serve on the data directory still owns its embedded
+// registry and retention state: the commands go through its admin socket
+// when one answers there, and reach etcd directly otherwise.
 func (g *globals) open(ctx context.Context, mode openMode) (*session, error) {
 	cfg, err := g.load()
 	if err != nil {
@@ -98,6 +101,11 @@ func (g *globals) open(ctx context.Context, mode openMode) (*session, error) {
 	}
 	path := ledger.BoltPath(cfg.Data)
 	s := &session{cfg: cfg, ledger: ledger.Describe(cfg), close: func() {}}
+	if ledger.Shared(cfg) && serveAnswers(cfg.AdminSocket()) {
+		s.socket = cfg.AdminSocket()
+		s.service = admin.NewClient(s.socket)
+		return s, nil
+	}
 	if mode == readOnly && !ledger.Shared(cfg) {
 		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
 			return nil, exitError{code: exitFailure, msg: fmt.Sprintf("no ledger at %s: has taglock served from data directory %s?", path, cfg.Data)}
@@ -146,6 +154,17 @@ func (g *globals) open(ctx context.Context, mode openMode) (*session, error) {
 	}
 	s.service = local
 	return s, nil
+}
+
+// serveAnswers reports whether a process accepts connections on the Unix
+// socket at path, within lockWait.
+func serveAnswers(path string) bool {
+	c, err := net.DialTimeout("unix", path, lockWait)
+	if err != nil {
+		return false
+	}
+	_ = c.Close()
+	return true
 }
 
 // explain turns an admin API failure into what the user must know: the
@@ -231,9 +250,9 @@ func newLedgerCmd(g *globals) *cobra.Command {
 the data directory: without serve it opens the ledger itself; with serve it
 asks the running server through its admin socket (admin.socket, by default
 taglock.sock in the data directory), found through --config or --data. With
-ledger.backend etcd the subcommands reach the etcd cluster the config names
-directly, while serve runs or not: export from one config and import with
-another to move a ledger between bolt and etcd.
+ledger.backend etcd and no serve answering on the socket, the subcommands
+reach the etcd cluster the config names directly: export from one config and
+import with another to move a ledger between bolt and etcd.
 
 Exit codes: 0 success, 1 failure or problems found, 2 usage error.`,
 	}

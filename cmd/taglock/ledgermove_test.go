@@ -116,3 +116,39 @@ func TestLedgerMovesToEtcdAndBack(t *testing.T) {
 		t.Fatal("bolt -> etcd -> bolt changed the export")
 	}
 }
+
+// TestCommandsUseServeOnEtcd ensures that with the ledger on etcd and serve
+// running on the data directory, the commands still go through serve's
+// admin socket, which owns the embedded registry and retention state,
+// rather than opening the registry a second time: the import's audit event
+// names the user on the admin socket. Without serve they reach etcd
+// directly.
+func TestCommandsUseServeOnEtcd(t *testing.T) {
+	t.Parallel()
+	cluster := etcdtest.Start(t, 1)
+	e := ltNewEnv(t)
+	e.up.put(t, "team/app", "1.0", "one")
+	e.cfg.Ledger.Backend, e.cfg.Ledger.Endpoints = config.BackendEtcd, cluster.Endpoints()
+	auditFile := filepath.Join(t.TempDir(), "audit.jsonl")
+	e.cfg.Log.Audit = auditFile
+	e.serve(t)
+	conf, err := os.ReadFile(e.conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf = append(conf, fmt.Sprintf("ledger:\n  backend: etcd\n  endpoints: [%s]\n", cluster.Endpoints()[0])...)
+	if err := os.WriteFile(e.conf, conf, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out := e.mustRun(t, 0, "import"); !strings.Contains(out, "adopted 1") {
+		t.Errorf("import through serve: %s", out)
+	}
+	user := fmt.Sprintf("(uid %d, pid %d) on the admin socket", os.Getuid(), os.Getpid())
+	if ev := auditEvents(t, auditFile, "upstream-imported"); len(ev) != 1 || !strings.HasSuffix(fmt.Sprint(ev[0]["user"]), user) {
+		t.Errorf("upstream-imported events: %v, want the user %q", ev, user)
+	}
+	e.stop(t)
+	if out := e.mustRun(t, 0, "resolve", "team/app:1.0"); !strings.Contains(out, "team/app:1.0@sha256:") {
+		t.Errorf("resolve on etcd without serve: %s", out)
+	}
+}

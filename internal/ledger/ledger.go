@@ -45,8 +45,8 @@ type Options struct {
 func BoltPath(data string) string { return filepath.Join(data, "ledger.db") }
 
 // Shared reports whether the ledger cfg names is shared by every process
-// that opens it (etcd) rather than held by one at a time (the bolt file):
-// the commands then reach it directly, never through serve's admin socket.
+// that opens it (etcd) rather than held by one at a time (the bolt file),
+// so that no lock tells the commands whether serve runs.
 func Shared(cfg config.Config) bool { return cfg.Ledger.Backend == config.BackendEtcd }
 
 // Open opens the ledger cfg names: the bolt file in cfg.Data, or the etcd
