@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
 	"github.com/taglock/taglock/internal/config"
 	"github.com/taglock/taglock/storage"
 	"github.com/taglock/taglock/storage/etcd/etcdtest"
@@ -103,5 +106,56 @@ func TestCheckBackup(t *testing.T) {
 	}
 	if err := CheckBackup(ctx, etcdCfg, bad); err == nil {
 		t.Error("CheckBackup of a broken export succeeded")
+	}
+}
+
+// TestOpenEtcdWithAuthentication ensures that ledger.username and
+// ledger.password_file authenticate to an etcd cluster with
+// authentication on, as a user whose role may only use the ledger's
+// prefix, and that a wrong password does not open the ledger.
+func TestOpenEtcdWithAuthentication(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	cluster := etcdtest.Start(t, 1)
+	c, err := clientv3.New(clientv3.Config{Endpoints: cluster.Endpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for _, step := range []func() error{
+		func() error { _, err := c.RoleAdd(ctx, "root"); return err },
+		func() error { _, err := c.UserAdd(ctx, "root", "rootpw"); return err },
+		func() error { _, err := c.UserGrantRole(ctx, "root", "root"); return err },
+		func() error { _, err := c.RoleAdd(ctx, "taglock"); return err },
+		func() error {
+			_, err := c.RoleGrantPermission(ctx, "taglock", "/taglock/", clientv3.GetPrefixRangeEnd("/taglock/"), clientv3.PermissionType(clientv3.PermReadWrite))
+			return err
+		},
+		func() error { _, err := c.UserAdd(ctx, "taglock", "s3cret"); return err },
+		func() error { _, err := c.UserGrantRole(ctx, "taglock", "taglock"); return err },
+		func() error { _, err := c.AuthEnable(ctx); return err },
+	} {
+		if err := step(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pw := filepath.Join(t.TempDir(), "password")
+	if err := os.WriteFile(pw, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := config.Default()
+	cfg.Ledger.Backend, cfg.Ledger.Endpoints = config.BackendEtcd, cluster.Endpoints()
+	cfg.Ledger.Username, cfg.Ledger.PasswordFile = "taglock", pw
+	l, err := Open(ctx, cfg, Options{})
+	if err != nil {
+		t.Fatalf("Open with the password file: %v", err)
+	}
+	ledgertest.MustPut(t, l, []storage.Binding{ledgertest.NewBinding("r", "v1", "one")})
+	_ = l.Close()
+	cfg.Ledger.PasswordFile, cfg.Ledger.Password = "", "wrong"
+	cfg.Ledger.DialTimeout, cfg.Ledger.RequestTimeout = config.Duration(time.Second), config.Duration(time.Second)
+	if l, err := Open(ctx, cfg, Options{}); err == nil {
+		_ = l.Close()
+		t.Error("Open with a wrong password succeeded")
 	}
 }
