@@ -137,5 +137,9 @@
 // grows without bound, as in the bolt file; mind the cluster's space quota
 // (--quota-backend-bytes, 2 GiB by default). A Reserve or Commit whose
 // request times out may still have been applied: its reservation then stays
-// pending until the settler reconciles it, as after a crash.
+// pending until the settler reconciles it, as after a crash. A write whose
+// bindings alone do not fit one transaction fails rather than being split:
+// a push of more than 60 tags (Reserve refuses it), a Put of more than
+// about 120 bindings, or a delete by digest of a manifest more than about
+// 120 live tags point at.
 package etcd
