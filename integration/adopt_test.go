@@ -11,6 +11,7 @@ import (
 
 	"github.com/taglock/taglock/internal/server"
 	"github.com/taglock/taglock/storage"
+	"github.com/taglock/taglock/storage/bolt"
 )
 
 // TestPreexistingTagProtected ensures that a tag the registry held before
@@ -74,7 +75,7 @@ func TestReconcileAtStartup(t *testing.T) {
 		})
 
 		longAgo := time.Now().Add(-time.Hour)
-		l, err := storage.Open(server.LedgerPath(e.Data), storage.Options{Now: func() time.Time { return longAgo }})
+		l, err := bolt.Open(server.LedgerPath(e.Data), bolt.Options{Now: func() time.Time { return longAgo }})
 		if err != nil {
 			t.Fatalf("open ledger: %v", err)
 		}

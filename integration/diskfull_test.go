@@ -25,6 +25,7 @@ import (
 	"github.com/taglock/taglock/proxy"
 	"github.com/taglock/taglock/proxy/embedded"
 	"github.com/taglock/taglock/storage"
+	"github.com/taglock/taglock/storage/bolt"
 )
 
 // TestLedgerOnFullDisk ensures what a full disk under the data directory
@@ -260,7 +261,7 @@ func waitNoReservations(t *testing.T, l interface {
 // writeFailingLedger is a ledger whose writes fail with ENOSPC once full
 // is set, as on a full disk.
 type writeFailingLedger struct {
-	*storage.Ledger
+	*bolt.Ledger
 	full atomic.Bool
 }
 
@@ -351,7 +352,7 @@ func fullDiskByFaults(t *testing.T, m Mode) {
 		t.Cleanup(func() { _ = reg.Shutdown() })
 		up = proxy.NewInProcess(reg.Handler())
 	}
-	l, err := storage.Open(filepath.Join(t.TempDir(), "ledger.db"), storage.Options{})
+	l, err := bolt.Open(filepath.Join(t.TempDir(), "ledger.db"), bolt.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -55,6 +55,7 @@ import (
 	"github.com/taglock/taglock/internal/config"
 	"github.com/taglock/taglock/internal/server"
 	"github.com/taglock/taglock/storage"
+	"github.com/taglock/taglock/storage/bolt"
 )
 
 // TestMain silences Distribution, which logs every request through logrus's
@@ -241,13 +242,13 @@ func (e *Env) Stop(t *testing.T) {
 }
 
 // Ledger is the running taglock's open ledger.
-func (e *Env) Ledger() *storage.Ledger { return e.srv.Ledger() }
+func (e *Env) Ledger() storage.Ledger { return e.srv.Ledger() }
 
 // MustOpenLedger stops taglock and opens its ledger file directly.
-func (e *Env) MustOpenLedger(t *testing.T) *storage.Ledger {
+func (e *Env) MustOpenLedger(t *testing.T) storage.Ledger {
 	t.Helper()
 	e.Stop(t)
-	l, err := storage.Open(server.LedgerPath(e.Data), storage.Options{})
+	l, err := bolt.Open(server.LedgerPath(e.Data), bolt.Options{})
 	if err != nil {
 		t.Fatalf("open ledger: %v", err)
 	}

@@ -15,13 +15,14 @@ import (
 	"github.com/taglock/taglock/internal/server"
 	"github.com/taglock/taglock/proxy"
 	"github.com/taglock/taglock/storage"
+	"github.com/taglock/taglock/storage/bolt"
 )
 
 // ltOffline runs fn on the ledger tools the way the commands do when serve
 // is not running: on the ledger file and the upstream directly.
 func ltOffline(t *testing.T, e *Env, fn func(l admin.Local)) {
 	t.Helper()
-	l, err := storage.Open(server.LedgerPath(e.Data), storage.Options{LockTimeout: -1})
+	l, err := bolt.Open(server.LedgerPath(e.Data), bolt.Options{LockTimeout: -1})
 	if err != nil {
 		t.Fatalf("open ledger without serve: %v", err)
 	}
@@ -137,7 +138,7 @@ func TestLedgerToolsAdoptVerifyRepair(t *testing.T) {
 	if err := c.Export(ctx, &export); err != nil {
 		t.Fatal(err)
 	}
-	copyLedger, err := storage.Open(filepath.Join(t.TempDir(), "copy.db"), storage.Options{NoSync: true})
+	copyLedger, err := bolt.Open(filepath.Join(t.TempDir(), "copy.db"), bolt.Options{NoSync: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,7 +17,7 @@ import (
 	"github.com/taglock/taglock/internal/config"
 	"github.com/taglock/taglock/internal/server"
 	"github.com/taglock/taglock/proxy"
-	"github.com/taglock/taglock/storage"
+	"github.com/taglock/taglock/storage/bolt"
 )
 
 // mustBasicUpstream serves a Distribution registry that demands Basic
@@ -115,7 +115,7 @@ func TestOfflineImportWithUpstreamBasic(t *testing.T) {
 	cfg.Data = t.TempDir()
 	cfg.Upstream.URL = "http://" + up
 	cfg.Upstream.Auth = config.UpstreamAuth{Mode: "basic", Username: "AWS", Password: "pw"}
-	l, err := storage.Open(server.LedgerPath(cfg.Data), storage.Options{})
+	l, err := bolt.Open(server.LedgerPath(cfg.Data), bolt.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,7 +15,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/taglock/taglock/policy"
-	"github.com/taglock/taglock/storage"
+	"github.com/taglock/taglock/storage/bolt"
 )
 
 // TestNeeds ensures each endpoint asks for the action the access rules
@@ -110,7 +110,7 @@ func TestAuthorize(t *testing.T) {
 	up := &recordingUpstream{}
 	var audit bytes.Buffer
 	auditLog := zerolog.New(&audit)
-	l, err := storage.Open(filepath.Join(t.TempDir(), "ledger.db"), storage.Options{NoSync: true})
+	l, err := bolt.Open(filepath.Join(t.TempDir(), "ledger.db"), bolt.Options{NoSync: true})
 	if err != nil {
 		t.Fatal(err)
 	}

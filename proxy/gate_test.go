@@ -13,7 +13,7 @@ import (
 
 	digest "github.com/opencontainers/go-digest"
 
-	"github.com/taglock/taglock/storage"
+	"github.com/taglock/taglock/storage/bolt"
 )
 
 // patience is how long a test waits for something that must happen soon.
@@ -147,7 +147,7 @@ func (g *WriteGate) isHeld() bool {
 // ledger.
 func newTestServer(t *testing.T, up http.Handler, o Options) *Server {
 	t.Helper()
-	l, err := storage.Open(filepath.Join(t.TempDir(), "ledger.db"), storage.Options{NoSync: true})
+	l, err := bolt.Open(filepath.Join(t.TempDir(), "ledger.db"), bolt.Options{NoSync: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,12 +19,13 @@ import (
 	"github.com/taglock/taglock/policy"
 	"github.com/taglock/taglock/proxy/embedded"
 	"github.com/taglock/taglock/storage"
+	"github.com/taglock/taglock/storage/bolt"
 )
 
 // faultyLedger is a ledger whose writes fail, as on a full or read-only
 // disk, for the operations named in fail. Reads always work.
 type faultyLedger struct {
-	*storage.Ledger
+	*bolt.Ledger
 	mu   sync.Mutex
 	fail map[string]bool
 }
@@ -147,7 +148,7 @@ func newLedgerFailFixture(t *testing.T) *ledgerFailFixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = reg.Shutdown() })
-	l, err := storage.Open(filepath.Join(dir, "ledger.db"), storage.Options{NoSync: true})
+	l, err := bolt.Open(filepath.Join(dir, "ledger.db"), bolt.Options{NoSync: true})
 	if err != nil {
 		t.Fatal(err)
 	}

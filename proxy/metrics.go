@@ -120,13 +120,27 @@ type LedgerReader interface {
 	Reservations(ctx context.Context) ([]storage.Reservation, error)
 }
 
+// LostEventsCounter is a ledger that counts history events it could not
+// record after the bindings they describe (the etcd backend).
+type LostEventsCounter interface {
+	LostEvents() uint64
+}
+
 // WatchLedger registers gauges read from l when Prometheus scrapes:
 // taglock_tags{mode} (deleted tags as mode="deleted") and
-// taglock_reservations_pending. Counting the tags walks the ledger, so it
-// is done at most once per every (default 30s) and cached between scrapes.
+// taglock_reservations_pending, and, when l is a LostEventsCounter,
+// taglock_ledger_events_lost_total. Counting the tags walks the ledger, so
+// it is done at most once per every (default 30s) and cached between
+// scrapes.
 func (m *Metrics) WatchLedger(l LedgerReader, every time.Duration) {
 	if every <= 0 {
 		every = 30 * time.Second
+	}
+	if lc, ok := l.(LostEventsCounter); ok {
+		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "taglock_ledger_events_lost_total",
+			Help: "History events the ledger could not record after the bindings they describe (each is also logged).",
+		}, func() float64 { return float64(lc.LostEvents()) }))
 	}
 	m.reg.MustRegister(&ledgerCollector{l: l, every: every,
 		tags: prometheus.NewDesc("taglock_tags", "Tags the ledger records, by mode; deleted tags (tombstones) as mode=\"deleted\".", []string{"mode"}, nil),

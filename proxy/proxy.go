@@ -26,6 +26,7 @@ import (
 type Ledger interface {
 	Binding(ctx context.Context, repo, tag string) (storage.Binding, error)
 	Bindings(ctx context.Context, repo string) ([]storage.Binding, error)
+	Repositories(ctx context.Context) ([]string, error)
 	Referencing(ctx context.Context, repo string, d digest.Digest) ([]storage.Binding, error)
 	Reserve(ctx context.Context, r storage.Reservation) (storage.Reservation, error)
 	Commit(ctx context.Context, reservationID string, bindings []storage.Binding, events []storage.Event, manifests ...storage.Manifest) error
@@ -38,7 +39,7 @@ type Ledger interface {
 	PutManifest(ctx context.Context, m storage.Manifest) error
 }
 
-var _ Ledger = (*storage.Ledger)(nil)
+var _ Ledger = storage.Ledger(nil)
 
 // Options configures a Server. Only Upstream and Ledger are required.
 type Options struct {

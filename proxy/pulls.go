@@ -17,7 +17,7 @@ type PullRecorder interface {
 	RecordPulls(ctx context.Context, pulls []storage.Pull) error
 }
 
-var _ PullRecorder = (*storage.Ledger)(nil)
+var _ PullRecorder = storage.Ledger(nil)
 
 // DefaultPullFlush is how often a PullTracker writes what it collected
 // when PullTrackerOptions.Interval is zero.

@@ -17,6 +17,7 @@ import (
 
 	"github.com/taglock/taglock/policy"
 	"github.com/taglock/taglock/storage"
+	"github.com/taglock/taglock/storage/bolt"
 )
 
 // exchange is one request the proxy must send to the upstream, and the
@@ -104,9 +105,9 @@ func (s *script) Forward(w http.ResponseWriter, r *http.Request) {
 }
 
 // scripted is a proxy over a script and a fresh ledger.
-func scripted(t *testing.T, steps ...exchange) (*Server, *script, *storage.Ledger) {
+func scripted(t *testing.T, steps ...exchange) (*Server, *script, *bolt.Ledger) {
 	t.Helper()
-	l, err := storage.Open(filepath.Join(t.TempDir(), "ledger.db"), storage.Options{NoSync: true})
+	l, err := bolt.Open(filepath.Join(t.TempDir(), "ledger.db"), bolt.Options{NoSync: true})
 	if err != nil {
 		t.Fatal(err)
 	}

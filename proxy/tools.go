@@ -171,16 +171,11 @@ func (s *Server) Verify(ctx context.Context, o VerifyOptions) (VerifyReport, err
 	if err != nil {
 		return rep, err
 	}
-	repos := upRepos
-	if rl, ok := s.ledger.(interface {
-		Repositories(context.Context) ([]string, error)
-	}); ok {
-		known, err := rl.Repositories(ctx)
-		if err != nil {
-			return rep, fmt.Errorf("%w: repositories: %v", ErrLedger, err)
-		}
-		repos = append(slices.Clone(upRepos), known...)
+	known, err := s.ledger.Repositories(ctx)
+	if err != nil {
+		return rep, fmt.Errorf("%w: repositories: %v", ErrLedger, err)
 	}
+	repos := append(slices.Clone(upRepos), known...)
 	slices.Sort(repos)
 	repos = slices.Compact(repos)
 	rep.Findings = []Finding{}

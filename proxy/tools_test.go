@@ -18,6 +18,7 @@ import (
 	"github.com/taglock/taglock/policy"
 	"github.com/taglock/taglock/proxy/embedded"
 	"github.com/taglock/taglock/storage"
+	"github.com/taglock/taglock/storage/bolt"
 )
 
 // toolsFixture is a proxy over an embedded registry that the test can also
@@ -25,7 +26,7 @@ import (
 type toolsFixture struct {
 	srv    *Server
 	up     http.Handler
-	ledger *storage.Ledger
+	ledger storage.Ledger
 }
 
 func newToolsFixture(t *testing.T) *toolsFixture {
@@ -37,7 +38,7 @@ func newToolsFixture(t *testing.T) *toolsFixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = reg.Shutdown() })
-	l, err := storage.Open(filepath.Join(dir, "ledger.db"), storage.Options{NoSync: true})
+	l, err := bolt.Open(filepath.Join(dir, "ledger.db"), bolt.Options{NoSync: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,7 +3,8 @@
 # a second run installs nothing and takes about a second.
 #
 #   Debian packages (apt, root or sudo): skopeo, docker.io (dockerd and the docker CLI),
-#     chromium (headless, for the web page's end-to-end test).
+#     chromium (headless, for the web page's end-to-end test), etcd-server (etcd 3.4,
+#     for the end-to-end tests of the etcd ledger against the server Debian ships).
 #   Go-built tools, into ${TAGLOCK_TOOLS:-$HOME/.cache/taglock/tools}:
 #     crane, oras, regctl   the real OCI clients the end-to-end tests drive
 #     registry              CNCF Distribution, the separate upstream for upstream mode
@@ -30,6 +31,7 @@ if ((use_apt)); then
   need=()
   command -v skopeo >/dev/null || need+=(skopeo)
   command -v chromium >/dev/null || need+=(chromium)
+  command -v etcd >/dev/null || need+=(etcd-server)
   if ! command -v dockerd >/dev/null || ! command -v docker >/dev/null; then
     need+=(docker.io)
   fi
@@ -40,7 +42,7 @@ if ((use_apt)); then
     as_root env DEBIAN_FRONTEND=noninteractive NEEDRESTART_MODE=a \
       apt-get install -y -qq "${need[@]}" >/dev/null
   fi
-  for cmd in skopeo dockerd docker chromium; do
+  for cmd in skopeo dockerd docker chromium etcd; do
     command -v "$cmd" >/dev/null || die "$cmd still missing after apt-get install"
   done
 fi

@@ -39,9 +39,10 @@ export_tool_env() {
   REGCTL=$TAGLOCK_TOOLS/regctl
   SKOPEO=$(command -v skopeo || true)
   DOCKER=$(command -v docker || true)
-  export TAGLOCK_BIN REGISTRY_BIN CONFORMANCE_BIN CRANE ORAS REGCTL SKOPEO DOCKER
+  ETCD_BIN=$(command -v etcd || true)
+  export TAGLOCK_BIN REGISTRY_BIN CONFORMANCE_BIN CRANE ORAS REGCTL SKOPEO DOCKER ETCD_BIN
   local name missing=0
-  for name in TAGLOCK_BIN REGISTRY_BIN CONFORMANCE_BIN CRANE ORAS REGCTL SKOPEO DOCKER; do
+  for name in TAGLOCK_BIN REGISTRY_BIN CONFORMANCE_BIN CRANE ORAS REGCTL SKOPEO DOCKER ETCD_BIN; do
     if [[ -z ${!name} || ! -x ${!name} ]]; then
       printf 'error: %s: no executable at "%s" (run scripts/install-deps.sh and make build)\n' "$name" "${!name}" >&2
       missing=1

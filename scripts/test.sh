@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs taglock's whole test suite on this machine, installing what it lacks:
 #
-#   1. scripts/install-deps.sh   skopeo, docker.io, crane, oras, regctl, registry, conformance
+#   1. scripts/install-deps.sh   skopeo, docker.io, etcd-server, crane, oras, regctl, registry, conformance
 #   2. gofmt -l and go vet       (go vet also with -tags e2e, and -tags bench, which
 #                                compiles the benchmarks that `make bench` runs)
 #   3. go build ./cmd/taglock    into bin/taglock, the binary the end-to-end tests run

@@ -22,13 +22,13 @@ var (
 	// Errors wrapping it are *ChangedError values.
 	ErrChanged = errors.New("binding changed")
 
-	// ErrLocked means Open could not get the ledger file's lock within
-	// Options.LockTimeout: another process (or another Ledger in this one)
-	// has it open.
+	// ErrLocked means a backend could not get the exclusive hold it needs
+	// on its store: the bolt backend's file lock within its LockTimeout,
+	// held by another process (or another Ledger in this one).
 	ErrLocked = errors.New("ledger is locked by another process")
 
-	// ErrCorrupt means Check found a problem, or Open found a file that is
-	// not a ledger this version understands.
+	// ErrCorrupt means Check found a problem, or a backend found a store
+	// (a file, a key prefix) that is not a ledger this version understands.
 	ErrCorrupt = errors.New("ledger is corrupt")
 
 	// ErrInvalid means a record passed to the ledger cannot be stored: an
@@ -41,8 +41,8 @@ var (
 	// it are *ContradictionError values.
 	ErrContradiction = errors.New("import contradicts the ledger")
 
-	// ErrReadOnly means a write was attempted on a ledger opened with
-	// Options.ReadOnly.
+	// ErrReadOnly means a write was attempted on a ledger opened
+	// read-only.
 	ErrReadOnly = errors.New("ledger is read-only")
 )
 

@@ -13,11 +13,7 @@ import (
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
-	bolt "go.etcd.io/bbolt"
 )
-
-// importBatch is how many records Import writes per transaction.
-const importBatch = 1000
 
 // ImportOptions configures Import.
 type ImportOptions struct {
@@ -27,48 +23,73 @@ type ImportOptions struct {
 	Force bool
 }
 
-// Import reads records written by Export and stores them.
-//
-// Import never changes a binding silently. A binding record that differs in
-// any field from what the ledger (or an earlier record of the same import)
-// holds for its repo:tag, and a reservation that would hold an immutable tag
-// for another digest than its binding's, is a Contradiction. Without
-// o.Force, Import then fails with a *ContradictionError listing every one,
-// and writes nothing. Records identical to what the ledger holds, and
-// records of tags it does not hold, are not contradictions, so importing
-// the same stream again is safe.
-//
-// Otherwise bindings, manifests and reservations replace the records with
-// their keys, pulls keep the latest time, and events keep their Seq (an
-// event already recorded with the same Seq must be identical, or Import
-// fails with ErrInvalid). Unknown types or fields fail with ErrInvalid
-// naming the record number. Import reads and checks the whole stream, in
-// memory, before it writes anything; any invalid record means nothing is
-// written. It then writes importBatch (1000) records per transaction,
-// checking each record again inside its transaction: if a push changed a
-// binding meanwhile so that a record now contradicts it, Import stops with
-// a *ContradictionError, the batches before it stay written, and importing
-// the stream again with Force settles it.
-func (l *Ledger) Import(ctx context.Context, r io.Reader, o ImportOptions) (ImportStats, error) {
-	records, err := readImport(r)
+// ImportRecord is one parsed and validated record of an export stream:
+// exactly one of its pointers is set.
+type ImportRecord struct {
+	// N is the record's number in the stream, from 1; in an export every
+	// record is one line.
+	N           int
+	Binding     *Binding
+	Manifest    *Manifest
+	Pull        *Pull
+	Reservation *Reservation
+	Event       *Event
+}
+
+// ImportView is what checking import records reads of a ledger.
+type ImportView interface {
+	// Binding returns the binding of repo:tag; ok is false when there is
+	// none.
+	Binding(ctx context.Context, repo, tag string) (b Binding, ok bool, err error)
+	// Reservation returns the pending reservation id; ok is false when
+	// there is none.
+	Reservation(ctx context.Context, id string) (r Reservation, ok bool, err error)
+	// Event returns the event recorded under seq; ok is false when there
+	// is none.
+	Event(ctx context.Context, seq uint64) (e Event, ok bool, err error)
+}
+
+// ImportTarget is what ImportInto needs from a backend.
+type ImportTarget interface {
+	// ViewImport calls fn with a view of one consistent state of the
+	// ledger, which answers at least what checking records asks: the
+	// bindings of their repo:tags (a reservation's tags included), their
+	// reservations by ID and their events by Seq.
+	ViewImport(ctx context.Context, records []ImportRecord, fn func(ImportView) error) error
+	// WriteImport stores records, all or none, the way Import documents:
+	// bindings, manifests and reservations replace the records with their
+	// keys (a replaced reservation's index entries go with it), pulls keep
+	// the latest time, and events are stored under their own Seq, unless
+	// an identical event is there, with the event sequence moved past
+	// them. Before writing it calls check with a view of the ledger as the
+	// write finds it, and writes nothing when check fails; it may call
+	// check more than once.
+	WriteImport(ctx context.Context, records []ImportRecord, check func(ImportView) error) error
+}
+
+// ImportInto implements Ledger.Import on a backend's ImportTarget, writing
+// batch records per WriteImport.
+func ImportInto(ctx context.Context, r io.Reader, o ImportOptions, t ImportTarget, batch int) (ImportStats, error) {
+	records, err := ReadImport(r)
 	if err != nil {
 		return ImportStats{}, err
 	}
 	var found []Contradiction
-	err = l.view(ctx, func(tx *bolt.Tx) error {
-		v := &importView{tx: tx, pending: map[string]Binding{}, events: map[uint64][]byte{}}
+	err = t.ViewImport(ctx, records, func(v ImportView) error {
+		found = nil
+		ov := newOverlay(v)
 		for i, rec := range records {
-			if i%importBatch == 0 {
+			if i%checkEvery == 0 {
 				if err := ctx.Err(); err != nil {
 					return err
 				}
 			}
-			c, err := rec.check(v)
+			c, err := ov.check(ctx, rec, true)
 			if err != nil {
-				return fmt.Errorf("import record %d: %w", rec.n, err)
+				return fmt.Errorf("import record %d: %w", rec.N, err)
 			}
 			if c != nil {
-				c.Record = rec.n
+				c.Record = rec.N
 				found = append(found, *c)
 			}
 		}
@@ -81,34 +102,31 @@ func (l *Ledger) Import(ctx context.Context, r io.Reader, o ImportOptions) (Impo
 		return ImportStats{}, &ContradictionError{Contradictions: found}
 	}
 	var stats ImportStats
-	for start := 0; start < len(records); start += importBatch {
-		batch := records[start:min(start+importBatch, len(records))]
+	for start := 0; start < len(records); start += batch {
+		recs := records[start:min(start+batch, len(records))]
 		var replaced []Contradiction
-		err := l.update(ctx, func(tx *bolt.Tx) error {
+		err := t.WriteImport(ctx, recs, func(v ImportView) error {
 			replaced = replaced[:0]
-			v := &importView{tx: tx}
-			for _, rec := range batch {
-				c, err := rec.check(v)
+			ov := newOverlay(v)
+			for _, rec := range recs {
+				c, err := ov.check(ctx, rec, false)
 				if err != nil {
-					return fmt.Errorf("import record %d: %w", rec.n, err)
+					return fmt.Errorf("import record %d: %w", rec.N, err)
 				}
 				if c != nil {
-					c.Record = rec.n
+					c.Record = rec.N
 					if !o.Force {
 						return &ContradictionError{Contradictions: []Contradiction{*c}}
 					}
 					replaced = append(replaced, *c)
 				}
-				if err := rec.apply(tx); err != nil {
-					return fmt.Errorf("import record %d: %w", rec.n, err)
-				}
 			}
 			return nil
 		})
 		if err != nil {
-			return stats, fmt.Errorf("import records %d to %d (those before were written): %w", batch[0].n, batch[len(batch)-1].n, err)
+			return stats, fmt.Errorf("import records %d to %d (those before were written): %w", recs[0].N, recs[len(recs)-1].N, err)
 		}
-		for _, rec := range batch {
+		for _, rec := range recs {
 			rec.count(&stats)
 		}
 		stats.Replaced = append(stats.Replaced, replaced...)
@@ -116,40 +134,152 @@ func (l *Ledger) Import(ctx context.Context, r io.Reader, o ImportOptions) (Impo
 	return stats, nil
 }
 
-// importRecord is one parsed and validated export line.
-type importRecord struct {
-	n int // the record's number in the stream, from 1
-	// check reports how the record contradicts v (without Record), or
-	// nil, and notes the record in v; an error means the record cannot
-	// be imported at all.
-	check func(v *importView) (*Contradiction, error)
-	// apply stores the record.
-	apply func(tx *bolt.Tx) error
-	// count adds the record to the stats.
-	count func(*ImportStats)
+// checkEvery is how many records a long loop handles between looks at its
+// context.
+const checkEvery = 1000
+
+func (rec ImportRecord) count(s *ImportStats) {
+	switch {
+	case rec.Binding != nil:
+		s.Bindings++
+	case rec.Manifest != nil:
+		s.Manifests++
+	case rec.Pull != nil:
+		s.Pulls++
+	case rec.Reservation != nil:
+		s.Reservations++
+	case rec.Event != nil:
+		s.Events++
+	}
 }
 
-// importView is what an import's records are checked against: the ledger
-// as of tx and, while checking the whole stream before writing, the
-// records checked so far (which the write transactions hold by then).
-type importView struct {
-	tx      *bolt.Tx
-	pending map[string]Binding // by key(repo, tag); nil when writing
-	events  map[uint64][]byte  // JSON by Seq; nil when writing
+// overlay is an ImportView with the records checked so far on top, which a
+// write holds by the time it reaches the next record.
+type overlay struct {
+	v            ImportView
+	bindings     map[string]Binding
+	reservations map[string]Reservation
+	events       map[uint64]Event
 }
 
-// binding is what repo:tag is bound to, as far as v knows.
-func (v *importView) binding(repo, tag string) (Binding, bool, error) {
-	if b, ok := v.pending[string(key(repo, tag))]; ok {
+func newOverlay(v ImportView) *overlay {
+	return &overlay{v: v, bindings: map[string]Binding{}, reservations: map[string]Reservation{}, events: map[uint64]Event{}}
+}
+
+func (o *overlay) binding(ctx context.Context, repo, tag string) (Binding, bool, error) {
+	if b, ok := o.bindings[repo+nul+tag]; ok {
 		return b, true, nil
 	}
-	return getBinding(v.tx, repo, tag)
+	return o.v.Binding(ctx, repo, tag)
 }
 
-// readImport parses and validates every record of r.
-func readImport(r io.Reader) ([]importRecord, error) {
+// check reports how rec contradicts the ledger (without Record), or nil,
+// and notes rec in o; an error means rec cannot be imported at all.
+// whole is true while checking the whole stream before writing, when an
+// event appearing twice is the stream's fault rather than the ledger's.
+func (o *overlay) check(ctx context.Context, rec ImportRecord, whole bool) (*Contradiction, error) {
+	switch {
+	case rec.Binding != nil:
+		b := *rec.Binding
+		old, ok, err := o.binding(ctx, b.Repo, b.Tag)
+		if err != nil {
+			return nil, err
+		}
+		o.bindings[b.Repo+nul+b.Tag] = b
+		if !ok {
+			return nil, nil
+		}
+		if changes := bindingChanges(old, b); len(changes) > 0 {
+			return &Contradiction{Repo: b.Repo, Tag: b.Tag, Changes: changes}, nil
+		}
+		return nil, nil
+	case rec.Reservation != nil:
+		r := *rec.Reservation
+		c, err := o.reservationContradiction(ctx, r)
+		o.reservations[r.ID] = r
+		return c, err
+	case rec.Event != nil:
+		e := *rec.Event
+		j, err := json.Marshal(e)
+		if err != nil {
+			return nil, fmt.Errorf("encode event %d: %w", e.Seq, err)
+		}
+		if old, ok := o.events[e.Seq]; ok {
+			if !sameJSON(old, j) {
+				if whole {
+					return nil, fmt.Errorf("event %d appears twice, differently: %w", e.Seq, ErrInvalid)
+				}
+				return nil, fmt.Errorf("event %d differs from the recorded one: %w", e.Seq, ErrInvalid)
+			}
+		} else if old, ok, err := o.v.Event(ctx, e.Seq); err != nil {
+			return nil, err
+		} else if ok && !sameJSON(old, j) {
+			return nil, fmt.Errorf("event %d differs from the recorded one: %w", e.Seq, ErrInvalid)
+		}
+		o.events[e.Seq] = e
+	}
+	return nil, nil
+}
+
+// sameJSON reports whether v encodes to j.
+func sameJSON(v any, j []byte) bool {
+	b, err := json.Marshal(v)
+	return err == nil && bytes.Equal(b, j)
+}
+
+// reservationContradiction reports how importing r would change a binding
+// later. A pending reservation is settled when taglock learns what the
+// upstream did: a push is committed when the upstream holds its digest, a
+// delete by tag tombstones the tag with the delete's mode. So a new one
+// holding an immutable tag for another digest, or deleting it with a weaker
+// mode, would change the binding later.
+func (o *overlay) reservationContradiction(ctx context.Context, r Reservation) (*Contradiction, error) {
+	old, ok := o.reservations[r.ID]
+	if !ok {
+		var err error
+		if old, ok, err = o.v.Reservation(ctx, r.ID); err != nil {
+			return nil, err
+		}
+	}
+	if ok {
+		j, err := json.Marshal(r)
+		if err != nil {
+			return nil, fmt.Errorf("encode reservation %s: %w", r.ID, err)
+		}
+		if sameJSON(old, j) {
+			return nil, nil
+		}
+	}
+	for _, tag := range r.Tags {
+		b, ok, err := o.binding(ctx, r.Repo, tag)
+		if err != nil {
+			return nil, err
+		}
+		if !ok || b.Mode != ModeImmutable {
+			continue
+		}
+		recorded := "immutable, bound to " + string(b.Digest)
+		switch {
+		case b.Digest != r.Digest:
+			return &Contradiction{Repo: r.Repo, Tag: tag, Changes: []Change{{
+				Field: "reservation", Recorded: recorded, Incoming: fmt.Sprintf("%s reserved for %s", r.Kind, r.Digest),
+			}}}, nil
+		case r.IsDelete() && r.Mode != "" && r.Mode != ModeImmutable:
+			return &Contradiction{Repo: r.Repo, Tag: tag, Changes: []Change{{
+				Field: "reservation", Recorded: recorded, Incoming: "delete leaving a " + r.Mode + " tombstone",
+			}}}, nil
+		}
+	}
+	return nil, nil
+}
+
+// ReadImport parses and validates every record of r, written by Export. It
+// fails with an error wrapping ErrInvalid naming the record number on
+// malformed JSON, an unknown type or field, or a record that cannot be
+// stored.
+func ReadImport(r io.Reader) ([]ImportRecord, error) {
 	dec := json.NewDecoder(bufio.NewReader(r))
-	var records []importRecord
+	var records []ImportRecord
 	for n := 1; ; n++ {
 		var raw json.RawMessage
 		err := dec.Decode(&raw)
@@ -163,165 +293,79 @@ func readImport(r io.Reader) ([]importRecord, error) {
 		if err != nil {
 			return nil, fmt.Errorf("import record %d: %w", n, err)
 		}
-		rec.n = n
+		rec.N = n
 		records = append(records, rec)
 	}
 }
 
 // parseRecord decodes and validates one export line.
-func parseRecord(raw []byte) (importRecord, error) {
+func parseRecord(raw []byte) (ImportRecord, error) {
 	var head struct {
 		Type string `json:"type"`
 	}
 	if err := json.Unmarshal(raw, &head); err != nil {
-		return importRecord{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+		return ImportRecord{}, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
-	none := func(*importView) (*Contradiction, error) { return nil, nil }
 	switch head.Type {
 	case recordBinding:
 		var line bindingLine
 		if err := strictDecode(raw, &line); err != nil {
-			return importRecord{}, err
+			return ImportRecord{}, err
 		}
-		bs, err := normalizeBindings([]Binding{line.Binding})
+		bs, err := NormalizeBindings([]Binding{line.Binding})
 		if err != nil {
-			return importRecord{}, err
+			return ImportRecord{}, err
 		}
-		b := bs[0]
-		rec := importRecord{
-			apply: func(tx *bolt.Tx) error { return putBinding(tx, b) },
-			count: func(s *ImportStats) { s.Bindings++ },
-		}
-		rec.check = func(v *importView) (*Contradiction, error) {
-			old, ok, err := v.binding(b.Repo, b.Tag)
-			if err != nil {
-				return nil, err
-			}
-			if v.pending != nil {
-				v.pending[string(key(b.Repo, b.Tag))] = b
-			}
-			if !ok {
-				return nil, nil
-			}
-			if changes := bindingChanges(old, b); len(changes) > 0 {
-				return &Contradiction{Repo: b.Repo, Tag: b.Tag, Changes: changes}, nil
-			}
-			return nil, nil
-		}
-		return rec, nil
+		return ImportRecord{Binding: &bs[0]}, nil
 	case recordManifest:
 		var line manifestLine
 		if err := strictDecode(raw, &line); err != nil {
-			return importRecord{}, err
+			return ImportRecord{}, err
 		}
-		if err := checkManifest(line.Manifest); err != nil {
-			return importRecord{}, err
+		if err := line.Manifest.Validate(); err != nil {
+			return ImportRecord{}, err
 		}
-		return importRecord{check: none,
-			apply: func(tx *bolt.Tx) error { return putManifest(tx, line.Manifest) },
-			count: func(s *ImportStats) { s.Manifests++ },
-		}, nil
+		return ImportRecord{Manifest: &line.Manifest}, nil
 	case recordPull:
 		var line pullLine
 		if err := strictDecode(raw, &line); err != nil {
-			return importRecord{}, err
+			return ImportRecord{}, err
 		}
-		if err := checkPull(line.Pull); err != nil {
-			return importRecord{}, err
+		if err := line.Pull.Validate(); err != nil {
+			return ImportRecord{}, err
 		}
-		return importRecord{check: none,
-			apply: func(tx *bolt.Tx) error { return putPull(tx, line.Pull) },
-			count: func(s *ImportStats) { s.Pulls++ },
-		}, nil
+		return ImportRecord{Pull: &line.Pull}, nil
 	case recordReservation:
 		var line reservationLine
 		if err := strictDecode(raw, &line); err != nil {
-			return importRecord{}, err
+			return ImportRecord{}, err
 		}
 		r := line.Reservation
 		if r.Kind == "" {
 			r.Kind = ReservePush
 		}
 		if err := checkName("reservation id", r.ID); err != nil {
-			return importRecord{}, err
+			return ImportRecord{}, err
 		}
 		if err := checkReservation(r); err != nil {
-			return importRecord{}, err
+			return ImportRecord{}, err
 		}
-		rec := importRecord{
-			apply: func(tx *bolt.Tx) error {
-				if _, _, err := deleteReservation(tx, r.ID); err != nil {
-					return err
-				}
-				return putReservation(tx, r)
-			},
-			count: func(s *ImportStats) { s.Reservations++ },
-		}
-		// A pending reservation is settled when taglock learns what the
-		// upstream did: a push is committed when the upstream holds its
-		// digest, a delete by tag tombstones the tag with the delete's
-		// mode. So a new one holding an immutable tag for another digest,
-		// or deleting it with a weaker mode, would change the binding
-		// later.
-		rec.check = func(v *importView) (*Contradiction, error) {
-			if same, err := sameReservation(v.tx, r); err != nil || same {
-				return nil, err
-			}
-			for _, tag := range r.Tags {
-				b, ok, err := v.binding(r.Repo, tag)
-				if err != nil {
-					return nil, err
-				}
-				if !ok || b.Mode != ModeImmutable {
-					continue
-				}
-				recorded := "immutable, bound to " + string(b.Digest)
-				switch {
-				case b.Digest != r.Digest:
-					return &Contradiction{Repo: r.Repo, Tag: tag, Changes: []Change{{
-						Field: "reservation", Recorded: recorded, Incoming: fmt.Sprintf("%s reserved for %s", r.Kind, r.Digest),
-					}}}, nil
-				case r.IsDelete() && r.Mode != "" && r.Mode != ModeImmutable:
-					return &Contradiction{Repo: r.Repo, Tag: tag, Changes: []Change{{
-						Field: "reservation", Recorded: recorded, Incoming: "delete leaving a " + r.Mode + " tombstone",
-					}}}, nil
-				}
-			}
-			return nil, nil
-		}
-		return rec, nil
+		return ImportRecord{Reservation: &r}, nil
 	case recordEvent:
 		var line eventLine
 		if err := strictDecode(raw, &line); err != nil {
-			return importRecord{}, err
+			return ImportRecord{}, err
 		}
 		e := line.Event
 		if e.Seq == 0 {
-			return importRecord{}, fmt.Errorf("event without seq: %w", ErrInvalid)
+			return ImportRecord{}, fmt.Errorf("event without seq: %w", ErrInvalid)
 		}
-		if err := checkEvents([]Event{e}); err != nil {
-			return importRecord{}, err
+		if err := ValidateEvents([]Event{e}); err != nil {
+			return ImportRecord{}, err
 		}
-		return importRecord{
-			check: func(v *importView) (*Contradiction, error) {
-				if v.events == nil {
-					return nil, nil // importEvent checks it when writing
-				}
-				j, err := json.Marshal(e)
-				if err != nil {
-					return nil, fmt.Errorf("encode event %d: %w", e.Seq, err)
-				}
-				if old, ok := v.events[e.Seq]; ok && !bytes.Equal(old, j) {
-					return nil, fmt.Errorf("event %d appears twice, differently: %w", e.Seq, ErrInvalid)
-				}
-				v.events[e.Seq] = j
-				return nil, checkEventSeq(v.tx, e)
-			},
-			apply: func(tx *bolt.Tx) error { return importEvent(tx, e) },
-			count: func(s *ImportStats) { s.Events++ },
-		}, nil
+		return ImportRecord{Event: &e}, nil
 	default:
-		return importRecord{}, fmt.Errorf("unknown record type %q: %w", head.Type, ErrInvalid)
+		return ImportRecord{}, fmt.Errorf("unknown record type %q: %w", head.Type, ErrInvalid)
 	}
 }
 
@@ -367,50 +411,6 @@ func bindingChanges(old, b Binding) []Change {
 		out = append(out, Change{Field: "manifest", Recorded: manifest(old.Manifest), Incoming: manifest(b.Manifest)})
 	}
 	return out
-}
-
-// sameReservation reports whether tx holds r, as it is, under r.ID.
-func sameReservation(tx *bolt.Tx, r Reservation) (bool, error) {
-	old := tx.Bucket(bucketReservations).Get([]byte(r.ID))
-	if old == nil {
-		return false, nil
-	}
-	v, err := json.Marshal(r)
-	if err != nil {
-		return false, fmt.Errorf("encode reservation %s: %w", r.ID, err)
-	}
-	return bytes.Equal(old, v), nil
-}
-
-// checkEventSeq fails with ErrInvalid when another event than e is
-// recorded under e.Seq.
-func checkEventSeq(tx *bolt.Tx, e Event) error {
-	v, err := json.Marshal(e)
-	if err != nil {
-		return fmt.Errorf("encode event %d: %w", e.Seq, err)
-	}
-	if old := tx.Bucket(bucketEvents).Get(seqKey(e.Seq)); old != nil && !bytes.Equal(old, v) {
-		return fmt.Errorf("event %d differs from the recorded one: %w", e.Seq, ErrInvalid)
-	}
-	return nil
-}
-
-// importEvent stores e under its own Seq, unless an identical event is
-// already there, and moves the sequence past it.
-func importEvent(tx *bolt.Tx, e Event) error {
-	if err := checkEventSeq(tx, e); err != nil {
-		return err
-	}
-	b := tx.Bucket(bucketEvents)
-	if b.Get(seqKey(e.Seq)) != nil {
-		return nil
-	}
-	if e.Seq > b.Sequence() {
-		if err := b.SetSequence(e.Seq); err != nil {
-			return err
-		}
-	}
-	return putEvent(tx, e)
 }
 
 // strictDecode decodes one record, refusing unknown fields.

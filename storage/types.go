@@ -127,7 +127,7 @@ type Reservation struct {
 	// (the mode that governed the tag when the delete was decided); ""
 	// keeps the binding's own.
 	Mode string `json:"mode,omitempty"`
-	// CreatedAt is set by Reserve from Options.Now.
+	// CreatedAt is set by Reserve from the ledger's clock.
 	CreatedAt time.Time `json:"createdAt"`
 	// Deadline is when taglock's own request to the upstream for this
 	// reservation ends at the latest; zero when unknown. Until some margin

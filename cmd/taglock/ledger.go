@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"time"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/taglock/taglock/internal/admin"
 	"github.com/taglock/taglock/internal/config"
+	"github.com/taglock/taglock/internal/ledger"
 	"github.com/taglock/taglock/internal/server"
 	"github.com/taglock/taglock/proxy"
 	"github.com/taglock/taglock/storage"
@@ -63,9 +65,15 @@ var (
 type session struct {
 	service
 	cfg    config.Config
-	ledger string // the ledger file
+	ledger string // the ledger, for messages: its file, or its etcd cluster and prefix
 	socket string // the admin socket when serve holds the ledger; "" otherwise
-	close  func()
+	// store is the ledger this process opened itself; nil when serve
+	// holds it.
+	store storage.Ledger
+	// tools is the proxy over store and the upstream, for withUpstream;
+	// nil otherwise.
+	tools *proxy.Server
+	close func()
 }
 
 // openMode says what a command needs from the ledger.
@@ -79,7 +87,10 @@ const (
 
 // open loads the config and reaches the ledger: directly when no other
 // process holds it, otherwise through the admin socket of the serve that
-// does. It never waits on the lock for more than lockWait.
+// does. It never waits on the lock for more than lockWait. An etcd ledger
+// is never held, but a serve on the data directory still owns its embedded
+// registry and retention state: the commands go through its admin socket
+// when one answers there, and reach etcd directly otherwise.
 func (g *globals) open(ctx context.Context, mode openMode) (*session, error) {
 	cfg, err := g.load()
 	if err != nil {
@@ -88,14 +99,19 @@ func (g *globals) open(ctx context.Context, mode openMode) (*session, error) {
 	if g.data != "" {
 		cfg.Data = g.data
 	}
-	path := server.LedgerPath(cfg.Data)
-	s := &session{cfg: cfg, ledger: path, close: func() {}}
-	if mode == readOnly {
+	path := ledger.BoltPath(cfg.Data)
+	s := &session{cfg: cfg, ledger: ledger.Describe(cfg), close: func() {}}
+	if ledger.Shared(cfg) && serveAnswers(cfg.AdminSocket()) {
+		s.socket = cfg.AdminSocket()
+		s.service = admin.NewClient(s.socket)
+		return s, nil
+	}
+	if mode == readOnly && !ledger.Shared(cfg) {
 		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
 			return nil, exitError{code: exitFailure, msg: fmt.Sprintf("no ledger at %s: has taglock served from data directory %s?", path, cfg.Data)}
 		}
 	}
-	l, err := storage.Open(path, storage.Options{LockTimeout: lockWait, ReadOnly: mode == readOnly})
+	l, err := ledger.Open(ctx, cfg, ledger.Options{LockTimeout: lockWait, ReadOnly: mode == readOnly})
 	if errors.Is(err, storage.ErrLocked) {
 		s.socket = cfg.AdminSocket()
 		s.service = admin.NewClient(s.socket)
@@ -108,6 +124,7 @@ func (g *globals) open(ctx context.Context, mode openMode) (*session, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.store = l
 	local := admin.Local{Ledger: l}
 	closeAudit := func() {}
 	if mode != readOnly {
@@ -136,10 +153,22 @@ func (g *globals) open(ctx context.Context, mode openMode) (*session, error) {
 			return nil, fmt.Errorf("upstream: %w", err)
 		}
 		local.Tools = off.Proxy()
+		s.tools = off.Proxy()
 		s.close = func() { _ = off.Close(); _ = l.Close(); closeAudit() }
 	}
 	s.service = local
 	return s, nil
+}
+
+// serveAnswers reports whether a process accepts connections on the Unix
+// socket at path, within lockWait.
+func serveAnswers(path string) bool {
+	c, err := net.DialTimeout("unix", path, lockWait)
+	if err != nil {
+		return false
+	}
+	_ = c.Close()
+	return true
 }
 
 // explain turns an admin API failure into what the user must know: the
@@ -224,7 +253,10 @@ func newLedgerCmd(g *globals) *cobra.Command {
 		Long: `Maintain the ledger. Each subcommand works whether or not serve is running on
 the data directory: without serve it opens the ledger itself; with serve it
 asks the running server through its admin socket (admin.socket, by default
-taglock.sock in the data directory), found through --config or --data.
+taglock.sock in the data directory), found through --config or --data. With
+ledger.backend etcd and no serve answering on the socket, the subcommands
+reach the etcd cluster the config names directly: export from one config and
+import with another to move a ledger between bolt and etcd.
 
 Exit codes: 0 success, 1 failure or problems found, 2 usage error.`,
 	}
@@ -236,7 +268,7 @@ Exit codes: 0 success, 1 failure or problems found, 2 usage error.`,
 func newLedgerBackup(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "backup FILE",
-		Short: "Write a hot, consistent copy of the ledger file, checked before it replaces FILE",
+		Short: "Write a hot, consistent copy of the ledger (bolt: the file; etcd: its export), checked before it replaces FILE",
 		Args:  usageArgs(cobra.ExactArgs(1)),
 	}
 	asJSON := outputFlag(cmd)
@@ -263,7 +295,7 @@ func newLedgerBackup(g *globals) *cobra.Command {
 			if n, err = s.Backup(cmd.Context(), f); err != nil {
 				return s.explain(err)
 			}
-			return checkBackup(cmd.Context(), f.Name())
+			return ledger.CheckBackup(cmd.Context(), s.cfg, f.Name())
 		})
 		if err != nil {
 			return err
@@ -275,19 +307,6 @@ func newLedgerBackup(g *globals) *cobra.Command {
 		return nil
 	}
 	return cmd
-}
-
-// checkBackup opens a written backup and runs the ledger check on it.
-func checkBackup(ctx context.Context, path string) error {
-	l, err := storage.Open(path, storage.Options{ReadOnly: true, LockTimeout: lockWait})
-	if err != nil {
-		return fmt.Errorf("backup does not open as a ledger: %w", err)
-	}
-	defer l.Close()
-	if problems, err := l.Check(ctx); err != nil {
-		return fmt.Errorf("backup fails the ledger check (%d problems): %w", len(problems), err)
-	}
-	return nil
 }
 
 // writeAtomic writes path through a temporary file in the same directory,

@@ -14,6 +14,7 @@ import (
 
 	"github.com/taglock/taglock/internal/server"
 	"github.com/taglock/taglock/storage"
+	"github.com/taglock/taglock/storage/bolt"
 )
 
 var updatePin = flag.Bool("update", false, "rewrite the golden files under testdata/pin")
@@ -47,7 +48,7 @@ func newPinEnv(t *testing.T) *ltEnv {
 	if err := os.MkdirAll(e.data, 0o750); err != nil {
 		t.Fatal(err)
 	}
-	l, err := storage.Open(server.LedgerPath(e.data), storage.Options{})
+	l, err := bolt.Open(server.LedgerPath(e.data), bolt.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,8 +15,6 @@ import (
 	"github.com/taglock/taglock/internal/admin"
 	"github.com/taglock/taglock/internal/retention"
 	"github.com/taglock/taglock/internal/server"
-	"github.com/taglock/taglock/proxy"
-	"github.com/taglock/taglock/storage"
 )
 
 func newRetentionCmd(g *globals) *cobra.Command {
@@ -74,9 +72,7 @@ func (g *globals) openRetention(ctx context.Context) (*session, retentionService
 	case *admin.Client:
 		return s, remoteRetention{svc}, nil
 	case admin.Local:
-		ledger, ok1 := svc.Ledger.(*storage.Ledger)
-		px, ok2 := svc.Tools.(*proxy.Server)
-		if !ok1 || !ok2 {
+		if s.store == nil || s.tools == nil {
 			s.close()
 			return nil, nil, errors.New("retention: unexpected local session")
 		}
@@ -96,7 +92,7 @@ func (g *globals) openRetention(ctx context.Context) (*session, retentionService
 			return nil, nil, err
 		}
 		audit := svc.Audit
-		o := retention.Options{Policy: pol, Immutability: im, Ledger: ledger, Upstream: px, Dir: server.RetentionDir(s.cfg.Data),
+		o := retention.Options{Policy: pol, Immutability: im, Ledger: s.store, Upstream: s.tools, Dir: server.RetentionDir(s.cfg.Data),
 			Log: log, Audit: &audit}
 		if s.cfg.Upstream.URL == "" {
 			// No serve runs on this data directory (this process holds

@@ -28,6 +28,7 @@ import (
 	"github.com/taglock/taglock/internal/server"
 	"github.com/taglock/taglock/proxy"
 	"github.com/taglock/taglock/storage"
+	"github.com/taglock/taglock/storage/bolt"
 )
 
 // ltUpstream is a Distribution registry on its own loopback listener that
@@ -295,7 +296,7 @@ func TestLedgerToolsStory(t *testing.T) {
 			if b, _ := os.ReadFile(export); string(b) != stdoutExport || !strings.Contains(stdoutExport, `"type":"binding"`) {
 				t.Errorf("export to a file and to stdout differ, or hold no bindings")
 			}
-			l, err := storage.Open(backup, storage.Options{ReadOnly: true})
+			l, err := bolt.Open(backup, bolt.Options{ReadOnly: true})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -400,7 +401,7 @@ func TestUnreachableServer(t *testing.T) {
 	e := ltNewEnv(t)
 	e.up.put(t, "app", "1.0", "one")
 	e.mustRun(t, 0, "import")
-	l, err := storage.Open(server.LedgerPath(e.data), storage.Options{})
+	l, err := bolt.Open(server.LedgerPath(e.data), bolt.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

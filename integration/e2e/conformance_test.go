@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/taglock/taglock/storage"
+	"github.com/taglock/taglock/storage/bolt"
 
 	"github.com/taglock/taglock/integration/internal/proc"
 )
@@ -210,7 +211,7 @@ func TestConformance(t *testing.T) {
 // stopped) and returns every binding of every repository.
 func ledgerBindings(t *testing.T, path string) []storage.Binding {
 	t.Helper()
-	l, err := storage.Open(path, storage.Options{ReadOnly: true})
+	l, err := bolt.Open(path, bolt.Options{ReadOnly: true})
 	if err != nil {
 		t.Fatalf("open ledger: %v", err)
 	}

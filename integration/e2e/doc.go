@@ -12,6 +12,7 @@
 //	REGISTRY_BIN     the Distribution registry binary (upstream mode)
 //	CONFORMANCE_BIN  the OCI distribution-spec conformance program
 //	CRANE, ORAS, REGCTL, SKOPEO, DOCKER  the clients
+//	ETCD_BIN         Debian's etcd server (3.4), for the etcd ledger
 //
 // DOCKER_HOST must point at a running Docker daemon. A missing variable or
 // program fails the run: nothing here is ever skipped.

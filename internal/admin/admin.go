@@ -49,7 +49,7 @@ type Ledger interface {
 	Check(ctx context.Context) ([]string, error)
 }
 
-var _ Ledger = (*storage.Ledger)(nil)
+var _ Ledger = storage.Ledger(nil)
 
 // Tools is what the API needs from the proxy to compare the ledger with the
 // upstream.

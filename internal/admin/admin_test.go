@@ -21,6 +21,7 @@ import (
 	"github.com/taglock/taglock/internal/view"
 	"github.com/taglock/taglock/proxy"
 	"github.com/taglock/taglock/storage"
+	"github.com/taglock/taglock/storage/bolt"
 )
 
 // fakeTools answers verify with a fixed report and counts repairs.
@@ -53,9 +54,9 @@ func (f *fakeTools) Repair(_ context.Context, fs []proxy.Finding) ([]proxy.Repai
 
 // mustLedger opens a ledger in a temporary directory holding one immutable
 // binding (with manifest bytes) and one refusal of it.
-func mustLedger(t *testing.T) *storage.Ledger {
+func mustLedger(t *testing.T) storage.Ledger {
 	t.Helper()
-	l, err := storage.Open(filepath.Join(t.TempDir(), "ledger.db"), storage.Options{NoSync: true})
+	l, err := bolt.Open(filepath.Join(t.TempDir(), "ledger.db"), bolt.Options{NoSync: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -229,7 +230,7 @@ func TestLedgerMaintenance(t *testing.T) {
 	if err := os.WriteFile(path, backup.Bytes(), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	restored, err := storage.Open(path, storage.Options{ReadOnly: true})
+	restored, err := bolt.Open(path, bolt.Options{ReadOnly: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -242,7 +243,7 @@ func TestLedgerMaintenance(t *testing.T) {
 	if err := c.Export(ctx, &export); err != nil {
 		t.Fatal(err)
 	}
-	dst, err := storage.Open(filepath.Join(t.TempDir(), "dst.db"), storage.Options{NoSync: true})
+	dst, err := bolt.Open(filepath.Join(t.TempDir(), "dst.db"), bolt.Options{NoSync: true})
 	if err != nil {
 		t.Fatal(err)
 	}

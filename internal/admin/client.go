@@ -21,7 +21,7 @@ import (
 var ErrUnreachable = errors.New("no taglock answers")
 
 // Client calls the API of a running taglock on its admin socket. Its ledger
-// methods have the signatures and errors of *storage.Ledger, so callers can
+// methods have the signatures and errors of storage.Ledger's, so callers can
 // use either.
 type Client struct {
 	socket string

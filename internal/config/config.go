@@ -28,8 +28,8 @@ import (
 type Config struct {
 	// Listen is the address taglock serves on. Default 127.0.0.1:5000.
 	Listen string `yaml:"listen"`
-	// Data is the directory for the ledger and, in embedded mode, the
-	// registry's storage. Default ./taglock-data.
+	// Data is the directory for the bolt ledger and, in embedded mode,
+	// the registry's storage. Default ./taglock-data.
 	Data string `yaml:"data"`
 	// Log controls logging.
 	Log Log `yaml:"log"`
@@ -53,6 +53,9 @@ type Config struct {
 	Admin Admin `yaml:"admin"`
 	// Limits bounds what clients may hold: time, uploads, manifest size.
 	Limits Limits `yaml:"limits"`
+	// Ledger says where the ledger is kept: a bbolt file in Data
+	// (default) or an etcd cluster.
+	Ledger Ledger `yaml:"ledger"`
 }
 
 // Admin is the `admin:` section: the Unix socket on which serve answers the
@@ -407,6 +410,7 @@ func Default() Config {
 			GCDrainTimeout:       Duration(10 * time.Second),
 			GCWriteWait:          Duration(20 * time.Second),
 		},
+		Ledger:    defaultLedger(),
 	}
 }
 

@@ -3,6 +3,7 @@ package config
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -26,6 +27,12 @@ func TestReferenceConfigIsTheDefault(t *testing.T) {
 	}
 	if cfg.Limits != def.Limits {
 		t.Fatalf("configs/taglock.yaml limits %+v differ from Default() %+v", cfg.Limits, def.Limits)
+	}
+	if len(cfg.Ledger.Endpoints) == 0 {
+		cfg.Ledger.Endpoints = nil // the file shows the empty list
+	}
+	if !reflect.DeepEqual(cfg.Ledger, def.Ledger) {
+		t.Fatalf("configs/taglock.yaml's ledger section %+v differs from Default()'s %+v", cfg.Ledger, def.Ledger)
 	}
 }
 
@@ -175,6 +182,8 @@ func FuzzParse(f *testing.F) {
 	f.Add("immutability:\n  rules:\n    - tags: [\"*\"]\n      mode: warn\n")
 	f.Add("retention:\n  policies:\n    - immutable: {release_after: 1h}\n")
 	f.Add("admin:\n  socket: /run/taglock.sock\n  group: taglock\n")
+	f.Add("ledger:\n  backend: etcd\n  endpoints: [https://etcd-0:2379]\n  prefix: /t/\n  tls: {ca: ca.pem}\n  username: u\n  password_file: p\n")
+	f.Add("ledger:\n  backend: bolt\n  endpoints: [http://x:1]\n  request_timeout: 0\n")
 	f.Add("a: [\n")
 	f.Add("limits:\n  max_manifest_size: 4MiB\n  gc_write_wait: 30s\n  max_concurrent_uploads: 0\n")
 	f.Fuzz(func(t *testing.T, s string) {

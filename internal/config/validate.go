@@ -215,6 +215,7 @@ func (c Config) Validate() []FieldError {
 		add("admin.group", "want a group name or numeric id, got %q", g)
 	}
 	c.Limits.validate(c.Upstream.URL == "", add)
+	c.Ledger.validate(add)
 	return errs
 }
 

@@ -36,7 +36,7 @@ type Ledger interface {
 	Put(ctx context.Context, bindings []storage.Binding, events []storage.Event) error
 }
 
-var _ Ledger = (*storage.Ledger)(nil)
+var _ Ledger = storage.Ledger(nil)
 
 // Upstream is the registry retention lists and deletes from. Its deletes
 // go through the same reservations as the registry API's, so retention

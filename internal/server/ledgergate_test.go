@@ -22,6 +22,7 @@ import (
 	"github.com/taglock/taglock/internal/web"
 	"github.com/taglock/taglock/policy"
 	"github.com/taglock/taglock/storage"
+	"github.com/taglock/taglock/storage/bolt"
 )
 
 // gated is the ledger API and web page behind ledgerGate, as serve mounts
@@ -30,7 +31,7 @@ import (
 // except the tag latest, bob may pull nothing.
 func gated(t *testing.T, authOn bool) (http.Handler, *syncBuffer) {
 	t.Helper()
-	l, err := storage.Open(filepath.Join(t.TempDir(), "ledger.db"), storage.Options{NoSync: true})
+	l, err := bolt.Open(filepath.Join(t.TempDir(), "ledger.db"), bolt.Options{NoSync: true})
 	if err != nil {
 		t.Fatal(err)
 	}

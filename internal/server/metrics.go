@@ -12,9 +12,9 @@ import (
 
 // timedLedger is the ledger with each operation the proxy performs timed
 // into taglock_ledger_duration_seconds. It embeds the ledger, so every
-// other method (and any interface the ledger satisfies) stays reachable.
+// other method of the contract stays reachable.
 type timedLedger struct {
-	*storage.Ledger
+	storage.Ledger
 	m *proxy.Metrics
 }
 
@@ -30,6 +30,12 @@ func (l timedLedger) Binding(ctx context.Context, repo, tag string) (storage.Bin
 func (l timedLedger) Bindings(ctx context.Context, repo string) ([]storage.Binding, error) {
 	defer l.m.ObserveLedger("bindings", time.Now())
 	return l.Ledger.Bindings(ctx, repo)
+}
+
+// Repositories implements proxy.Ledger.
+func (l timedLedger) Repositories(ctx context.Context) ([]string, error) {
+	defer l.m.ObserveLedger("repositories", time.Now())
+	return l.Ledger.Repositories(ctx)
 }
 
 // Referencing implements proxy.Ledger.

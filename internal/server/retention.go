@@ -39,7 +39,7 @@ type retentionParts struct {
 
 // newRetentionParts starts pull tracking and, in embedded mode, the write
 // gate; they go into the proxy's options.
-func newRetentionParts(cfg config.Config, ledger *storage.Ledger, log zerolog.Logger) *retentionParts {
+func newRetentionParts(cfg config.Config, ledger storage.Ledger, log zerolog.Logger) *retentionParts {
 	p := &retentionParts{pulls: proxy.NewPullTracker(ledger, proxy.PullTrackerOptions{Log: log})}
 	if cfg.Upstream.URL == "" {
 		p.gate = proxy.NewWriteGate(proxy.GateOptions{Drain: cfg.Limits.GCDrainTimeout.Std(), Wait: cfg.Limits.GCWriteWait.Std()})
@@ -49,7 +49,7 @@ func newRetentionParts(cfg config.Config, ledger *storage.Ledger, log zerolog.Lo
 
 // start builds the runner on the proxy and, when retention.schedule is
 // set, applies it on that schedule until stop.
-func (p *retentionParts) start(cfg config.Config, ledger *storage.Ledger, px *proxy.Server, reg prometheus.Registerer, log zerolog.Logger, audit *zerolog.Logger) error {
+func (p *retentionParts) start(cfg config.Config, ledger storage.Ledger, px *proxy.Server, reg prometheus.Registerer, log zerolog.Logger, audit *zerolog.Logger) error {
 	pol, err := cfg.RetentionSettings()
 	if err != nil {
 		return err

@@ -33,6 +33,7 @@ import (
 
 	"github.com/taglock/taglock/internal/admin"
 	"github.com/taglock/taglock/internal/config"
+	"github.com/taglock/taglock/internal/ledger"
 	"github.com/taglock/taglock/internal/web"
 	"github.com/taglock/taglock/proxy"
 	"github.com/taglock/taglock/proxy/embedded"
@@ -43,7 +44,7 @@ import (
 type Server struct {
 	cfg      config.Config
 	log      zerolog.Logger
-	ledger   *storage.Ledger
+	ledger   storage.Ledger
 	registry *embedded.Registry
 	proxy    *proxy.Server
 	up       proxy.Upstream
@@ -58,8 +59,8 @@ type Server struct {
 	settlerDone chan struct{}
 }
 
-// LedgerPath is where the ledger lives under the data directory.
-func LedgerPath(data string) string { return filepath.Join(data, "ledger.db") }
+// LedgerPath is where the bolt ledger lives under the data directory.
+func LedgerPath(data string) string { return ledger.BoltPath(data) }
 
 // Start opens the ledger, starts the upstream and serves on cfg.Listen in
 // the background. The listener is bound when Start returns.
@@ -89,7 +90,7 @@ func StartWith(ctx context.Context, cfg config.Config, log zerolog.Logger, hooks
 	if err := os.MkdirAll(cfg.Data, 0o750); err != nil {
 		return nil, fmt.Errorf("data directory: %w", err)
 	}
-	s.ledger, err = storage.Open(LedgerPath(cfg.Data), storage.Options{})
+	s.ledger, err = ledger.Open(ctx, cfg, ledger.Options{Log: log})
 	switch {
 	case errors.Is(err, storage.ErrLocked):
 		return nil, fmt.Errorf("%w: is another taglock serving %s?", err, cfg.Data)
@@ -299,7 +300,7 @@ func (s *Server) Addr() string { return s.ln.Addr().String() }
 func (s *Server) AdminSocket() string { return s.admin.path }
 
 // Ledger is the open ledger.
-func (s *Server) Ledger() *storage.Ledger { return s.ledger }
+func (s *Server) Ledger() storage.Ledger { return s.ledger }
 
 // Done is closed with the serve error when the listener stops.
 func (s *Server) Done() <-chan error { return s.done }

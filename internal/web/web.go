@@ -45,7 +45,7 @@ type Ledger interface {
 	Recent(ctx context.Context, kind storage.EventKind, limit int) ([]storage.Event, error)
 }
 
-var _ Ledger = (*storage.Ledger)(nil)
+var _ Ledger = storage.Ledger(nil)
 
 // Options configures New.
 type Options struct {

@@ -13,13 +13,14 @@ import (
 	digest "github.com/opencontainers/go-digest"
 
 	"github.com/taglock/taglock/storage"
+	"github.com/taglock/taglock/storage/bolt"
 )
 
 // seeded is a ledger with two repositories, a deleted tag, a refusal whose
 // message tries to inject markup, and some history.
-func seeded(t *testing.T) *storage.Ledger {
+func seeded(t *testing.T) storage.Ledger {
 	t.Helper()
-	l, err := storage.Open(filepath.Join(t.TempDir(), "ledger.db"), storage.Options{})
+	l, err := bolt.Open(filepath.Join(t.TempDir(), "ledger.db"), bolt.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,7 +113,7 @@ func TestPages(t *testing.T) {
 // rather than failing.
 func TestEmptyLedger(t *testing.T) {
 	t.Parallel()
-	l, err := storage.Open(filepath.Join(t.TempDir(), "ledger.db"), storage.Options{})
+	l, err := bolt.Open(filepath.Join(t.TempDir(), "ledger.db"), bolt.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,20 +1,22 @@
 // Package ledgertest is the conformance suite every ledger backend runs, in
 // the manner of Distribution's storage driver test suites: one set of
 // expectations about bindings, tombstones, the closure index, reservations,
-// history, manifests, pulls, export, backup and integrity checks.
+// history, manifests, pulls, export and import, backup and integrity
+// checks, and the races several ledgers sharing one store must survive.
 //
-// The Backup and Check parts reopen files with storage.Open and damage a
-// closed ledger file with bbolt directly, following the bucket layout
-// documented in package storage; a backend that is not a bbolt file will
-// need its own hooks there. It holds test code only and must not be
-// imported outside tests.
+// Every backend runs it unmodified. What only one backend can be asked
+// (restoring its backup format, damaging its storage for Check, file locks)
+// belongs in that backend's own tests. It holds test code only and must not
+// be imported outside tests.
 package ledgertest
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -25,11 +27,44 @@ import (
 
 // Opener returns a fresh, empty ledger for one test. It must close the
 // ledger in t.Cleanup, tolerating a ledger the test already closed.
-type Opener func(t *testing.T) *storage.Ledger
+type Opener func(t *testing.T) storage.Ledger
+
+// ReplicaOpener returns n ledgers sharing one fresh, empty store, as n
+// replicas of taglock would. It must close them in t.Cleanup.
+type ReplicaOpener func(t *testing.T, n int) []storage.Ledger
+
+// Option changes how RunConformance runs.
+type Option func(*options)
+
+type options struct {
+	replicas ReplicaOpener
+}
+
+// Replicas makes the replica cases use ledgers from open. Without it they
+// use one ledger from the Opener n times, which is all a backend that one
+// process holds (a locked file) can offer; the cases then check that the
+// ledger is safe for concurrent use.
+func Replicas(open ReplicaOpener) Option {
+	return func(o *options) { o.replicas = open }
+}
 
 // RunConformance runs the whole suite, each part as a parallel subtest with
 // ledgers made by open.
-func RunConformance(t *testing.T, open Opener) {
+func RunConformance(t *testing.T, open Opener, opts ...Option) {
+	o := options{replicas: func(t *testing.T, n int) []storage.Ledger {
+		l := open(t)
+		out := make([]storage.Ledger, n)
+		for i := range out {
+			out[i] = l
+		}
+		return out
+	}}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	replicas := func(run func(*testing.T, ReplicaOpener)) func(*testing.T, Opener) {
+		return func(t *testing.T, _ Opener) { run(t, o.replicas) }
+	}
 	tests := []struct {
 		name string
 		run  func(*testing.T, Opener)
@@ -55,6 +90,12 @@ func RunConformance(t *testing.T, open Opener) {
 		{"Backup", testBackup},
 		{"Check", testCheck},
 		{"CanceledContext", testCanceledContext},
+		{"LargeManifests", testLargeManifests},
+		{"ManyTags", testManyTags},
+		{"CommitOfAVanishedReservation", replicas(testCommitVanished)},
+		{"ReplicasRaceForATag", replicas(testReplicasRaceForATag)},
+		{"ReplicasRacePushAndDelete", replicas(testReplicasRacePushAndDelete)},
+		{"ReplicasShareHistory", replicas(testReplicasShareHistory)},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -91,7 +132,7 @@ func NewBinding(repo, tag, content string) storage.Binding {
 }
 
 // MustPut stores bindings and events or fails the test.
-func MustPut(t testing.TB, l *storage.Ledger, bindings []storage.Binding, events ...storage.Event) {
+func MustPut(t testing.TB, l storage.Ledger, bindings []storage.Binding, events ...storage.Event) {
 	t.Helper()
 	if err := l.Put(context.Background(), bindings, events); err != nil {
 		t.Fatalf("Put: %v", err)
@@ -99,7 +140,7 @@ func MustPut(t testing.TB, l *storage.Ledger, bindings []storage.Binding, events
 }
 
 // MustReserve reserves or fails the test.
-func MustReserve(t testing.TB, l *storage.Ledger, r storage.Reservation) storage.Reservation {
+func MustReserve(t testing.TB, l storage.Ledger, r storage.Reservation) storage.Reservation {
 	t.Helper()
 	got, err := l.Reserve(context.Background(), r)
 	if err != nil {
@@ -109,7 +150,7 @@ func MustReserve(t testing.TB, l *storage.Ledger, r storage.Reservation) storage
 }
 
 // MustBinding reads a binding or fails the test.
-func MustBinding(t testing.TB, l *storage.Ledger, repo, tag string) storage.Binding {
+func MustBinding(t testing.TB, l storage.Ledger, repo, tag string) storage.Binding {
 	t.Helper()
 	b, err := l.Binding(context.Background(), repo, tag)
 	if err != nil {
@@ -317,20 +358,69 @@ func testReferencing(t *testing.T, open Opener) {
 }
 
 func testCanceledContext(t *testing.T, open Opener) {
-	// Every method refuses to start with a canceled context.
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
+	// Every method refuses to start with a canceled or expired context,
+	// and writes nothing.
 	l := open(t)
-	if _, err := l.Binding(ctx, "r", "t"); !errors.Is(err, context.Canceled) {
-		t.Errorf("Binding: err = %v, want context.Canceled", err)
+	r := MustReserve(t, l, storage.Reservation{Repo: "r", Tags: []string{"held"}, Digest: Digest("held")})
+	canceled, cancel := context.WithCancel(context.Background())
+	cancel()
+	expired, cancel2 := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
+	defer cancel2()
+	for _, c := range []struct {
+		ctx  context.Context
+		want error
+	}{{canceled, context.Canceled}, {expired, context.DeadlineExceeded}} {
+		ctx := c.ctx
+		calls := map[string]func() error{
+			"Binding":      func() error { _, err := l.Binding(ctx, "r", "t"); return err },
+			"Bindings":     func() error { _, err := l.Bindings(ctx, "r"); return err },
+			"Repositories": func() error { _, err := l.Repositories(ctx); return err },
+			"Referencing":  func() error { _, err := l.Referencing(ctx, "r", Digest("c")); return err },
+			"Put":          func() error { return l.Put(ctx, []storage.Binding{NewBinding("r", "t", "c")}, nil) },
+			"Reserve": func() error {
+				_, err := l.Reserve(ctx, storage.Reservation{Repo: "r", Tags: []string{"t"}, Digest: Digest("c")})
+				return err
+			},
+			"Commit":       func() error { return l.Commit(ctx, r.ID, []storage.Binding{NewBinding("r", "held", "held")}, nil) },
+			"CommitDelete": func() error { _, err := l.CommitDelete(ctx, r.ID, storage.Event{}); return err },
+			"Release":      func() error { return l.Release(ctx, r.ID) },
+			"Reservation":  func() error { _, err := l.Reservation(ctx, r.ID); return err },
+			"Reservations": func() error { _, err := l.Reservations(ctx); return err },
+			"Append":       func() error { return l.Append(ctx, storage.Event{Kind: storage.EventRefused, Repo: "r"}) },
+			"History":      func() error { _, err := l.History(ctx, "r", "", 0); return err },
+			"Recent":       func() error { _, err := l.Recent(ctx, "", 0); return err },
+			"PutManifest":  func() error { return l.PutManifest(ctx, storage.Manifest{Repo: "r", Digest: Digest("m")}) },
+			"Manifest":     func() error { _, err := l.Manifest(ctx, "r", Digest("m")); return err },
+			"Manifests":    func() error { _, err := l.Manifests(ctx, "r"); return err },
+			"RecordPulls": func() error {
+				return l.RecordPulls(ctx, []storage.Pull{{Repo: "r", Digest: Digest("m"), At: T0}})
+			},
+			"LastPulls": func() error { _, err := l.LastPulls(ctx, "r"); return err },
+			"Export":    func() error { return l.Export(ctx, io.Discard) },
+			"Import": func() error {
+				_, err := l.Import(ctx, strings.NewReader(`{"type":"manifest","repo":"r","digest":"`+string(Digest("m"))+`"}`), storage.ImportOptions{})
+				return err
+			},
+			"Backup": func() error { _, err := l.Backup(ctx, io.Discard); return err },
+			"Check":  func() error { _, err := l.Check(ctx); return err },
+		}
+		for name, call := range calls {
+			if err := call(); !errors.Is(err, c.want) {
+				t.Errorf("%s: err = %v, want %v", name, err, c.want)
+			}
+		}
 	}
-	if err := l.Put(ctx, []storage.Binding{NewBinding("r", "t", "c")}, nil); !errors.Is(err, context.Canceled) {
-		t.Errorf("Put: err = %v, want context.Canceled", err)
-	}
-	if _, err := l.Reserve(ctx, storage.Reservation{Repo: "r", Tags: []string{"t"}, Digest: Digest("c")}); !errors.Is(err, context.Canceled) {
-		t.Errorf("Reserve: err = %v, want context.Canceled", err)
-	}
-	if _, err := l.Binding(context.Background(), "r", "t"); !errors.Is(err, storage.ErrNotFound) {
+	ctx := context.Background()
+	if _, err := l.Binding(ctx, "r", "t"); !errors.Is(err, storage.ErrNotFound) {
 		t.Errorf("a canceled Put wrote: err = %v", err)
+	}
+	if _, err := l.Reservation(ctx, r.ID); err != nil {
+		t.Errorf("a canceled call settled the reservation: %v", err)
+	}
+	if hist, err := l.Recent(ctx, "", 0); err != nil || len(hist) != 0 {
+		t.Errorf("canceled calls wrote history %+v, %v", hist, err)
+	}
+	if _, err := l.Manifest(ctx, "r", Digest("m")); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("a canceled PutManifest or Import wrote: err = %v", err)
 	}
 }

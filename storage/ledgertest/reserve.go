@@ -346,7 +346,7 @@ func testCommitDelete(t *testing.T, open Opener) {
 	ctx := context.Background()
 	at := At(9)
 	ev := storage.Event{Time: at, User: "ci", RequestID: "req-7", Reason: "deleted by digest"}
-	setup := func(t *testing.T) *storage.Ledger {
+	setup := func(t *testing.T) storage.Ledger {
 		l := open(t)
 		a, b, c := NewBinding("r", "a", "m"), NewBinding("r", "b", "m"), NewBinding("r", "c", "other")
 		a.Mode, b.Mode, c.Mode = storage.ModeMutable, storage.ModeWarn, storage.ModeMutable

@@ -1,4 +1,4 @@
-package storage_test
+package bolt_test
 
 import (
 	"bytes"
@@ -11,9 +11,10 @@ import (
 	"path/filepath"
 	"testing"
 
-	bolt "go.etcd.io/bbolt"
+	"go.etcd.io/bbolt"
 
 	"github.com/taglock/taglock/storage"
+	"github.com/taglock/taglock/storage/bolt"
 	"github.com/taglock/taglock/storage/ledgertest"
 )
 
@@ -22,7 +23,7 @@ import (
 func mustLedgerFile(t *testing.T) (file []byte, end int) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "ledger.db")
-	l, err := storage.Open(path, storage.Options{NoSync: true})
+	l, err := bolt.Open(path, bolt.Options{NoSync: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,13 +49,13 @@ func mustLedgerFile(t *testing.T) (file []byte, end int) {
 
 // editBolt applies fn to a copy of a ledger file with bbolt itself, below
 // the ledger's checks, and returns the result.
-func editBolt(t *testing.T, file []byte, fn func(*bolt.Tx) error) []byte {
+func editBolt(t *testing.T, file []byte, fn func(*bbolt.Tx) error) []byte {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "edit.db")
 	if err := os.WriteFile(path, file, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	db, err := bolt.Open(path, 0o600, nil)
+	db, err := bbolt.Open(path, 0o600, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +83,7 @@ func TestOpenRefusesDamagedFiles(t *testing.T) {
 	good, end := mustLedgerFile(t)
 	garbage := make([]byte, 64<<10)
 	_, _ = rand.Read(garbage)
-	foreign := editBolt(t, nil, func(tx *bolt.Tx) error {
+	foreign := editBolt(t, nil, func(tx *bbolt.Tx) error {
 		_, err := tx.CreateBucket([]byte("settings"))
 		return err
 	})
@@ -96,12 +97,12 @@ func TestOpenRefusesDamagedFiles(t *testing.T) {
 		"one page short of its data":   good[:end-4096],
 		"one byte short of its data":   good[:end-1],
 		"a bbolt file of another tool": foreign,
-		"lost its bindings bucket":     editBolt(t, good, func(tx *bolt.Tx) error { return tx.DeleteBucket([]byte("bindings")) }),
-		"lost its reservations bucket": editBolt(t, good, func(tx *bolt.Tx) error { return tx.DeleteBucket([]byte("reservations")) }),
-		"lost its schema version": editBolt(t, good, func(tx *bolt.Tx) error {
+		"lost its bindings bucket":     editBolt(t, good, func(tx *bbolt.Tx) error { return tx.DeleteBucket([]byte("bindings")) }),
+		"lost its reservations bucket": editBolt(t, good, func(tx *bbolt.Tx) error { return tx.DeleteBucket([]byte("reservations")) }),
+		"lost its schema version": editBolt(t, good, func(tx *bbolt.Tx) error {
 			return tx.Bucket([]byte("meta")).Delete([]byte("version"))
 		}),
-		"has buckets but no meta": editBolt(t, good, func(tx *bolt.Tx) error { return tx.DeleteBucket([]byte("meta")) }),
+		"has buckets but no meta": editBolt(t, good, func(tx *bbolt.Tx) error { return tx.DeleteBucket([]byte("meta")) }),
 	}
 	for name, file := range files {
 		for _, ro := range []bool{false, true} {
@@ -111,7 +112,7 @@ func TestOpenRefusesDamagedFiles(t *testing.T) {
 				if err := os.WriteFile(path, file, 0o600); err != nil {
 					t.Fatal(err)
 				}
-				l, err := storage.Open(path, storage.Options{ReadOnly: ro})
+				l, err := bolt.Open(path, bolt.Options{ReadOnly: ro})
 				if err == nil {
 					_ = l.Close()
 					t.Fatal("Open succeeded, want ErrCorrupt")
@@ -135,7 +136,7 @@ func TestOpenAcceptsSoundFiles(t *testing.T) {
 	t.Parallel()
 	good, end := mustLedgerFile(t)
 	dir := t.TempDir()
-	src, err := storage.Open(filepath.Join(dir, "src.db"), storage.Options{})
+	src, err := bolt.Open(filepath.Join(dir, "src.db"), bolt.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,7 +156,7 @@ func TestOpenAcceptsSoundFiles(t *testing.T) {
 		if err := os.WriteFile(path, file, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		l, err := storage.Open(path, storage.Options{})
+		l, err := bolt.Open(path, bolt.Options{})
 		if err != nil {
 			t.Errorf("%s: Open: %v", name, err)
 			continue

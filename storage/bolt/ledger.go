@@ -1,4 +1,4 @@
-package storage
+package bolt
 
 import (
 	"bytes"
@@ -10,8 +10,10 @@ import (
 	"slices"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	bbolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/taglock/taglock/storage"
 )
 
 // schemaVersion is the bucket layout version stored in meta/version.
@@ -53,13 +55,13 @@ const DefaultLockTimeout = time.Second
 // Options configure Open. The zero value is ready to use.
 type Options struct {
 	// LockTimeout is how long Open waits for the file lock before it
-	// returns ErrLocked. Zero means DefaultLockTimeout (1s); a negative
-	// value means try once and do not wait.
+	// returns storage.ErrLocked. Zero means DefaultLockTimeout (1s); a
+	// negative value means try once and do not wait.
 	LockTimeout time.Duration
 
 	// ReadOnly opens the ledger read-only, under a shared lock that other
 	// read-only openers may hold at the same time. The file must exist.
-	// Writes return ErrReadOnly. Default false.
+	// Writes return storage.ErrReadOnly. Default false.
 	ReadOnly bool
 
 	// Now is the ledger's clock, used for reservation times and for events
@@ -75,12 +77,14 @@ type Options struct {
 // Ledger is a bbolt-backed ledger of tag bindings, history, reservations,
 // manifest references and pulls. It is safe for concurrent use.
 type Ledger struct {
-	db       *bolt.DB
+	db       *bbolt.DB
 	writes   *group
 	path     string
 	now      func() time.Time
 	readOnly bool
 }
+
+var _ storage.Ledger = (*Ledger)(nil)
 
 // Open opens the ledger at path, creating the file (mode 0600), its parent
 // directory (0700) and its buckets when needed. It returns an error wrapping
@@ -107,17 +111,17 @@ func Open(path string, opts Options) (*Ledger, error) {
 	if err := checkFile(path); err != nil {
 		return nil, fmt.Errorf("open ledger %s: %w", path, err)
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{
 		Timeout:      timeout,
 		ReadOnly:     opts.ReadOnly,
 		NoSync:       opts.NoSync,
-		FreelistType: bolt.FreelistMapType,
+		FreelistType: bbolt.FreelistMapType,
 	})
 	if errors.Is(err, berrors.ErrTimeout) {
-		return nil, fmt.Errorf("open ledger %s: waited %s: %w", path, timeout, ErrLocked)
+		return nil, fmt.Errorf("open ledger %s: waited %s: %w", path, timeout, storage.ErrLocked)
 	}
 	if errors.Is(err, berrors.ErrInvalid) || errors.Is(err, berrors.ErrVersionMismatch) || errors.Is(err, berrors.ErrChecksum) {
-		return nil, fmt.Errorf("open ledger %s: %w: %w", path, err, ErrCorrupt)
+		return nil, fmt.Errorf("open ledger %s: %w: %w", path, err, storage.ErrCorrupt)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("open ledger %s: %w", path, err)
@@ -140,7 +144,7 @@ func Open(path string, opts Options) (*Ledger, error) {
 // (addedBuckets) and checks the rest: a file that has buckets but no version
 // is not a ledger, and a ledger missing one of its own buckets has lost
 // records, so both are refused rather than filled in with empty buckets.
-func createLayout(tx *bolt.Tx) error {
+func createLayout(tx *bbolt.Tx) error {
 	if meta := tx.Bucket(bucketMeta); meta != nil && meta.Get(keyVersion) != nil {
 		for _, name := range addedBuckets {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
@@ -152,8 +156,8 @@ func createLayout(tx *bolt.Tx) error {
 		}
 		return indexReservedDigests(tx)
 	}
-	if err := tx.ForEach(func(name []byte, _ *bolt.Bucket) error {
-		return fmt.Errorf("bucket %q but no schema version: not a taglock ledger: %w", name, ErrCorrupt)
+	if err := tx.ForEach(func(name []byte, _ *bbolt.Bucket) error {
+		return fmt.Errorf("bucket %q but no schema version: not a taglock ledger: %w", name, storage.ErrCorrupt)
 	}); err != nil {
 		return err
 	}
@@ -166,14 +170,14 @@ func createLayout(tx *bolt.Tx) error {
 }
 
 // checkLayout verifies that every bucket exists and the version is known.
-func checkLayout(tx *bolt.Tx) error {
+func checkLayout(tx *bbolt.Tx) error {
 	for _, name := range allBuckets {
 		if tx.Bucket(name) == nil && (tx.Writable() || !slices.ContainsFunc(addedBuckets, func(b []byte) bool { return bytes.Equal(b, name) })) {
-			return fmt.Errorf("missing bucket %s: %w", name, ErrCorrupt)
+			return fmt.Errorf("missing bucket %s: %w", name, storage.ErrCorrupt)
 		}
 	}
 	if v := tx.Bucket(bucketMeta).Get(keyVersion); string(v) != schemaVersion {
-		return fmt.Errorf("schema version %q, want %q: %w", v, schemaVersion, ErrCorrupt)
+		return fmt.Errorf("schema version %q, want %q: %w", v, schemaVersion, storage.ErrCorrupt)
 	}
 	return nil
 }
@@ -195,7 +199,7 @@ func (l *Ledger) clock() time.Time { return l.now().UTC() }
 func (l *Ledger) Path() string { return l.path }
 
 // view runs fn in a read-only transaction after checking ctx.
-func (l *Ledger) view(ctx context.Context, fn func(*bolt.Tx) error) error {
+func (l *Ledger) view(ctx context.Context, fn func(*bbolt.Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -206,12 +210,12 @@ func (l *Ledger) view(ctx context.Context, fn func(*bolt.Tx) error) error {
 // together with concurrent writers' (see group). fn must not do anything
 // slow, since every other writer waits for it, and must keep its effects
 // inside the transaction, since it may run more than once.
-func (l *Ledger) update(ctx context.Context, fn func(*bolt.Tx) error) error {
+func (l *Ledger) update(ctx context.Context, fn func(*bbolt.Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	if l.readOnly {
-		return ErrReadOnly
+		return storage.ErrReadOnly
 	}
 	return l.writes.update(fn)
 }

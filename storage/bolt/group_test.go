@@ -1,4 +1,4 @@
-package storage
+package bolt
 
 import (
 	"errors"
@@ -7,30 +7,30 @@ import (
 	"sync"
 	"testing"
 
-	bolt "go.etcd.io/bbolt"
+	bbolt "go.etcd.io/bbolt"
 )
 
-func openGroup(t *testing.T) (*group, *bolt.DB) {
+func openGroup(t *testing.T) (*group, *bbolt.DB) {
 	t.Helper()
-	db, err := bolt.Open(filepath.Join(t.TempDir(), "group.db"), 0o600, &bolt.Options{NoSync: true})
+	db, err := bbolt.Open(filepath.Join(t.TempDir(), "group.db"), 0o600, &bbolt.Options{NoSync: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = db.Close() })
-	if err := db.Update(func(tx *bolt.Tx) error { _, err := tx.CreateBucket([]byte("b")); return err }); err != nil {
+	if err := db.Update(func(tx *bbolt.Tx) error { _, err := tx.CreateBucket([]byte("b")); return err }); err != nil {
 		t.Fatal(err)
 	}
 	return &group{db: db}, db
 }
 
-func put(k string) func(*bolt.Tx) error {
-	return func(tx *bolt.Tx) error { return tx.Bucket([]byte("b")).Put([]byte(k), []byte("v")) }
+func put(k string) func(*bbolt.Tx) error {
+	return func(tx *bbolt.Tx) error { return tx.Bucket([]byte("b")).Put([]byte(k), []byte("v")) }
 }
 
-func has(t *testing.T, db *bolt.DB, k string) bool {
+func has(t *testing.T, db *bbolt.DB, k string) bool {
 	t.Helper()
 	var ok bool
-	if err := db.View(func(tx *bolt.Tx) error { ok = tx.Bucket([]byte("b")).Get([]byte(k)) != nil; return nil }); err != nil {
+	if err := db.View(func(tx *bbolt.Tx) error { ok = tx.Bucket([]byte("b")).Get([]byte(k)) != nil; return nil }); err != nil {
 		t.Fatal(err)
 	}
 	return ok
@@ -43,7 +43,7 @@ func holdFirst(t *testing.T, g *group) (release chan struct{}, done <-chan error
 	entered, release := make(chan struct{}), make(chan struct{})
 	errc := make(chan error, 1)
 	go func() {
-		errc <- g.update(func(tx *bolt.Tx) error {
+		errc <- g.update(func(tx *bbolt.Tx) error {
 			close(entered)
 			<-release
 			return put("first")(tx)
@@ -72,12 +72,12 @@ func TestGroupCommitsQueuedWritesTogether(t *testing.T) {
 	release, first := holdFirst(t, g)
 	const n = 16
 	var mu sync.Mutex
-	txs := map[*bolt.Tx]int{}
+	txs := map[*bbolt.Tx]int{}
 	var wg sync.WaitGroup
 	errs := make([]error, n)
 	for i := range n {
 		wg.Go(func() {
-			errs[i] = g.update(func(tx *bolt.Tx) error {
+			errs[i] = g.update(func(tx *bbolt.Tx) error {
 				mu.Lock()
 				txs[tx]++
 				mu.Unlock()
@@ -117,7 +117,7 @@ func TestGroupFailedWriteDoesNotSinkTheOthers(t *testing.T) {
 		wg.Go(func() { okErrs[i] = g.update(put(fmt.Sprint("ok", i))) })
 	}
 	wg.Go(func() {
-		badErr = g.update(func(tx *bolt.Tx) error {
+		badErr = g.update(func(tx *bbolt.Tx) error {
 			if err := put("bad")(tx); err != nil {
 				return err
 			}
@@ -149,8 +149,8 @@ func TestGroupFailedWriteDoesNotSinkTheOthers(t *testing.T) {
 func TestGroupJudgesAFailedWriteOnCommittedData(t *testing.T) {
 	g, db := openGroup(t)
 	release, first := holdFirst(t, g)
-	claim := func(name string) func(*bolt.Tx) error {
-		return func(tx *bolt.Tx) error {
+	claim := func(name string) func(*bbolt.Tx) error {
+		return func(tx *bbolt.Tx) error {
 			b := tx.Bucket([]byte("b"))
 			if v := b.Get([]byte("owner")); v != nil {
 				return fmt.Errorf("owned by %s", v)
@@ -173,7 +173,7 @@ func TestGroupJudgesAFailedWriteOnCommittedData(t *testing.T) {
 		t.Fatalf("claims returned %v and %v; want exactly one to win", errs[0], errs[1])
 	}
 	var owner string
-	_ = db.View(func(tx *bolt.Tx) error { owner = string(tx.Bucket([]byte("b")).Get([]byte("owner"))); return nil })
+	_ = db.View(func(tx *bbolt.Tx) error { owner = string(tx.Bucket([]byte("b")).Get([]byte("owner"))); return nil })
 	if want := map[bool]string{true: "a", false: "b"}[errs[0] == nil]; owner != want {
 		t.Errorf("owner %q, want the winner %q", owner, want)
 	}
@@ -186,7 +186,7 @@ func TestGroupSurvivesAPanickingWrite(t *testing.T) {
 	release, first := holdFirst(t, g)
 	var wg sync.WaitGroup
 	var panicErr, okErr error
-	wg.Go(func() { panicErr = g.update(func(*bolt.Tx) error { panic("boom") }) })
+	wg.Go(func() { panicErr = g.update(func(*bbolt.Tx) error { panic("boom") }) })
 	wg.Go(func() { okErr = g.update(put("ok")) })
 	waitQueued(g, 2)
 	close(release)

@@ -1,32 +1,31 @@
-package storage
+package bolt
 
 import (
 	"context"
 	"encoding/json"
 	"fmt"
 
-	bolt "go.etcd.io/bbolt"
+	bbolt "go.etcd.io/bbolt"
+
+	"github.com/taglock/taglock/storage"
 )
 
-// Append records events in one transaction. Events with a zero Seq get the
-// next sequence number and those with a zero Time get Options.Now(). A
-// non-zero Seq must be greater than every recorded one, or Append returns an
-// error wrapping ErrInvalid.
-func (l *Ledger) Append(ctx context.Context, events ...Event) error {
+// Append implements storage.Ledger in one transaction.
+func (l *Ledger) Append(ctx context.Context, events ...storage.Event) error {
 	if len(events) == 0 {
 		return nil
 	}
-	if err := checkEvents(events); err != nil {
+	if err := storage.ValidateEvents(events); err != nil {
 		return err
 	}
-	return l.update(ctx, func(tx *bolt.Tx) error {
+	return l.update(ctx, func(tx *bbolt.Tx) error {
 		return l.appendEvents(tx, events)
 	})
 }
 
-// History returns the events of repo:tag, or of the whole repository when
-// tag is "", newest first. limit <= 0 means all.
-func (l *Ledger) History(ctx context.Context, repo, tag string, limit int) ([]Event, error) {
+// History implements storage.Ledger with the events_by_tag and
+// events_by_repo indexes.
+func (l *Ledger) History(ctx context.Context, repo, tag string, limit int) ([]storage.Event, error) {
 	bucket, p := bucketEventsByRepo, prefix(repo)
 	if tag != "" {
 		bucket, p = bucketEventsByTag, prefix(repo, tag)
@@ -34,12 +33,11 @@ func (l *Ledger) History(ctx context.Context, repo, tag string, limit int) ([]Ev
 	return l.eventsByIndex(ctx, bucket, p, limit)
 }
 
-// Recent returns the newest events of kind across all repositories, newest
-// first; kind "" means any kind. limit <= 0 means all.
-func (l *Ledger) Recent(ctx context.Context, kind EventKind, limit int) ([]Event, error) {
+// Recent implements storage.Ledger with the events_by_kind index.
+func (l *Ledger) Recent(ctx context.Context, kind storage.EventKind, limit int) ([]storage.Event, error) {
 	if kind == "" {
-		var out []Event
-		err := l.view(ctx, func(tx *bolt.Tx) error {
+		var out []storage.Event
+		err := l.view(ctx, func(tx *bbolt.Tx) error {
 			c := tx.Bucket(bucketEvents).Cursor()
 			for k, v := c.Last(); k != nil && (limit <= 0 || len(out) < limit); k, v = c.Prev() {
 				e, err := decodeEvent(k, v)
@@ -57,19 +55,19 @@ func (l *Ledger) Recent(ctx context.Context, kind EventKind, limit int) ([]Event
 
 // eventsByIndex walks an index bucket whose keys are p+seq backwards and
 // loads the events.
-func (l *Ledger) eventsByIndex(ctx context.Context, bucket, p []byte, limit int) ([]Event, error) {
-	var out []Event
-	err := l.view(ctx, func(tx *bolt.Tx) error {
+func (l *Ledger) eventsByIndex(ctx context.Context, bucket, p []byte, limit int) ([]storage.Event, error) {
+	var out []storage.Event
+	err := l.view(ctx, func(tx *bbolt.Tx) error {
 		events := tx.Bucket(bucketEvents)
 		return forPrefixReverse(tx.Bucket(bucket), p, func(k, _ []byte) (bool, error) {
 			seq, ok := seqOf(k[len(p):])
 			if !ok || len(k) != len(p)+8 {
-				return false, fmt.Errorf("%s key %q: %w", bucket, k, ErrCorrupt)
+				return false, fmt.Errorf("%s key %q: %w", bucket, k, storage.ErrCorrupt)
 			}
 			ek := seqKey(seq)
 			v := events.Get(ek)
 			if v == nil {
-				return false, fmt.Errorf("%s entry for missing event %d: %w", bucket, seq, ErrCorrupt)
+				return false, fmt.Errorf("%s entry for missing event %d: %w", bucket, seq, storage.ErrCorrupt)
 			}
 			e, err := decodeEvent(ek, v)
 			if err != nil {
@@ -85,41 +83,17 @@ func (l *Ledger) eventsByIndex(ctx context.Context, bucket, p []byte, limit int)
 	return out, nil
 }
 
-func decodeEvent(k, v []byte) (Event, error) {
-	var e Event
+func decodeEvent(k, v []byte) (storage.Event, error) {
+	var e storage.Event
 	if err := json.Unmarshal(v, &e); err != nil {
-		return Event{}, fmt.Errorf("event %x: %w: %w", k, ErrCorrupt, err)
+		return storage.Event{}, fmt.Errorf("event %x: %w: %w", k, storage.ErrCorrupt, err)
 	}
 	return e, nil
 }
 
-// checkEvents validates events before a transaction starts.
-func checkEvents(events []Event) error {
-	for _, e := range events {
-		if err := checkName("event kind", string(e.Kind)); err != nil {
-			return err
-		}
-		if err := checkKey("event repository", e.Repo); err != nil {
-			return err
-		}
-		if err := checkKey("event tag", e.Tag); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// checkKey validates an optional key part: it may be empty but not hold NUL.
-func checkKey(what, s string) error {
-	if s == "" {
-		return nil
-	}
-	return checkName(what, s)
-}
-
 // appendEvents fills Seq and Time where zero and stores events with their
 // indexes. Explicit sequences must be new and increasing.
-func (l *Ledger) appendEvents(tx *bolt.Tx, events []Event) error {
+func (l *Ledger) appendEvents(tx *bbolt.Tx, events []storage.Event) error {
 	b := tx.Bucket(bucketEvents)
 	for _, e := range events {
 		if e.Seq == 0 {
@@ -130,7 +104,7 @@ func (l *Ledger) appendEvents(tx *bolt.Tx, events []Event) error {
 			e.Seq = seq
 		} else {
 			if e.Seq <= b.Sequence() {
-				return fmt.Errorf("event seq %d is not after %d: %w", e.Seq, b.Sequence(), ErrInvalid)
+				return fmt.Errorf("event seq %d is not after %d: %w", e.Seq, b.Sequence(), storage.ErrInvalid)
 			}
 			if err := b.SetSequence(e.Seq); err != nil {
 				return err
@@ -147,7 +121,7 @@ func (l *Ledger) appendEvents(tx *bolt.Tx, events []Event) error {
 }
 
 // putEvent stores e under its Seq with its index entries.
-func putEvent(tx *bolt.Tx, e Event) error {
+func putEvent(tx *bbolt.Tx, e storage.Event) error {
 	v, err := json.Marshal(e)
 	if err != nil {
 		return fmt.Errorf("encode event %d: %w", e.Seq, err)
@@ -170,7 +144,7 @@ type indexKey struct {
 }
 
 // eventIndexKeys lists the index entries an event must have.
-func eventIndexKeys(e Event) []indexKey {
+func eventIndexKeys(e storage.Event) []indexKey {
 	keys := []indexKey{
 		{bucketEventsByRepo, seqKey(e.Seq, e.Repo)},
 		{bucketEventsByKind, seqKey(e.Seq, string(e.Kind))},

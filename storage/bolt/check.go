@@ -1,4 +1,4 @@
-package storage
+package bolt
 
 import (
 	"bytes"
@@ -7,21 +7,25 @@ import (
 	"slices"
 
 	digest "github.com/opencontainers/go-digest"
-	bolt "go.etcd.io/bbolt"
+	bbolt "go.etcd.io/bbolt"
+
+	"github.com/taglock/taglock/storage"
 )
 
 // maxProblems caps how many problems Check reports.
 const maxProblems = 1000
 
-// Check verifies the ledger's integrity in one read transaction: bbolt's own
+// checkEvery is how many records a long loop handles between looks at its
+// context.
+const checkEvery = 1000
+
+// Check implements storage.Ledger in one read transaction: bbolt's own
 // page checks, that every record decodes and sits under the key it claims,
 // that every index entry points at a record that has it, and that every
-// record's index entries exist. It returns the problems found (at most 1000)
-// and, when there are any, an error wrapping ErrCorrupt. Other errors mean the
-// check could not run.
+// record's index entries exist.
 func (l *Ledger) Check(ctx context.Context) ([]string, error) {
 	c := &checker{ctx: ctx}
-	err := l.view(ctx, func(tx *bolt.Tx) error {
+	err := l.view(ctx, func(tx *bbolt.Tx) error {
 		for err := range tx.Check() {
 			c.report("bbolt: %v", err)
 		}
@@ -29,7 +33,7 @@ func (l *Ledger) Check(ctx context.Context) ([]string, error) {
 			c.report("%v", err)
 			return nil // the record checks below need every bucket
 		}
-		for _, step := range []func(*bolt.Tx) error{
+		for _, step := range []func(*bbolt.Tx) error{
 			c.bindings, c.bindingRefs, c.events, c.eventIndexes,
 			c.reservations, c.reservedTags, c.reservedDigests, c.manifests, c.pulls,
 		} {
@@ -43,7 +47,7 @@ func (l *Ledger) Check(ctx context.Context) ([]string, error) {
 		return nil, fmt.Errorf("check ledger %s: %w", l.path, err)
 	}
 	if len(c.problems) > 0 {
-		return c.problems, fmt.Errorf("check ledger %s: %d problems: %w", l.path, len(c.problems), ErrCorrupt)
+		return c.problems, fmt.Errorf("check ledger %s: %d problems: %w", l.path, len(c.problems), storage.ErrCorrupt)
 	}
 	return nil, nil
 }
@@ -62,9 +66,9 @@ func (c *checker) report(format string, args ...any) {
 }
 
 // each calls fn for every key of bucket, checking ctx now and then.
-func (c *checker) each(tx *bolt.Tx, bucket []byte, fn func(k, v []byte)) error {
+func (c *checker) each(tx *bbolt.Tx, bucket []byte, fn func(k, v []byte)) error {
 	return tx.Bucket(bucket).ForEach(func(k, v []byte) error {
-		if c.visited++; c.visited%importBatch == 0 {
+		if c.visited++; c.visited%checkEvery == 0 {
 			if err := c.ctx.Err(); err != nil {
 				return err
 			}
@@ -74,7 +78,7 @@ func (c *checker) each(tx *bolt.Tx, bucket []byte, fn func(k, v []byte)) error {
 	})
 }
 
-func (c *checker) bindings(tx *bolt.Tx) error {
+func (c *checker) bindings(tx *bbolt.Tx) error {
 	refs := tx.Bucket(bucketBindingRefs)
 	return c.each(tx, bucketBindings, func(k, v []byte) {
 		b, err := decodeBinding(k, v)
@@ -86,10 +90,10 @@ func (c *checker) bindings(tx *bolt.Tx) error {
 			c.report("binding under key %q is for %s:%s", k, b.Repo, b.Tag)
 			return
 		}
-		if _, err := normalizeBindings([]Binding{b}); err != nil {
+		if _, err := storage.NormalizeBindings([]storage.Binding{b}); err != nil {
 			c.report("binding %s:%s: %v", b.Repo, b.Tag, err)
 		}
-		for _, d := range refDigests(b) {
+		for _, d := range b.RefDigests() {
 			if refs.Get(key(b.Repo, string(d), b.Tag)) == nil {
 				c.report("binding %s:%s lacks its index entry for %s", b.Repo, b.Tag, d)
 			}
@@ -97,7 +101,7 @@ func (c *checker) bindings(tx *bolt.Tx) error {
 	})
 }
 
-func (c *checker) bindingRefs(tx *bolt.Tx) error {
+func (c *checker) bindingRefs(tx *bbolt.Tx) error {
 	return c.each(tx, bucketBindingRefs, func(k, _ []byte) {
 		parts, ok := splitKey(k, 3)
 		if !ok {
@@ -117,7 +121,7 @@ func (c *checker) bindingRefs(tx *bolt.Tx) error {
 	})
 }
 
-func (c *checker) events(tx *bolt.Tx) error {
+func (c *checker) events(tx *bbolt.Tx) error {
 	b := tx.Bucket(bucketEvents)
 	var last uint64
 	err := c.each(tx, bucketEvents, func(k, v []byte) {
@@ -145,7 +149,7 @@ func (c *checker) events(tx *bolt.Tx) error {
 
 // eventIndexes checks that every history index entry points at an event
 // that has it.
-func (c *checker) eventIndexes(tx *bolt.Tx) error {
+func (c *checker) eventIndexes(tx *bbolt.Tx) error {
 	for _, bucket := range [][]byte{bucketEventsByTag, bucketEventsByRepo, bucketEventsByKind} {
 		err := c.each(tx, bucket, func(k, _ []byte) {
 			seq, ok := seqOf(k)
@@ -176,7 +180,7 @@ func (c *checker) eventIndexes(tx *bolt.Tx) error {
 	return nil
 }
 
-func (c *checker) reservations(tx *bolt.Tx) error {
+func (c *checker) reservations(tx *bbolt.Tx) error {
 	tags := tx.Bucket(bucketReservedTags)
 	return c.each(tx, bucketReservations, func(k, v []byte) {
 		r, err := decodeReservation(k, v)
@@ -187,14 +191,14 @@ func (c *checker) reservations(tx *bolt.Tx) error {
 		if string(k) != r.ID {
 			c.report("reservation %s is stored under key %q", r.ID, k)
 		}
-		for _, tag := range heldTags(r) {
+		for _, tag := range r.HeldTags() {
 			if got := tags.Get(key(r.Repo, tag, r.ID)); digest.Digest(got) != r.Digest {
 				c.report("reservation %s lacks its tag entry for %s:%s", r.ID, r.Repo, tag)
 			}
 		}
 		if digs := tx.Bucket(bucketReservedDigs); digs != nil {
-			for _, d := range heldDigests(r) {
-				if ReservationKind(digs.Get(key(r.Repo, string(d), r.ID))) != kindOf(r) {
+			for _, d := range r.Holds() {
+				if storage.ReservationKind(digs.Get(key(r.Repo, string(d), r.ID))) != kindOf(r) {
 					c.report("reservation %s lacks its digest entry for %s@%s", r.ID, r.Repo, d)
 				}
 			}
@@ -202,7 +206,7 @@ func (c *checker) reservations(tx *bolt.Tx) error {
 	})
 }
 
-func (c *checker) reservedDigests(tx *bolt.Tx) error {
+func (c *checker) reservedDigests(tx *bbolt.Tx) error {
 	if tx.Bucket(bucketReservedDigs) == nil {
 		return nil // a read-only check of a file from before the index
 	}
@@ -222,13 +226,13 @@ func (c *checker) reservedDigests(tx *bolt.Tx) error {
 		if err != nil {
 			return // reported by c.reservations
 		}
-		if r.Repo != repo || !slices.Contains(heldDigests(r), d) || ReservationKind(v) != kindOf(r) {
+		if r.Repo != repo || !slices.Contains(r.Holds(), d) || storage.ReservationKind(v) != kindOf(r) {
 			c.report("reserved digest %s@%s does not match reservation %s", repo, d, id)
 		}
 	})
 }
 
-func (c *checker) reservedTags(tx *bolt.Tx) error {
+func (c *checker) reservedTags(tx *bbolt.Tx) error {
 	return c.each(tx, bucketReservedTags, func(k, v []byte) {
 		parts, ok := splitKey(k, 3)
 		if !ok {
@@ -245,13 +249,13 @@ func (c *checker) reservedTags(tx *bolt.Tx) error {
 		if err != nil {
 			return // reported by c.reservations
 		}
-		if r.Repo != repo || !slices.Contains(heldTags(r), tag) || string(r.Digest) != string(v) {
+		if r.Repo != repo || !slices.Contains(r.HeldTags(), tag) || string(r.Digest) != string(v) {
 			c.report("reserved tag %s:%s does not match reservation %s", repo, tag, id)
 		}
 	})
 }
 
-func (c *checker) manifests(tx *bolt.Tx) error {
+func (c *checker) manifests(tx *bbolt.Tx) error {
 	return c.each(tx, bucketManifests, func(k, v []byte) {
 		m, err := decodeManifest(k, v)
 		if err != nil {
@@ -264,7 +268,7 @@ func (c *checker) manifests(tx *bolt.Tx) error {
 	})
 }
 
-func (c *checker) pulls(tx *bolt.Tx) error {
+func (c *checker) pulls(tx *bbolt.Tx) error {
 	return c.each(tx, bucketPulls, func(k, v []byte) {
 		if _, ok := splitKey(k, 2); !ok {
 			c.report("pull key %q is malformed", k)

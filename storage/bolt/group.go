@@ -1,10 +1,10 @@
-package storage
+package bolt
 
 import (
 	"fmt"
 	"sync"
 
-	bolt "go.etcd.io/bbolt"
+	bbolt "go.etcd.io/bbolt"
 )
 
 // group commits concurrent writes together. bbolt allows one writer at a
@@ -21,7 +21,7 @@ import (
 // verdict is judged on committed data only, and the others are retried in
 // the next group.
 type group struct {
-	db *bolt.DB
+	db *bbolt.DB
 
 	mu      sync.Mutex
 	pending []*write
@@ -29,13 +29,13 @@ type group struct {
 }
 
 type write struct {
-	fn   func(*bolt.Tx) error
+	fn   func(*bbolt.Tx) error
 	done chan error
 }
 
 // update runs fn in a read-write transaction, alone or with other writes,
 // and returns fn's error or the commit's.
-func (g *group) update(fn func(*bolt.Tx) error) error {
+func (g *group) update(fn func(*bbolt.Tx) error) error {
 	w := &write{fn: fn, done: make(chan error, 1)}
 	g.mu.Lock()
 	g.pending = append(g.pending, w)
@@ -84,11 +84,11 @@ func (g *group) run(first bool) {
 // rolled them back.
 func (g *group) commit(ws []*write) {
 	if len(ws) == 1 {
-		ws[0].done <- g.db.Update(func(tx *bolt.Tx) error { return call(ws[0].fn, tx) })
+		ws[0].done <- g.db.Update(func(tx *bbolt.Tx) error { return call(ws[0].fn, tx) })
 		return
 	}
 	failed := -1
-	err := g.db.Update(func(tx *bolt.Tx) error {
+	err := g.db.Update(func(tx *bbolt.Tx) error {
 		for i, w := range ws {
 			if err := call(w.fn, tx); err != nil {
 				failed = i
@@ -105,7 +105,7 @@ func (g *group) commit(ws []*write) {
 		return
 	}
 	bad := ws[failed]
-	bad.done <- g.db.Update(func(tx *bolt.Tx) error { return call(bad.fn, tx) })
+	bad.done <- g.db.Update(func(tx *bbolt.Tx) error { return call(bad.fn, tx) })
 	rest := make([]*write, 0, len(ws)-1)
 	rest = append(rest, ws[:failed]...)
 	rest = append(rest, ws[failed+1:]...)
@@ -117,7 +117,7 @@ func (g *group) commit(ws []*write) {
 // call runs fn, turning a panic into an error for fn's own caller: the
 // panic must not take down the goroutine committing other callers' writes,
 // nor leave the group busy for ever.
-func call(fn func(*bolt.Tx) error, tx *bolt.Tx) (err error) {
+func call(fn func(*bbolt.Tx) error, tx *bbolt.Tx) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			err = fmt.Errorf("ledger write panicked: %v", p)

@@ -1,4 +1,4 @@
-package storage
+package bolt
 
 import (
 	"encoding/binary"
@@ -8,6 +8,8 @@ import (
 	"io"
 	"io/fs"
 	"os"
+
+	"github.com/taglock/taglock/storage"
 )
 
 // The parts of bbolt's file format checkFile reads: each of the first two
@@ -55,13 +57,13 @@ func checkFile(path string) error {
 	}
 	size := fi.Size()
 	if size == 0 {
-		return fmt.Errorf("the file is empty; a new ledger is created only where no file exists: %w", ErrCorrupt)
+		return fmt.Errorf("the file is empty; a new ledger is created only where no file exists: %w", storage.ErrCorrupt)
 	}
 	if !ok {
 		return nil // bbolt reports it as invalid
 	}
 	if need := m.highWater * m.pageSize; uint64(size) < need {
-		return fmt.Errorf("the file has %d bytes but its last commit (txid %d) needs %d; it was truncated: %w", size, m.txid, need, ErrCorrupt)
+		return fmt.Errorf("the file has %d bytes but its last commit (txid %d) needs %d; it was truncated: %w", size, m.txid, need, storage.ErrCorrupt)
 	}
 	return nil
 }

@@ -1,4 +1,4 @@
-package storage_test
+package bolt_test
 
 import (
 	"bytes"
@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/taglock/taglock/storage"
+	"github.com/taglock/taglock/storage/bolt"
 	"github.com/taglock/taglock/storage/ledgertest"
 )
 
@@ -17,7 +18,7 @@ import (
 // ledger, export again gives the same bytes, and importing a ledger's own
 // export into it changes nothing.
 func FuzzImport(f *testing.F) {
-	seed := openTemp(f, storage.Options{})
+	seed := openTemp(f, bolt.Options{})
 	ledgertest.Populate(f, seed)
 	dump := ledgertest.MustExport(f, seed)
 	f.Add(dump)
@@ -44,10 +45,10 @@ func FuzzImport(f *testing.F) {
 	}
 	// Two ledgers for the whole run, emptied before each input: opening
 	// new files would cost more than the rest of the work.
-	a, b := openTemp(f, storage.Options{}), openTemp(f, storage.Options{})
+	a, b := openTemp(f, bolt.Options{}), openTemp(f, bolt.Options{})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		ctx := context.Background()
-		for _, l := range []*storage.Ledger{a, b} {
+		for _, l := range []*bolt.Ledger{a, b} {
 			if err := l.ResetForTest(); err != nil {
 				t.Fatalf("reset: %v", err)
 			}

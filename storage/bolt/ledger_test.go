@@ -1,4 +1,4 @@
-package storage_test
+package bolt_test
 
 import (
 	"context"
@@ -14,18 +14,19 @@ import (
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
-	bolt "go.etcd.io/bbolt"
+	bbolt "go.etcd.io/bbolt"
 
 	"github.com/taglock/taglock/storage"
+	"github.com/taglock/taglock/storage/bolt"
 	"github.com/taglock/taglock/storage/ledgertest"
 )
 
 // openTemp opens a new ledger in a temporary directory and closes it when
 // the test ends.
-func openTemp(t testing.TB, opts storage.Options) *storage.Ledger {
+func openTemp(t testing.TB, opts bolt.Options) *bolt.Ledger {
 	t.Helper()
 	opts.NoSync = true
-	l, err := storage.Open(filepath.Join(t.TempDir(), "ledger", "taglock.db"), opts)
+	l, err := bolt.Open(filepath.Join(t.TempDir(), "ledger", "taglock.db"), opts)
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
@@ -40,8 +41,8 @@ func openTemp(t testing.TB, opts storage.Options) *storage.Ledger {
 func TestConformance(t *testing.T) {
 	// The bbolt ledger passes the backend conformance suite.
 	t.Parallel()
-	ledgertest.RunConformance(t, func(t *testing.T) *storage.Ledger {
-		return openTemp(t, storage.Options{})
+	ledgertest.RunConformance(t, func(t *testing.T) storage.Ledger {
+		return openTemp(t, bolt.Options{})
 	})
 }
 
@@ -50,7 +51,7 @@ func TestOpenCreatesPrivateFile(t *testing.T) {
 	// read, and a ledger reopens with its data.
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "a", "b", "taglock.db")
-	l, err := storage.Open(path, storage.Options{NoSync: true})
+	l, err := bolt.Open(path, bolt.Options{NoSync: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,7 +69,7 @@ func TestOpenCreatesPrivateFile(t *testing.T) {
 	if perm := fi.Mode().Perm(); perm != 0o600 {
 		t.Errorf("ledger file mode %v, want 0600", perm)
 	}
-	l, err = storage.Open(path, storage.Options{NoSync: true})
+	l, err = bolt.Open(path, bolt.Options{NoSync: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,7 +86,7 @@ func TestReadOnly(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "taglock.db")
-	l, err := storage.Open(path, storage.Options{NoSync: true})
+	l, err := bolt.Open(path, bolt.Options{NoSync: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,12 +94,12 @@ func TestReadOnly(t *testing.T) {
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
-	r1, err := storage.Open(path, storage.Options{ReadOnly: true})
+	r1, err := bolt.Open(path, bolt.Options{ReadOnly: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer r1.Close()
-	r2, err := storage.Open(path, storage.Options{ReadOnly: true, LockTimeout: 50 * time.Millisecond})
+	r2, err := bolt.Open(path, bolt.Options{ReadOnly: true, LockTimeout: 50 * time.Millisecond})
 	if err != nil {
 		t.Fatalf("second reader: %v", err)
 	}
@@ -110,7 +111,7 @@ func TestReadOnly(t *testing.T) {
 	if _, err := r1.Reserve(ctx, storage.Reservation{Repo: "r", Tags: []string{"u"}, Digest: ledgertest.Digest("c")}); !errors.Is(err, storage.ErrReadOnly) {
 		t.Errorf("Reserve on a read-only ledger: err = %v, want ErrReadOnly", err)
 	}
-	if _, err := storage.Open(filepath.Join(dir, "missing.db"), storage.Options{ReadOnly: true}); err == nil {
+	if _, err := bolt.Open(filepath.Join(dir, "missing.db"), bolt.Options{ReadOnly: true}); err == nil {
 		t.Error("read-only Open of a missing file succeeded")
 	}
 }
@@ -119,10 +120,10 @@ func TestOpenLocked(t *testing.T) {
 	// A second Open of a ledger in use fails with ErrLocked after about
 	// LockTimeout, naming the path.
 	t.Parallel()
-	l := openTemp(t, storage.Options{})
+	l := openTemp(t, bolt.Options{})
 	const timeout = 150 * time.Millisecond
 	start := time.Now()
-	_, err := storage.Open(l.Path(), storage.Options{LockTimeout: timeout})
+	_, err := bolt.Open(l.Path(), bolt.Options{LockTimeout: timeout})
 	elapsed := time.Since(start)
 	if !errors.Is(err, storage.ErrLocked) {
 		t.Fatalf("second Open: err = %v, want ErrLocked", err)
@@ -134,10 +135,10 @@ func TestOpenLocked(t *testing.T) {
 		t.Errorf("error %q does not name the path", msg)
 	}
 	start = time.Now()
-	if _, err := storage.Open(l.Path(), storage.Options{LockTimeout: -1}); !errors.Is(err, storage.ErrLocked) || time.Since(start) > timeout {
+	if _, err := bolt.Open(l.Path(), bolt.Options{LockTimeout: -1}); !errors.Is(err, storage.ErrLocked) || time.Since(start) > timeout {
 		t.Errorf("Open with a negative LockTimeout: err = %v after %v, want ErrLocked at once", err, time.Since(start))
 	}
-	if _, err := storage.Open(l.Path(), storage.Options{ReadOnly: true, LockTimeout: 20 * time.Millisecond}); !errors.Is(err, storage.ErrLocked) {
+	if _, err := bolt.Open(l.Path(), bolt.Options{ReadOnly: true, LockTimeout: 20 * time.Millisecond}); !errors.Is(err, storage.ErrLocked) {
 		t.Errorf("read-only Open of a ledger open for writing: err = %v, want ErrLocked", err)
 	}
 }
@@ -149,7 +150,7 @@ func TestReservationSurvivesCrash(t *testing.T) {
 	ctx := context.Background()
 	clock := func() time.Time { return ledgertest.At(42) }
 	path := filepath.Join(t.TempDir(), "taglock.db")
-	l, err := storage.Open(path, storage.Options{Now: clock})
+	l, err := bolt.Open(path, bolt.Options{Now: clock})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,7 +165,7 @@ func TestReservationSurvivesCrash(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	l, err = storage.Open(path, storage.Options{})
+	l, err = bolt.Open(path, bolt.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -202,7 +203,7 @@ func TestConcurrentReserve(t *testing.T) {
 
 	t.Run("different digests", func(t *testing.T) {
 		t.Parallel()
-		l := openTemp(t, storage.Options{})
+		l := openTemp(t, bolt.Options{})
 		var wg sync.WaitGroup
 		errs := make([]error, pushers)
 		start := make(chan struct{})
@@ -247,7 +248,7 @@ func TestConcurrentReserve(t *testing.T) {
 
 	t.Run("same digest", func(t *testing.T) {
 		t.Parallel()
-		l := openTemp(t, storage.Options{})
+		l := openTemp(t, bolt.Options{})
 		b := ledgertest.NewBinding("r", "v1", "same")
 		var reserved, committed sync.WaitGroup
 		reserved.Add(pushers)
@@ -283,7 +284,7 @@ func TestConcurrentReserve(t *testing.T) {
 
 func BenchmarkReserveCommit(b *testing.B) {
 	// One manifest push's ledger writes, with fsync as in production.
-	l, err := storage.Open(filepath.Join(b.TempDir(), "taglock.db"), storage.Options{})
+	l, err := bolt.Open(filepath.Join(b.TempDir(), "taglock.db"), bolt.Options{})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -307,7 +308,7 @@ func BenchmarkReserveCommit(b *testing.B) {
 func BenchmarkReserveCommitParallel(b *testing.B) {
 	// Eight pushes at a time, as from parallel CI jobs: the writes queue
 	// behind each other's fsyncs unless they are committed together.
-	l, err := storage.Open(filepath.Join(b.TempDir(), "taglock.db"), storage.Options{})
+	l, err := bolt.Open(filepath.Join(b.TempDir(), "taglock.db"), bolt.Options{})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -336,7 +337,7 @@ func BenchmarkReserveCommitParallel(b *testing.B) {
 
 func BenchmarkBinding(b *testing.B) {
 	// Concurrent tag lookups, the proxy's hot path, on 10k bindings.
-	l := openTemp(b, storage.Options{})
+	l := openTemp(b, bolt.Options{})
 	const n = 10000
 	batch := make([]storage.Binding, 0, n)
 	for i := range n {
@@ -360,7 +361,7 @@ func BenchmarkBinding(b *testing.B) {
 // Manifests given to Commit are recorded in the commit's own transaction,
 // and a failed commit records none of them.
 func TestCommitRecordsManifests(t *testing.T) {
-	l := openTemp(t, storage.Options{})
+	l := openTemp(t, bolt.Options{})
 	ctx := context.Background()
 	d := digest.FromString("index")
 	child := digest.FromString("child")
@@ -394,7 +395,7 @@ func TestOpenIndexesReservationsFromBeforeTheDigestIndex(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "taglock.db")
-	l, err := storage.Open(path, storage.Options{})
+	l, err := bolt.Open(path, bolt.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -403,18 +404,18 @@ func TestOpenIndexesReservationsFromBeforeTheDigestIndex(t *testing.T) {
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
-	db, err := bolt.Open(path, 0o600, nil)
+	db, err := bbolt.Open(path, 0o600, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := db.Update(func(tx *bolt.Tx) error { return tx.DeleteBucket([]byte("reserved_digests")) }); err != nil {
+	if err := db.Update(func(tx *bbolt.Tx) error { return tx.DeleteBucket([]byte("reserved_digests")) }); err != nil {
 		t.Fatal(err)
 	}
 	if err := db.Close(); err != nil {
 		t.Fatal(err)
 	}
 
-	ro, err := storage.Open(path, storage.Options{ReadOnly: true})
+	ro, err := bolt.Open(path, bolt.Options{ReadOnly: true})
 	if err != nil {
 		t.Fatalf("read-only Open of a ledger without the digest index: %v", err)
 	}
@@ -425,7 +426,7 @@ func TestOpenIndexesReservationsFromBeforeTheDigestIndex(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	l, err = storage.Open(path, storage.Options{})
+	l, err = bolt.Open(path, bolt.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,69 @@
+package server
+
+import (
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/taglock/taglock/internal/config"
+	"github.com/taglock/taglock/storage/etcd/etcdtest"
+)
+
+// TestServeOnEtcd ensures that taglock serves with its ledger on etcd as it
+// does on bolt, counts lost history events in its metrics, and fails closed
+// when etcd does not answer: /readyz reports
+// the ledger within its bound, a push gets 503 and is not forwarded, and
+// once etcd is back both recover without a restart.
+func TestServeOnEtcd(t *testing.T) {
+	t.Parallel()
+	cluster := etcdtest.Start(t, 1)
+	_, base := mustStart(t, func(c *config.Config) {
+		c.Ledger.Backend, c.Ledger.Endpoints = config.BackendEtcd, cluster.Endpoints()
+		c.Ledger.RequestTimeout = config.Duration(time.Second)
+	})
+	if code, _ := push(t, base, "team/app", "1.0", "one"); code != http.StatusCreated {
+		t.Fatalf("push 1.0: %d", code)
+	}
+	if code, _ := push(t, base, "team/app", "1.0", "two"); code != http.StatusForbidden {
+		t.Fatalf("push of other content to 1.0: %d, want 403", code)
+	}
+	if resp, body := do(t, http.MethodGet, base+"/readyz", "", nil); resp.StatusCode != http.StatusOK {
+		t.Fatalf("/readyz: %d %s", resp.StatusCode, body)
+	}
+	if _, body := do(t, http.MethodGet, base+"/metrics", "", nil); !strings.Contains(string(body), "taglock_ledger_events_lost_total 0") {
+		t.Error("/metrics lacks taglock_ledger_events_lost_total")
+	}
+
+	cluster.Member(0).Stop()
+	start := time.Now()
+	if resp, _ := do(t, http.MethodGet, base+"/readyz", "", nil); resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("/readyz with etcd down: %d, want 503", resp.StatusCode)
+	}
+	if took := time.Since(start); took > 6*time.Second {
+		t.Errorf("/readyz with etcd down took %s", took)
+	}
+	m := image(t, base, "team/app", "three")
+	if resp, _ := do(t, http.MethodPut, base+"/v2/team/app/manifests/2.0", "application/vnd.oci.image.manifest.v1+json", m); resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("push with etcd down: %d, want 503", resp.StatusCode)
+	}
+	if resp, _ := do(t, http.MethodGet, base+"/v2/team/app/manifests/2.0", "", nil); resp.StatusCode != http.StatusNotFound {
+		t.Errorf("the push refused with etcd down reached the registry: GET 2.0 = %d", resp.StatusCode)
+	}
+
+	cluster.Member(0).Restart(t)
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		resp, _ := do(t, http.MethodGet, base+"/readyz", "", nil)
+		if resp.StatusCode == http.StatusOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz did not recover: %d", resp.StatusCode)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if code, _ := push(t, base, "team/app", "2.0", "three"); code != http.StatusCreated {
+		t.Errorf("push with etcd back: %d", code)
+	}
+}
