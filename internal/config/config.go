@@ -410,7 +410,7 @@ func Default() Config {
 			GCDrainTimeout:       Duration(10 * time.Second),
 			GCWriteWait:          Duration(20 * time.Second),
 		},
-		Ledger:    defaultLedger(),
+		Ledger: defaultLedger(),
 	}
 }
 
