@@ -47,6 +47,9 @@ type ImportView interface {
 	// Event returns the event recorded under seq; ok is false when there
 	// is none.
 	Event(ctx context.Context, seq uint64) (e Event, ok bool, err error)
+	// Manifest returns the record of manifest d of repo; ok is false when
+	// there is none.
+	Manifest(ctx context.Context, repo string, d digest.Digest) (m Manifest, ok bool, err error)
 }
 
 // ImportTarget is what ImportInto needs from a backend.
@@ -160,10 +163,12 @@ type overlay struct {
 	bindings     map[string]Binding
 	reservations map[string]Reservation
 	events       map[uint64]Event
+	manifests    map[string]Manifest
 }
 
 func newOverlay(v ImportView) *overlay {
-	return &overlay{v: v, bindings: map[string]Binding{}, reservations: map[string]Reservation{}, events: map[uint64]Event{}}
+	return &overlay{v: v, bindings: map[string]Binding{}, reservations: map[string]Reservation{}, events: map[uint64]Event{},
+		manifests: map[string]Manifest{}}
 }
 
 func (o *overlay) binding(ctx context.Context, repo, tag string) (Binding, bool, error) {
@@ -198,6 +203,30 @@ func (o *overlay) check(ctx context.Context, rec ImportRecord, whole bool) (*Con
 		c, err := o.reservationContradiction(ctx, r)
 		o.reservations[r.ID] = r
 		return c, err
+	case rec.Manifest != nil:
+		// What a manifest references decides what deletes and pushes
+		// protect; a record that says otherwise than the recorded one
+		// must not replace it silently.
+		m := *rec.Manifest
+		k := m.Repo + nul + string(m.Digest)
+		old, ok := o.manifests[k]
+		if !ok {
+			var err error
+			if old, ok, err = o.v.Manifest(ctx, m.Repo, m.Digest); err != nil {
+				return nil, err
+			}
+		}
+		o.manifests[k] = m
+		if !ok {
+			return nil, nil
+		}
+		if j, err := json.Marshal(m); err != nil {
+			return nil, fmt.Errorf("encode manifest %s@%s: %w", m.Repo, m.Digest, err)
+		} else if !sameJSON(old, j) {
+			oj, _ := json.Marshal(old)
+			return &Contradiction{Repo: m.Repo, Manifest: m.Digest, Changes: []Change{{
+				Field: "manifest record", Recorded: string(oj), Incoming: string(j)}}}, nil
+		}
 	case rec.Event != nil:
 		e := *rec.Event
 		j, err := json.Marshal(e)
@@ -349,6 +378,10 @@ func parseRecord(raw []byte) (ImportRecord, error) {
 		}
 		if err := checkReservation(r); err != nil {
 			return ImportRecord{}, err
+		}
+		if !r.Deadline.IsZero() && r.Deadline.After(r.CreatedAt.Add(MaxRequestWindow)) {
+			return ImportRecord{}, fmt.Errorf("reservation %s: its deadline %s is more than %s after it was made (%s); no request to the upstream takes that long: %w",
+				r.ID, r.Deadline.UTC().Format(time.RFC3339), MaxRequestWindow, r.CreatedAt.UTC().Format(time.RFC3339), ErrInvalid)
 		}
 		return ImportRecord{Reservation: &r}, nil
 	case recordEvent:

@@ -213,7 +213,9 @@ type Contradiction struct {
 	// every record is one line.
 	Record int    `json:"record"`
 	Repo   string `json:"repo"`
-	Tag    string `json:"tag"`
+	Tag    string `json:"tag,omitempty"`
+	// Manifest is set instead of Tag for a manifest record.
+	Manifest digest.Digest `json:"manifest,omitempty"`
 	// Changes lists what the record would change, field by field.
 	Changes []Change `json:"changes"`
 }
@@ -234,7 +236,16 @@ func (c Contradiction) String() string {
 	for i, ch := range c.Changes {
 		parts[i] = fmt.Sprintf("%s %s -> %s", ch.Field, orDash(ch.Recorded), orDash(ch.Incoming))
 	}
-	return fmt.Sprintf("record %d: %s:%s: %s", c.Record, c.Repo, c.Tag, strings.Join(parts, ", "))
+	return fmt.Sprintf("record %d: %s: %s", c.Record, c.Subject(), strings.Join(parts, ", "))
+}
+
+// Subject names what the contradicting record is about: repo:tag, or
+// repo@digest for a manifest record.
+func (c Contradiction) Subject() string {
+	if c.Manifest != "" {
+		return c.Repo + "@" + string(c.Manifest)
+	}
+	return c.Repo + ":" + c.Tag
 }
 
 func orDash(s string) string {

@@ -145,12 +145,21 @@ func (r Reservation) InDoubt(now time.Time, margin time.Duration) bool {
 	return now.Before(r.DoubtEnds(margin))
 }
 
+// MaxRequestWindow is the longest a request to the upstream is taken to
+// run: a reservation's Deadline is never believed beyond CreatedAt plus
+// this, and an import that says otherwise is refused.
+const MaxRequestWindow = time.Hour
+
 // DoubtEnds is when r's request can no longer land on the upstream: margin
-// after its Deadline, or after CreatedAt when it has none.
+// after its Deadline (at most MaxRequestWindow after CreatedAt), or after
+// CreatedAt when it has none.
 func (r Reservation) DoubtEnds(margin time.Duration) time.Time {
 	end := r.Deadline
 	if end.IsZero() {
 		end = r.CreatedAt
+	}
+	if limit := r.CreatedAt.Add(MaxRequestWindow); !r.CreatedAt.IsZero() && end.After(limit) {
+		end = limit
 	}
 	return end.Add(margin)
 }

@@ -432,7 +432,7 @@ Exit codes: 0 imported, 1 failure or refused (lines contradict the ledger),
 // printContradiction prints one import line that contradicts the ledger,
 // with one change per line.
 func printContradiction(w io.Writer, what string, c storage.Contradiction) {
-	fmt.Fprintf(w, "line %d, %s:%s, %s:\n", c.Record, c.Repo, c.Tag, what)
+	fmt.Fprintf(w, "line %d, %s, %s:\n", c.Record, c.Subject(), what)
 	for _, ch := range c.Changes {
 		fmt.Fprintf(w, "    %-11s %s -> %s\n", ch.Field, dash(ch.Recorded), dash(ch.Incoming))
 	}

@@ -186,6 +186,16 @@ func (v txView) Reservation(_ context.Context, id string) (storage.Reservation, 
 	return r, err == nil, err
 }
 
+func (v txView) Manifest(_ context.Context, repo string, d digest.Digest) (storage.Manifest, bool, error) {
+	k := key(repo, string(d))
+	raw := v.tx.Bucket(bucketManifests).Get(k)
+	if raw == nil {
+		return storage.Manifest{}, false, nil
+	}
+	m, err := decodeManifest(k, raw)
+	return m, err == nil, err
+}
+
 func (v txView) Event(_ context.Context, seq uint64) (storage.Event, bool, error) {
 	k := seqKey(seq)
 	raw := v.tx.Bucket(bucketEvents).Get(k)

@@ -181,6 +181,8 @@ func (l *Ledger) keysOf(records []storage.ImportRecord) []string {
 			add(l.k.seq())
 		case rec.Pull != nil:
 			add(l.k.pull(rec.Pull.Repo, string(rec.Pull.Digest)))
+		case rec.Manifest != nil:
+			add(l.k.manifest(rec.Manifest.Repo, string(rec.Manifest.Digest)))
 		}
 	}
 	return out
@@ -250,6 +252,16 @@ func (v *importView) Reservation(_ context.Context, id string) (storage.Reservat
 	}
 	r, err := decodeReservation(kv)
 	return r, err == nil, err
+}
+
+// Manifest implements storage.ImportView.
+func (v *importView) Manifest(_ context.Context, repo string, d digest.Digest) (storage.Manifest, bool, error) {
+	kv, err := v.kv(v.l.k.manifest(repo, string(d)))
+	if err != nil || kv == nil {
+		return storage.Manifest{}, false, err
+	}
+	m, err := decodeManifest(kv)
+	return m, err == nil, err
 }
 
 // Event implements storage.ImportView.

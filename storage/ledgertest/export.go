@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -309,5 +310,53 @@ func testCheck(t *testing.T, open Opener) {
 	Populate(t, l)
 	if problems, err := l.Check(ctx); err != nil || len(problems) != 0 {
 		t.Fatalf("Check on good data = %q, %v", problems, err)
+	}
+}
+
+func testImportManifestsAndDeadlines(t *testing.T, open Opener) {
+	// A manifest record decides what deletes and pushes protect, so an
+	// import never replaces one silently: a line that says otherwise than
+	// the recorded record is a contradiction (applied only with Force),
+	// while an identical or new one imports. A reservation whose deadline
+	// lies further after its creation than any request takes is refused:
+	// it would hold its tags for as long as it says.
+	ctx := context.Background()
+	l := open(t)
+	Populate(t, l)
+	amd64 := Digest("amd64")
+	lying := importLines(t, l, func(lines []map[string]any) []map[string]any {
+		for _, m := range lines {
+			if m["type"] == "manifest" && m["repo"] == "base" && m["digest"] == string(amd64) {
+				delete(m, "blobs") // "references nothing": its layer would lose its protection
+			}
+		}
+		return append(lines, map[string]any{"type": "manifest", "repo": "base", "digest": string(Digest("fresh")), "size": 3})
+	})
+	before := MustExport(t, l)
+	_, err := l.Import(ctx, bytes.NewReader(lying), storage.ImportOptions{})
+	var ce *storage.ContradictionError
+	if !errors.As(err, &ce) || len(ce.Contradictions) != 1 || ce.Contradictions[0].Manifest != amd64 || ce.Contradictions[0].Repo != "base" {
+		t.Fatalf("Import of a manifest record that drops its blobs: err = %v, want one contradiction for base@%s", err, amd64)
+	}
+	if !strings.Contains(err.Error(), "base@"+string(amd64)) {
+		t.Errorf("error %q does not name base@%s", err, amd64)
+	}
+	if after := MustExport(t, l); !bytes.Equal(after, before) {
+		t.Errorf("a refused import changed the ledger")
+	}
+	if _, err := l.Import(ctx, bytes.NewReader(lying), storage.ImportOptions{Force: true}); err != nil {
+		t.Fatalf("forced import: %v", err)
+	}
+	if m, err := l.Manifest(ctx, "base", amd64); err != nil || len(m.Blobs) != 0 {
+		t.Errorf("after the forced import base@%s = %+v, %v; want it replaced", amd64, m, err)
+	}
+	if _, err := l.Manifest(ctx, "base", Digest("fresh")); err != nil {
+		t.Errorf("a new manifest record was not imported: %v", err)
+	}
+
+	far := fmt.Sprintf(`{"type":"reservation","id":%q,"repo":"app","tags":["free"],"digest":%q,"createdAt":"2026-11-26T12:00:00Z","deadline":"2099-01-01T00:00:00Z"}`,
+		strings.Repeat("d", 32), Digest("x"))
+	if _, err := l.Import(ctx, strings.NewReader(far), storage.ImportOptions{Force: true}); !errors.Is(err, storage.ErrInvalid) {
+		t.Errorf("Import of a reservation with a deadline in 2099: err = %v, want ErrInvalid", err)
 	}
 }

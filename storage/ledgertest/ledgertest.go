@@ -87,6 +87,7 @@ func RunConformance(t *testing.T, open Opener, opts ...Option) {
 		{"ExportImport", testExportImport},
 		{"ImportRejects", testImportRejects},
 		{"ImportContradictions", testImportContradictions},
+		{"ImportManifestsAndDeadlines", testImportManifestsAndDeadlines},
 		{"Backup", testBackup},
 		{"Check", testCheck},
 		{"CanceledContext", testCanceledContext},
