@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -17,32 +18,50 @@ import (
 	"github.com/taglock/taglock/storage/ledgertest"
 )
 
-// shared is the cluster most tests use, each under a prefix of its own.
+// The cluster most tests share, each under a prefix of its own. It starts
+// with the first test that needs it, not before m.Run: the embedded etcd
+// server's goroutines read globals that the testing package still writes
+// while it starts, which the race detector rightly reports.
 var (
-	shared   *etcdtest.Cluster
-	client   *clientv3.Client
-	prefixes atomic.Int64
+	sharedOnce sync.Once
+	sharedErr  error
+	shared     *etcdtest.Cluster
+	client     *clientv3.Client
+	closeMain  func()
+	prefixes   atomic.Int64
 )
 
 func TestMain(m *testing.M) {
-	os.Exit(runMain(m))
+	code := m.Run()
+	if closeMain != nil {
+		closeMain()
+	}
+	os.Exit(code)
 }
 
-func runMain(m *testing.M) int {
-	c, mt, err := etcdtest.StartMain(1)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+// sharedCluster starts the shared cluster and its client once, or fails
+// the test.
+func sharedCluster(t testing.TB) (*etcdtest.Cluster, *clientv3.Client) {
+	t.Helper()
+	sharedOnce.Do(func() {
+		c, mt, err := etcdtest.StartMain(1)
+		if err != nil {
+			sharedErr = err
+			return
+		}
+		cl, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+		if err != nil {
+			mt.Close()
+			sharedErr = err
+			return
+		}
+		shared, client = c, cl
+		closeMain = func() { _ = cl.Close(); mt.Close() }
+	})
+	if sharedErr != nil {
+		t.Fatalf("start the shared etcd cluster: %v", sharedErr)
 	}
-	defer mt.Close()
-	shared = c
-	client, err = clientv3.New(clientv3.Config{Endpoints: shared.Endpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer client.Close()
-	return m.Run()
+	return shared, client
 }
 
 // newPrefix returns a key prefix no other test uses.
@@ -52,7 +71,8 @@ func newPrefix() string { return fmt.Sprintf("/test/%d/", prefixes.Add(1)) }
 // when the test ends.
 func openAt(t testing.TB, prefix string, o etcd.Options) *etcd.Ledger {
 	t.Helper()
-	o.Client, o.Prefix = client, prefix
+	_, cl := sharedCluster(t)
+	o.Client, o.Prefix = cl, prefix
 	l, err := etcd.Open(context.Background(), o)
 	if err != nil {
 		t.Fatalf("Open: %v", err)
@@ -72,7 +92,7 @@ func TestConformance(t *testing.T) {
 		p := newPrefix()
 		out := make([]storage.Ledger, n)
 		for i := range out {
-			l, err := etcd.Open(context.Background(), etcd.Options{Endpoints: shared.Endpoints(), Prefix: p})
+			l, err := etcd.Open(context.Background(), etcd.Options{Endpoints: must(sharedCluster(t)).Endpoints(), Prefix: p})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -82,3 +102,6 @@ func TestConformance(t *testing.T) {
 		return out
 	}))
 }
+
+// must returns the cluster of a sharedCluster call.
+func must(c *etcdtest.Cluster, _ *clientv3.Client) *etcdtest.Cluster { return c }
