@@ -32,7 +32,7 @@ func ltOffline(t *testing.T, e *Env, fn func(l admin.Local)) {
 		t.Fatal(err)
 	}
 	defer off.Close()
-	fn(admin.Local{Ledger: l, Tools: off.Proxy()})
+	fn(admin.Local{Ledger: l, Tools: off.Drift()})
 }
 
 // ltFindings renders findings as "kind tag recorded actual" for comparison.

@@ -297,7 +297,7 @@ func TestRetentionLimitAndResume(t *testing.T) {
 	defer off.Close()
 	pol, _ := cfg.RetentionSettings()
 	im, _ := cfg.ImmutabilityPolicy()
-	runner := retention.New(retention.Options{Policy: pol, Immutability: im, Ledger: ledger, Upstream: off.Proxy(),
+	runner := retention.New(retention.Options{Policy: pol, Immutability: im, Ledger: ledger, Upstream: off.Drift(),
 		Dir: server.RetentionDir(e.Data)})
 	want, err := runner.Plan(t.Context())
 	if err != nil {
@@ -425,7 +425,7 @@ func TestRetentionResumeFollowsTheCurrentPolicy(t *testing.T) {
 		t.Cleanup(func() { _ = off.Close() })
 		pol, _ := cfg.RetentionSettings()
 		im, _ := cfg.ImmutabilityPolicy()
-		return retention.New(retention.Options{Policy: pol, Immutability: im, Ledger: ledger, Upstream: off.Proxy(),
+		return retention.New(retention.Options{Policy: pol, Immutability: im, Ledger: ledger, Upstream: off.Drift(),
 			Dir: server.RetentionDir(e.Data)})
 	}
 	live := func() int {

@@ -125,7 +125,7 @@ func TestOfflineImportWithUpstreamBasic(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer off.Close()
-	rep, err := off.Proxy().ImportTags(t.Context(), proxy.ImportOptions{})
+	rep, err := off.Drift().ImportTags(t.Context(), proxy.ImportOptions{})
 	if err != nil || rep.Adopted != 1 {
 		t.Fatalf("offline import: %+v, %v; want one tag adopted", rep, err)
 	}

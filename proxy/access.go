@@ -10,8 +10,6 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/distribution/distribution/v3/registry/api/errcode"
-
 	"github.com/taglock/taglock/policy"
 )
 
@@ -77,35 +75,49 @@ func needs(rt Route) []need {
 }
 
 // authorize authenticates the request and decides it against the access
-// rules, on the parsed, canonical names in rt. It returns done when it has
-// answered the request itself: a refusal, or a filtered catalog or tag
-// list. A cross-repository mount the caller may not pull from is dropped
-// from rt, so the client gets a plain upload session.
-func (s *Server) authorize(w http.ResponseWriter, r *http.Request, rt *Route) (status int, done bool) {
+// rules, on the parsed, canonical names in rt. It returns an error the one
+// writer answers with (a challenge or a refusal), and answers a catalog or
+// tag list itself, filtered, when it returns done. A cross-repository mount
+// the caller may not pull from is dropped from rt, so the client gets a
+// plain upload session.
+func (s *Server) authorize(w http.ResponseWriter, r *http.Request, rt *Route) (done bool, err error) {
 	if s.auth == nil {
-		return 0, false
+		return false, nil
 	}
-	ri := info(r.Context())
+	ctx := r.Context()
+	ri := info(ctx)
+	presented := r.Header.Get("Authorization") != ""
 	c, err := s.auth.Authenticate(r)
 	if err != nil {
-		return s.unauthorized(w, r, *rt, "credentials", err.Error(), false), true
+		return true, s.unauthenticated(ctx, *rt, "credentials", err.Error(), false)
 	}
 	ri.user, ri.identity = userName(c.Identity), c.Identity
-	if rt.Kind == KindPing && c.Identity.User == "" && r.Header.Get("Authorization") == "" {
+	if rt.Kind == KindPing && c.Identity.User == "" && !presented {
 		// docker login sends credentials only when challenged.
-		return s.unauthorized(w, r, *rt, "ping", "authentication required", false), true
+		return true, s.unauthenticated(ctx, *rt, "ping", "authentication required", false)
 	}
 	for _, n := range needs(*rt) {
-		if st, refused := s.check(w, r, *rt, c, n); refused {
-			return st, true
+		if c.Scope != nil && !c.Scope(n.repo, n.action) {
+			return true, s.unauthenticated(ctx, *rt, string(n.action), fmt.Sprintf("the token does not grant %s on %s", n.action, n.repo), presented)
 		}
+		d := s.access.Decide(policy.AccessRequest{Identity: c.Identity, Action: n.action, Repo: n.repo, Tag: n.tag})
+		if d.Allowed {
+			continue
+		}
+		e := &accessDenied{action: n.action, repo: n.repo, tag: n.tag, rule: d.Rule, identity: c.Identity, reason: d.Reason}
+		s.audit.refuseAccess(ctx, e)
+		if c.Identity.User == "" {
+			// Anonymous: ask for credentials, which may be allowed.
+			return true, &unauthenticated{challenge: s.auth.Challenge(scopeOf(*rt), false), msg: "authentication required: " + d.Reason}
+		}
+		return true, e
 	}
 	if rt.Kind == KindUploadStart && rt.Query.Has("mount") {
 		from := rt.Query.Get("from")
 		allowed := from != "" && s.access.Decide(policy.AccessRequest{Identity: c.Identity, Action: policy.Pull, Repo: from}).Allowed &&
 			(c.Scope == nil || c.Scope(from, policy.Pull))
 		if !allowed {
-			s.audit.Warn().Str("event", "mount-dropped").Str("repo", rt.Name).Str("from", from).Str("user", ri.user).
+			s.audit.audit.Warn().Str("event", "mount-dropped").Str("repo", rt.Name).Str("from", from).Str("user", ri.user).
 				Str("request_id", ri.id).Msg("cross-repository mount dropped: the caller may not pull from the source; a plain upload session is started instead")
 			rt.Query.Del("mount")
 			rt.Query.Del("from")
@@ -114,70 +126,35 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request, rt *Route) (s
 	switch {
 	case rt.Kind == KindCatalog:
 		if c.Scope != nil && !c.Scope("", policy.Pull) {
-			return s.unauthorized(w, r, *rt, "catalog", "the credentials do not grant the catalog", r.Header.Get("Authorization") != ""), true
+			return true, s.unauthenticated(ctx, *rt, "catalog", "the credentials do not grant the catalog", presented)
 		}
-		return s.filtered(w, r, *rt, func(name string) bool {
+		return true, s.filtered(w, r, *rt, func(name string) bool {
 			return s.access.CanPullAny(c.Identity, name)
-		}, "repositories"), true
+		}, "repositories")
 	case rt.Kind == KindTags:
-		return s.filtered(w, r, *rt, func(tag string) bool {
+		return true, s.filtered(w, r, *rt, func(tag string) bool {
 			return s.access.Decide(policy.AccessRequest{Identity: c.Identity, Action: policy.Pull, Repo: rt.Name, Tag: tag}).Allowed
-		}, "tags"), true
+		}, "tags")
 	}
-	return 0, false
+	return false, nil
 }
 
-// check decides one need; it answers the request when it is refused.
-func (s *Server) check(w http.ResponseWriter, r *http.Request, rt Route, c Caller, n need) (int, bool) {
-	if c.Scope != nil && !c.Scope(n.repo, n.action) {
-		return s.unauthorized(w, r, rt, string(n.action), fmt.Sprintf("the token does not grant %s on %s", n.action, n.repo), r.Header.Get("Authorization") != ""), true
-	}
-	d := s.access.Decide(policy.AccessRequest{Identity: c.Identity, Action: n.action, Repo: n.repo, Tag: n.tag})
-	if d.Allowed {
-		return 0, false
-	}
-	e := &accessDenied{action: n.action, repo: n.repo, tag: n.tag, rule: d.Rule, identity: c.Identity, reason: d.Reason}
-	s.auditAccess(r.Context(), e)
-	if c.Identity.User == "" {
-		// Anonymous: ask for credentials, which may be allowed.
-		return s.challenge(w, rt, errcode.ErrorCodeUnauthorized.WithMessage("authentication required: "+d.Reason), false), true
-	}
-	return writeError(w, e, &s.log), true
+// unauthenticated audits a request refused for its credentials and
+// returns the 401 to answer it with; insufficient says valid credentials
+// lacked the scope.
+func (s *Server) unauthenticated(ctx context.Context, rt Route, what, msg string, insufficient bool) error {
+	s.audit.unauthenticated(ctx, rt.Name, what, msg)
+	return &unauthenticated{challenge: s.auth.Challenge(scopeOf(rt), insufficient), msg: msg}
 }
 
-// auditAccess writes the audit line and counts a refusal by the access
-// rules.
-func (s *Server) auditAccess(ctx context.Context, e *accessDenied) {
-	ri := info(ctx)
-	s.audit.Warn().Str("event", "refused").Str("reason", ReasonAccessDenied).Str("action", string(e.action)).
-		Str("repo", e.repo).Str("tag", e.tag).Str("rule", e.rule).Str("user", ri.user).Str("request_id", ri.id).Msg(e.reason)
-	if s.metrics != nil {
-		s.metrics.refused(ReasonAccessDenied)
-	}
-}
-
-// unauthorized answers 401 with the authenticator's challenge and writes
-// one audit line; insufficient says valid credentials lacked the scope.
-func (s *Server) unauthorized(w http.ResponseWriter, r *http.Request, rt Route, what, msg string, insufficient bool) int {
-	ri := info(r.Context())
-	s.audit.Warn().Str("event", "refused").Str("reason", "unauthenticated").Str("need", what).Str("repo", rt.Name).
-		Str("user", ri.user).Str("request_id", ri.id).Msg(msg)
-	if s.metrics != nil {
-		s.metrics.refused("unauthenticated")
-	}
-	return s.challenge(w, rt, errcode.ErrorCodeUnauthorized.WithMessage(msg), insufficient)
-}
-
-// challenge answers 401 with the authenticator's challenge for the scope rt
-// needs; insufficient says valid credentials lacked it.
-func (s *Server) challenge(w http.ResponseWriter, rt Route, e errcode.Error, insufficient bool) int {
-	scope := ""
+// scopeOf is the Docker token scope rt needs, for a challenge.
+func scopeOf(rt Route) string {
 	switch {
 	case rt.Kind == KindCatalog:
-		scope = "registry:catalog:*"
+		return "registry:catalog:*"
 	case rt.Kind == KindUploadStart || rt.Kind == KindUpload || rt.Kind == KindManifest && rt.Method == http.MethodPut:
 		// Clients ask for pull and push together when they push.
-		scope = "repository:" + rt.Name + ":pull,push"
+		return "repository:" + rt.Name + ":pull,push"
 	case rt.Name != "":
 		var actions []string
 		for _, n := range needs(rt) {
@@ -185,10 +162,9 @@ func (s *Server) challenge(w http.ResponseWriter, rt Route, e errcode.Error, ins
 				actions = append(actions, string(n.action))
 			}
 		}
-		scope = "repository:" + rt.Name + ":" + strings.Join(actions, ",")
+		return "repository:" + rt.Name + ":" + strings.Join(actions, ",")
 	}
-	w.Header().Set("WWW-Authenticate", s.auth.Challenge(scope, insufficient))
-	return serveOCI(w, http.StatusUnauthorized, e)
+	return ""
 }
 
 // userName is how an identity is written in the request log and the ledger.
@@ -205,35 +181,35 @@ const maxListSize = 32 << 20
 // filtered serves a catalog or tag list with only the entries keep allows.
 // The upstream's pagination is kept: a Link to the next page stays valid,
 // since it names the last entry the upstream returned, filtered or not.
-func (s *Server) filtered(w http.ResponseWriter, r *http.Request, rt Route, keep func(string) bool, field string) int {
+func (s *Server) filtered(w http.ResponseWriter, r *http.Request, rt Route, keep func(string) bool, field string) error {
 	ctx := r.Context()
 	req, err := newRequest(ctx, http.MethodGet, rt.URL(), nil, r.Header)
 	if err != nil {
-		return writeError(w, err, &s.log)
+		return err
 	}
-	resp, err := s.up.RoundTrip(req)
+	resp, err := s.upstream.RoundTrip(req)
 	if err != nil {
-		return writeError(w, fmt.Errorf("%w: %s: %v", ErrLookup, rt.Path(), err), &s.log)
+		return fmt.Errorf("%w: %s: %v", ErrLookup, rt.Path(), err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxListSize+1))
 	if err != nil {
-		return writeError(w, fmt.Errorf("%w: read %s: %v", ErrLookup, rt.Path(), err), &s.log)
+		return fmt.Errorf("%w: read %s: %v", ErrLookup, rt.Path(), err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return writeError(w, &upstreamAnswer{status: resp.StatusCode, header: resp.Header, body: body}, &s.log)
+		return &upstreamAnswer{status: resp.StatusCode, header: resp.Header, body: body}
 	}
 	if len(body) > maxListSize {
-		return writeError(w, fmt.Errorf("%w: %s answered more than %d bytes", ErrLookup, rt.Path(), maxListSize), &s.log)
+		return fmt.Errorf("%w: %s answered more than %d bytes", ErrLookup, rt.Path(), maxListSize)
 	}
 	var doc map[string]json.RawMessage
 	if err := json.Unmarshal(body, &doc); err != nil {
-		return writeError(w, fmt.Errorf("%w: %s: %v", ErrLookup, rt.Path(), err), &s.log)
+		return fmt.Errorf("%w: %s: %v", ErrLookup, rt.Path(), err)
 	}
 	var entries []string
 	if raw, ok := doc[field]; ok && !bytes.Equal(raw, []byte("null")) {
 		if err := json.Unmarshal(raw, &entries); err != nil {
-			return writeError(w, fmt.Errorf("%w: %s: %v", ErrLookup, rt.Path(), err), &s.log)
+			return fmt.Errorf("%w: %s: %v", ErrLookup, rt.Path(), err)
 		}
 	}
 	kept := make([]string, 0, len(entries))
@@ -245,7 +221,7 @@ func (s *Server) filtered(w http.ResponseWriter, r *http.Request, rt Route, keep
 	doc[field], _ = json.Marshal(kept)
 	out, err := json.Marshal(doc)
 	if err != nil {
-		return writeError(w, err, &s.log)
+		return err
 	}
 	for _, k := range []string{"Link", "Docker-Distribution-Api-Version"} {
 		if v := resp.Header.Values(k); len(v) > 0 {
@@ -257,5 +233,5 @@ func (s *Server) filtered(w http.ResponseWriter, r *http.Request, rt Route, keep
 	if r.Method != http.MethodHead {
 		_, _ = w.Write(out)
 	}
-	return http.StatusOK
+	return nil
 }

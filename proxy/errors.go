@@ -162,6 +162,15 @@ func (e *unrecorded) Error() string {
 // Unwrap returns the ledger's error.
 func (e *unrecorded) Unwrap() error { return e.err }
 
+// unauthenticated is a request whose credentials do not do: answered 401
+// with the authenticator's challenge.
+type unauthenticated struct {
+	challenge string // the WWW-Authenticate value
+	msg       string
+}
+
+func (e *unauthenticated) Error() string { return e.msg }
+
 // accessDenied is a request the access rules refuse.
 type accessDenied struct {
 	action   policy.Action
@@ -213,6 +222,7 @@ func writeError(w http.ResponseWriter, err error, log *zerolog.Logger) int {
 		re *requestError
 		ua *upstreamAnswer
 		ad *accessDenied
+		un *unauthenticated
 		gt *graphTooLarge
 		be *busyError
 		uo *unknownOutcome
@@ -225,6 +235,9 @@ func writeError(w http.ResponseWriter, err error, log *zerolog.Logger) int {
 		return serveOCI(w, http.StatusForbidden, errcode.ErrorCodeDenied.WithMessage(v.Error()).WithDetail(detail))
 	case errors.As(err, &re):
 		return serveOCI(w, re.status, re.code.WithMessage(re.msg))
+	case errors.As(err, &un):
+		w.Header().Set("WWW-Authenticate", un.challenge)
+		return serveOCI(w, http.StatusUnauthorized, errcode.ErrorCodeUnauthorized.WithMessage(un.msg))
 	case errors.As(err, &ad):
 		return serveOCI(w, http.StatusForbidden, errcode.ErrorCodeDenied.WithMessage(ad.reason).WithDetail(map[string]string{
 			"identity": ad.identity.User, "action": string(ad.action), "repository": ad.repo, "tag": ad.tag, "rule": ad.rule}))

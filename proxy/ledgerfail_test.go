@@ -160,7 +160,7 @@ func newLedgerFailFixture(t *testing.T) *ledgerFailFixture {
 	settled := make(chan struct{})
 	go func() {
 		defer close(settled)
-		srv.Settle(ctx, 50*time.Millisecond)
+		srv.Reservations().Run(ctx, 50*time.Millisecond)
 	}()
 	t.Cleanup(func() { stop(); <-settled })
 	return &ledgerFailFixture{toolsFixture: &toolsFixture{srv: srv, up: reg.Handler(), ledger: l}, ledger: fl, counter: counter}

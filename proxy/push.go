@@ -45,7 +45,7 @@ type tagDecision struct {
 //     (finishPush).
 func (s *Server) putManifest(w http.ResponseWriter, r *http.Request, rt Route) error {
 	ctx := r.Context()
-	body, err := readManifest(r, s.maxManifest)
+	body, err := readManifest(r, s.maxManifestSize)
 	if err != nil {
 		return err
 	}
@@ -64,37 +64,37 @@ func (s *Server) putManifest(w http.ResponseWriter, r *http.Request, rt Route) e
 	if len(rt.Tags) == 0 {
 		// A push by digest binds no tag; it only becomes part of the
 		// graph that later tags and deletes consult.
-		resp, err := s.sendManifest(ctx, r, rt, body, s.now().Add(s.timeout))
+		resp, err := send(ctx, s.upstream, http.MethodPut, rt.URL(), r.Header, r.Host, body, s.now().Add(s.lookupTimeout))
 		if err != nil {
 			return err
 		}
 		if resp.StatusCode/100 == 2 {
-			s.recordManifest(ctx, rt.Name, dgst, int64(len(body)), refs)
+			s.graphs.record(ctx, manifestRecord(rt.Name, dgst, int64(len(body)), refs))
 		}
-		return s.relay(w, resp, dgst)
+		return relay(w, resp, dgst, s.log)
 	}
 
-	g, err := s.closure(ctx, r.Header, rt.Name, refs)
+	g, err := s.graphs.walk(ctx, r.Header, rt.Name, refs)
 	if err != nil {
 		return err
 	}
-	if err := s.writable(); err != nil {
+	if err := s.reservations.writable(); err != nil {
 		return err
 	}
 	decisions, res, err := s.reservePush(ctx, r, rt, dgst, g.closure)
 	if err != nil {
 		return err
 	}
-	defer s.done(res.ID)
-	if err := s.checkPresent(ctx, r.Header, rt.Name, g); err != nil {
-		s.releaseOrLog(res.ID)
+	defer s.reservations.done(res.ID)
+	if err := s.graphs.checkPresent(ctx, r.Header, rt.Name, g); err != nil {
+		s.reservations.releaseOrLog(res.ID)
 		return err
 	}
-	resp, err := s.sendManifest(ctx, r, rt, body, res.Deadline)
+	resp, err := send(ctx, s.upstream, http.MethodPut, rt.URL(), r.Header, r.Host, body, res.Deadline)
 	if err != nil {
 		// The upstream may or may not have stored it: the settler finds
 		// out, and keeps the tags held until it knows.
-		s.settleLater(res)
+		s.reservations.handOver(res)
 		return &unknownOutcome{op: "push of " + rt.Name + ":" + strings.Join(rt.Tags, ","), err: err}
 	}
 	p := pushed{res: res, decisions: decisions, digest: dgst, body: body, refs: refs, graph: g}
@@ -102,29 +102,24 @@ func (s *Server) putManifest(w http.ResponseWriter, r *http.Request, rt Route) e
 		drain(resp)
 		return err
 	}
-	return s.relay(w, resp, dgst)
+	return relay(w, resp, dgst, s.log)
 }
 
 // reservePush decides every tag and reserves them, deciding again whenever
 // a binding changed in between, and waiting (up to the configured wait)
 // while another request holds a tag or the graph.
 func (s *Server) reservePush(ctx context.Context, r *http.Request, rt Route, dgst digest.Digest, closure []digest.Digest) ([]tagDecision, storage.Reservation, error) {
-	id, err := storage.NewReservationID()
+	rs := s.reservations
+	id, err := rs.claim(r.Header.Get("Authorization"))
 	if err != nil {
 		return nil, storage.Reservation{}, err
 	}
-	// Mark the reservation as this process's before it exists, so the
-	// settler never mistakes it for one left behind.
-	s.inflight.Store(id, struct{}{})
-	if a := r.Header.Get("Authorization"); a != "" {
-		s.creds.Store(id, a)
-	}
 	ri := info(ctx)
-	wait := s.waiter()
+	wait := rs.waiter()
 	for {
 		decisions, err := s.decideWrite(ctx, r, rt.Name, rt.Tags, dgst)
 		if err != nil {
-			s.done(id)
+			rs.done(id)
 			return nil, storage.Reservation{}, err
 		}
 		expect := map[string]storage.Seen{}
@@ -132,7 +127,7 @@ func (s *Server) reservePush(ctx context.Context, r *http.Request, rt Route, dgs
 			expect[d.tag] = d.seen()
 		}
 		res, err := s.ledger.Reserve(ctx, storage.Reservation{ID: id, Repo: rt.Name, Tags: rt.Tags, Digest: dgst, Closure: closure,
-			Deadline: s.now().Add(s.timeout), Owner: s.owner, User: ri.user, Expect: expect})
+			Deadline: s.now().Add(s.lookupTimeout), Owner: rs.owner, User: ri.user, Expect: expect})
 		if err == nil {
 			return decisions, res, nil
 		}
@@ -140,32 +135,8 @@ func (s *Server) reservePush(ctx context.Context, r *http.Request, rt Route, dgs
 			continue // another request changed a binding in between: decide again
 		}
 		if err := wait(ctx, err); err != nil {
-			s.done(id)
+			rs.done(id)
 			return nil, storage.Reservation{}, err
-		}
-	}
-}
-
-// waiter returns the function a request calls when the ledger refuses a
-// reservation: it waits and returns nil while another reservation holds
-// what the request needs and the wait has time left, and otherwise returns
-// the error to answer with.
-func (s *Server) waiter() func(context.Context, error) error {
-	deadline := s.now().Add(s.wait)
-	return func(ctx context.Context, err error) error {
-		var busy *storage.BusyError
-		if !errors.As(err, &busy) {
-			return fmt.Errorf("%w: reserve: %v", ErrLedger, err)
-		}
-		if s.now().After(deadline) {
-			_, mine := s.inflight.Load(busy.Holder.ID)
-			return &busyError{BusyError: busy, settling: !mine, settleBy: busy.Holder.DoubtEnds(s.margin)}
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-			return nil
 		}
 	}
 }
@@ -175,7 +146,7 @@ func (s *Server) waiter() func(context.Context, error) error {
 func (s *Server) decideWrite(ctx context.Context, r *http.Request, repo string, tags []string, dgst digest.Digest) ([]tagDecision, error) {
 	out := make([]tagDecision, 0, len(tags))
 	for _, tag := range tags {
-		st, err := s.lookupTag(ctx, r.Header, repo, tag)
+		st, err := s.adopter.lookupTag(ctx, r.Header, repo, tag)
 		if err != nil {
 			return nil, err
 		}
@@ -184,7 +155,7 @@ func (s *Server) decideWrite(ctx context.Context, r *http.Request, repo string, 
 			v := &Violation{Reason: ReasonTagMoved, Repo: repo, Tag: tag, Recorded: d.bound, Attempted: dgst,
 				PushedAt: d.current.PushedAt, PushedBy: d.current.PushedBy, Rule: d.rule, Mode: d.mode.String(),
 				Hint: "Push this image under a new tag instead."}
-			s.refuse(ctx, v)
+			s.audit.refuse(ctx, v)
 			return nil, v
 		}
 		if d.verdict != policy.Identical {
@@ -201,7 +172,7 @@ func (s *Server) decideWrite(ctx context.Context, r *http.Request, repo string, 
 // source repository's ledger bindings hold the digest. An identical re-push
 // is not asked: the tag already holds that digest.
 func (s *Server) checkPromotion(ctx context.Context, repo, tag string, dgst digest.Digest) error {
-	rule, source, ok := policy.MatchPromotion(s.promo, repo)
+	rule, source, ok := policy.MatchPromotion(s.promotion, repo)
 	if !ok {
 		return nil
 	}
@@ -222,7 +193,7 @@ func (s *Server) checkPromotion(ctx context.Context, repo, tag string, dgst dige
 	v := &Violation{Reason: ReasonNotPromoted, Repo: repo, Tag: tag, Recorded: d.StagingDigest, Attempted: dgst, Rule: d.Rule,
 		Source: d.Source, Hint: "Promote the digest staging holds, e.g. taglock promote " + d.Source + ":" + tag + " " + repo + ":" + tag + ".",
 		text: "promotion guard: " + d.Reason + "."}
-	s.refuse(ctx, v)
+	s.audit.refuse(ctx, v)
 	return v
 }
 
@@ -246,16 +217,16 @@ func (s *Server) finishPush(ctx context.Context, rt Route, resp *http.Response, 
 		if got := resp.Header.Get("Docker-Content-Digest"); got != "" && got != p.digest.String() {
 			// The upstream says it stored other bytes than taglock sent:
 			// record nothing until it shows what the tag holds.
-			s.settleLater(p.res)
+			s.reservations.handOver(p.res)
 			return &unknownOutcome{op: op, err: fmt.Errorf("the upstream answered %d naming digest %s, not the %s of the bytes taglock sent", resp.StatusCode, got, p.digest), answered: true}
 		}
 		return s.commit(ctx, p, appliedTags(rt, resp))
 	case resp.StatusCode >= 500:
 		// It may have stored the manifest before failing.
-		s.settleLater(p.res)
+		s.reservations.handOver(p.res)
 		return &unknownOutcome{op: op, err: upstreamFailure(resp), answered: true}
 	default:
-		s.releaseOrLog(p.res.ID)
+		s.reservations.releaseOrLog(p.res.ID)
 	}
 	return nil
 }
@@ -305,16 +276,16 @@ func (s *Server) commit(ctx context.Context, p pushed, applied []string) error {
 		if !slices.Contains(applied, d.tag) {
 			continue
 		}
-		b, ev := s.binding(p.res, d, now, ri.user, p.body, p.refs)
+		b, ev := newBinding(p.res, d, now, ri.user, p.body, p.refs)
 		ev.RequestID = ri.id
 		switch d.verdict {
 		case policy.Identical:
-			s.audit.Info().Str("event", "identical").Str("repo", p.res.Repo).Str("tag", d.tag).Str("digest", p.digest.String()).
+			s.audit.audit.Info().Str("event", "identical").Str("repo", p.res.Repo).Str("tag", d.tag).Str("digest", p.digest.String()).
 				Str("user", ri.user).Str("request_id", ri.id).Msg("identical re-push accepted")
 		case policy.WarnMove:
 			ev.Reason = ReasonTagMoved
 			ev.Message = fmt.Sprintf("warn mode: tag %q moved from %s to %s; immutable mode would have refused it", p.res.Repo+":"+d.tag, d.bound, p.digest)
-			s.warned(ev)
+			s.audit.warned(ev)
 		}
 		bindings = append(bindings, b)
 		events = append(events, ev)
@@ -324,17 +295,17 @@ func (s *Server) commit(ctx context.Context, p pushed, applied []string) error {
 		// The upstream holds the manifest but the ledger could not record
 		// it; the reservation stays and is settled when the ledger can
 		// be written again, and until then no new write is forwarded.
-		s.stuck(p.res)
+		s.reservations.stuck(p.res)
 		return &unrecorded{op: "push of " + p.res.Repo + ":" + strings.Join(applied, ","), err: err}
 	}
 	return nil
 }
 
-// binding is the record a push of res makes for one decided tag, and its
+// newBinding is the record a push of res makes for one decided tag, and its
 // history event. The mode recorded is the mode that governed the decision,
 // so a tag decided as immutable is recorded immutable whatever the
 // configuration says; an identical re-push keeps the first push's record.
-func (s *Server) binding(res storage.Reservation, d tagDecision, now time.Time, user string, body []byte, refs manifestRefs) (storage.Binding, storage.Event) {
+func newBinding(res storage.Reservation, d tagDecision, now time.Time, user string, body []byte, refs manifestRefs) (storage.Binding, storage.Event) {
 	ev := storage.Event{Time: now, Repo: res.Repo, Tag: d.tag, Digest: res.Digest, Previous: d.bound, User: user, Rule: d.rule}
 	b := storage.Binding{Repo: res.Repo, Tag: d.tag, Digest: res.Digest, MediaType: refs.MediaType, Size: int64(len(body)),
 		Mode: d.mode.String(), Rule: d.bindRule, PushedAt: now, PushedBy: user, Closure: res.Closure}
@@ -357,48 +328,6 @@ func (s *Server) binding(res storage.Reservation, d tagDecision, now time.Time, 
 		ev.Kind = storage.EventWarned
 	}
 	return b, ev
-}
-
-// sendManifest PUTs the exact bytes received to the upstream, giving up at
-// deadline.
-func (s *Server) sendManifest(ctx context.Context, r *http.Request, rt Route, body []byte, deadline time.Time) (*http.Response, error) {
-	ctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline)
-	h := r.Header.Clone()
-	h.Del("Content-Length")
-	req, err := newRequest(ctx, http.MethodPut, rt.URL(), body, h)
-	if err != nil {
-		cancel()
-		return nil, err
-	}
-	req.Host = r.Host
-	resp, err := s.up.RoundTrip(req)
-	if err != nil {
-		cancel()
-		return nil, fmt.Errorf("%w: manifest put: %v", ErrLookup, err)
-	}
-	resp.Body = &cancelBody{ReadCloser: resp.Body, cancel: cancel}
-	return resp, nil
-}
-
-// relay writes the upstream's answer to a manifest PUT, with the digest
-// taglock computed from the bytes it forwarded.
-func (s *Server) relay(w http.ResponseWriter, resp *http.Response, dgst digest.Digest) error {
-	defer resp.Body.Close()
-	for k, vs := range resp.Header {
-		w.Header()[k] = vs
-	}
-	if resp.StatusCode/100 == 2 {
-		if got := resp.Header.Get("Docker-Content-Digest"); got != "" && got != dgst.String() {
-			s.log.Warn().Str("computed", dgst.String()).Str("upstream", got).Msg("upstream reported a different manifest digest; using the computed one")
-		}
-		w.Header().Set("Docker-Content-Digest", dgst.String())
-	}
-	w.WriteHeader(resp.StatusCode)
-	_, err := io.Copy(w, resp.Body)
-	if err != nil {
-		s.log.Debug().Err(err).Msg("relay: copy to client")
-	}
-	return nil
 }
 
 // readManifest reads at most limit bytes of the body.
@@ -424,16 +353,4 @@ func readManifest(r *http.Request, limit int64) ([]byte, error) {
 		return nil, &tooLargeError{limit}
 	}
 	return buf.Bytes(), nil
-}
-
-// cancelBody releases a request's context when its response is closed.
-type cancelBody struct {
-	io.ReadCloser
-	cancel context.CancelFunc
-}
-
-func (b *cancelBody) Close() error {
-	err := b.ReadCloser.Close()
-	b.cancel()
-	return err
 }

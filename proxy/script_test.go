@@ -216,7 +216,7 @@ func TestPushAnswered5xxIsSettled(t *testing.T) {
 	}
 	up.expect(exchange{method: "GET", path: "/v2/team/app/manifests/1.0", status: 200,
 		header: http.Header{"Content-Type": {"application/vnd.oci.image.manifest.v1+json"}}, body: m})
-	if err := s.Reconcile(context.Background()); err != nil {
+	if err := s.Reservations().Reconcile(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if b, err := l.Binding(context.Background(), "team/app", "1.0"); err != nil || b.Digest != d || b.PushedBy != "anonymous (reconciled)" {

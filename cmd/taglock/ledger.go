@@ -72,7 +72,7 @@ type session struct {
 	store storage.Ledger
 	// tools is the proxy over store and the upstream, for withUpstream;
 	// nil otherwise.
-	tools *proxy.Server
+	tools *proxy.Drift
 	close func()
 }
 
@@ -152,8 +152,8 @@ func (g *globals) open(ctx context.Context, mode openMode) (*session, error) {
 			s.close()
 			return nil, fmt.Errorf("upstream: %w", err)
 		}
-		local.Tools = off.Proxy()
-		s.tools = off.Proxy()
+		local.Tools = off.Drift()
+		s.tools = off.Drift()
 		s.close = func() { _ = off.Close(); _ = l.Close(); closeAudit() }
 	}
 	s.service = local

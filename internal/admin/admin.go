@@ -59,7 +59,7 @@ type Tools interface {
 	Repair(ctx context.Context, findings []proxy.Finding) ([]proxy.RepairResult, error)
 }
 
-var _ Tools = (*proxy.Server)(nil)
+var _ Tools = (*proxy.Drift)(nil)
 
 type callerKey struct{}
 

@@ -48,7 +48,7 @@ type Upstream interface {
 	Remove(ctx context.Context, rm proxy.Removal) (proxy.RemoveResult, error)
 }
 
-var _ Upstream = (*proxy.Server)(nil)
+var _ Upstream = (*proxy.Drift)(nil)
 
 // GCFunc reclaims storage after deletions and reports what it freed.
 type GCFunc func(ctx context.Context) (GCResult, error)

@@ -33,7 +33,7 @@ func newInsight(cfg config.Config, log zerolog.Logger) (*insight, error) {
 func (in *insight) auditLogger() *zerolog.Logger { return &in.audit }
 
 // start begins the scheduled verify, if one is configured.
-func (in *insight) start(tools *proxy.Server, metrics *proxy.Metrics) {
+func (in *insight) start(tools *proxy.Drift, metrics *proxy.Metrics) {
 	if in.cfg.Verify.Schedule <= 0 {
 		return
 	}

@@ -2,8 +2,6 @@ package server
 
 import (
 	"context"
-	"net/url"
-	"path/filepath"
 
 	"github.com/rs/zerolog"
 
@@ -12,56 +10,37 @@ import (
 	"github.com/taglock/taglock/proxy/embedded"
 )
 
-// Offline is taglock's upstream and proxy without a listener, for the
+// Offline is taglock's upstream and drift tools without a listener, for the
 // commands (import, verify) that need the upstream while serve is not
 // running. It uses a ledger the caller opened and closes only what it
 // started itself.
 type Offline struct {
-	proxy    *proxy.Server
+	drift    *proxy.Drift
 	registry *embedded.Registry
 }
 
 // NewOffline starts the upstream cfg names (the embedded registry on
-// cfg.Data, or the remote one) and a proxy over it and ledger. The config
+// cfg.Data, or the remote one) and the drift tools over it and ledger. The config
 // must have passed Validate.
 func NewOffline(ctx context.Context, cfg config.Config, ledger proxy.Ledger, log zerolog.Logger) (*Offline, error) {
 	o := &Offline{}
-	var up proxy.Upstream
-	if cfg.Upstream.URL == "" {
-		reg, err := embedded.New(ctx, embedded.Options{Root: filepath.Join(cfg.Data, "registry"), Log: log})
-		if err != nil {
-			return nil, err
-		}
-		o.registry = reg
-		up = proxy.NewInProcess(reg.Handler())
-	} else {
-		base, err := url.Parse(cfg.Upstream.URL)
-		if err != nil {
-			return nil, err
-		}
-		tr, err := transport(cfg.Upstream, log)
-		if err != nil {
-			return nil, err
-		}
-		creds, err := upstreamCredentials(cfg.Upstream, tr, log)
-		if err != nil {
-			return nil, err
-		}
-		up = proxy.NewRemote(base, keepPasswords(cfg, creds), log)
+	up, reg, err := openUpstream(ctx, cfg, log)
+	if err != nil {
+		return nil, err
 	}
+	o.registry = reg
 	im, err := cfg.ImmutabilityPolicy()
 	if err != nil {
 		_ = o.Close()
 		return nil, err
 	}
-	o.proxy = proxy.New(proxy.Options{Upstream: up, Ledger: ledger, Immutability: im, Log: log,
+	o.drift = proxy.NewDrift(proxy.Options{Upstream: up, Ledger: ledger, Immutability: im, Log: log,
 		LookupTimeout: cfg.Upstream.Timeout.Std(), MaxManifestSize: int64(cfg.Limits.MaxManifestSize)})
 	return o, nil
 }
 
-// Proxy is the proxy whose tools (ImportTags, Verify, Repair) the commands
-// run.
-func (o *Offline) Proxy() *proxy.Server { return o.proxy }
+// Drift is the operator tools (ImportTags, Verify, Repair) the commands run.
+func (o *Offline) Drift() *proxy.Drift { return o.drift }
 
 // Close stops the embedded registry, if one was started.
 func (o *Offline) Close() error {

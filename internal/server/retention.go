@@ -49,7 +49,7 @@ func newRetentionParts(cfg config.Config, ledger storage.Ledger, log zerolog.Log
 
 // start builds the runner on the proxy and, when retention.schedule is
 // set, applies it on that schedule until stop.
-func (p *retentionParts) start(cfg config.Config, ledger storage.Ledger, px *proxy.Server, reg prometheus.Registerer, log zerolog.Logger, audit *zerolog.Logger) error {
+func (p *retentionParts) start(cfg config.Config, ledger storage.Ledger, px *proxy.Drift, reg prometheus.Registerer, log zerolog.Logger, audit *zerolog.Logger) error {
 	pol, err := cfg.RetentionSettings()
 	if err != nil {
 		return err

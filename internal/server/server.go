@@ -20,9 +20,7 @@ import (
 	stdlog "log"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -102,23 +100,8 @@ func StartWith(ctx context.Context, cfg config.Config, log zerolog.Logger, hooks
 	case err != nil:
 		return nil, err
 	}
-	if cfg.Upstream.URL == "" {
-		s.registry, err = embedded.New(ctx, embedded.Options{Root: filepath.Join(cfg.Data, "registry"), Log: log})
-		if err != nil {
-			return nil, err
-		}
-		s.up = proxy.NewInProcess(s.registry.Handler())
-	} else {
-		base, _ := url.Parse(cfg.Upstream.URL)
-		tr, err := transport(cfg.Upstream, log)
-		if err != nil {
-			return nil, err
-		}
-		creds, err := upstreamCredentials(cfg.Upstream, tr, log)
-		if err != nil {
-			return nil, err
-		}
-		s.up = proxy.NewRemote(base, keepPasswords(cfg, creds), log)
+	if s.up, s.registry, err = openUpstream(ctx, cfg, log); err != nil {
+		return nil, err
 	}
 	if hooks.Upstream != nil {
 		s.up = hooks.Upstream(s.up)
@@ -162,7 +145,7 @@ func StartWith(ctx context.Context, cfg config.Config, log zerolog.Logger, hooks
 		MaxUploads:      cfg.Limits.MaxConcurrentUploads,
 		MaxManifestSize: int64(cfg.Limits.MaxManifestSize),
 	})
-	if err := s.proxy.Reconcile(ctx); err != nil {
+	if err := s.proxy.Reservations().Reconcile(ctx); err != nil {
 		// Unsettled reservations stay and keep their tags held; pushes
 		// of other content to them wait and are refused, never allowed.
 		// The settler keeps trying.
@@ -173,10 +156,10 @@ func StartWith(ctx context.Context, cfg config.Config, log zerolog.Logger, hooks
 	s.stopSettler = stopSettler
 	go func() {
 		defer close(s.settlerDone)
-		s.proxy.Settle(settleCtx, time.Second)
+		s.proxy.Reservations().Run(settleCtx, time.Second)
 	}()
 
-	if err := s.ret.start(cfg, s.ledger, s.proxy, reg, log, s.insight.auditLogger()); err != nil {
+	if err := s.ret.start(cfg, s.ledger, s.proxy.Drift(), reg, log, s.insight.auditLogger()); err != nil {
 		return nil, err
 	}
 	mux := http.NewServeMux()
@@ -194,7 +177,7 @@ func StartWith(ctx context.Context, cfg config.Config, log zerolog.Logger, hooks
 		return nil, err
 	}
 	sock := http.NewServeMux()
-	sock.Handle(admin.Prefix, admin.New(admin.Options{Ledger: s.ledger, Tools: s.proxy, Log: log, Audit: s.insight.auditLogger(),
+	sock.Handle(admin.Prefix, admin.New(admin.Options{Ledger: s.ledger, Tools: s.proxy.Drift(), Log: log, Audit: s.insight.auditLogger(),
 		Retention: s.ret.runner, Drift: s.insight.drift, Admin: true}))
 	sock.Handle(web.Prefix, web.New(web.Options{Ledger: s.ledger, Log: log}))
 
@@ -222,7 +205,7 @@ func StartWith(ctx context.Context, cfg config.Config, log zerolog.Logger, hooks
 	// Logged whatever the level: scripts read the bound address from it.
 	log.Log().Str("level", "info").Str("addr", s.ln.Addr().String()).Str("mode", mode).Str("data", cfg.Data).
 		Str("admin_socket", s.admin.path).Msg("listening")
-	s.insight.start(s.proxy, metrics)
+	s.insight.start(s.proxy.Drift(), metrics)
 	go func() { s.done <- serve(s.http, s.ln) }()
 	s.admin.start(sock, log)
 	return s, nil

@@ -5,12 +5,40 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/url"
+	"sync"
 	"time"
 
+	"github.com/rs/zerolog"
 	"github.com/taglock/taglock/policy"
 	"github.com/taglock/taglock/storage"
 )
+
+// Reservations is this process's side of the ledger's reservation
+// protocol (see storage.Reservation): it takes reservations for requests in
+// flight and marks them as its own, waits for conflicting ones, and settles
+// those whose outcome it did not learn.
+type Reservations struct {
+	ledger Ledger
+	read   reader
+	states states
+	audit  auditor
+	log    zerolog.Logger
+	now    func() time.Time
+	// wait bounds how long a request waits for a conflicting one.
+	wait time.Duration
+	// timeout is the deadline of a request to the upstream.
+	timeout time.Duration
+	// margin is how long after its deadline a request may still land.
+	margin time.Duration
+	// owner names this process in its reservations.
+	owner string
+
+	inflight    sync.Map      // reservation ID -> struct{}: reservations requests of this process are still working on
+	creds       sync.Map      // reservation ID -> Authorization of the request in flight, for the settler
+	settleCreds sync.Map      // reservation ID -> Authorization the settler asks the upstream with
+	unrecorded  sync.Map      // reservation ID -> struct{}: writes the upstream carried out that the ledger could not record yet
+	kick        chan struct{} // wakes the settler
+}
 
 // The settler finds out what became of requests whose outcome taglock did
 // not learn: a push or delete the upstream did not answer (or answered with
@@ -34,7 +62,7 @@ var errInDoubt = errors.New("outcome not known yet")
 // Reconcile tries once to settle every pending reservation that no request
 // of this process is working on, and returns the first error; reservations
 // whose outcome is still in doubt are not errors.
-func (s *Server) Reconcile(ctx context.Context) error {
+func (s *Reservations) Reconcile(ctx context.Context) error {
 	pending, err := s.ledger.Reservations(ctx)
 	if err != nil {
 		return fmt.Errorf("%w: reservations: %v", ErrLedger, err)
@@ -51,10 +79,10 @@ func (s *Server) Reconcile(ctx context.Context) error {
 	return firstErr
 }
 
-// Settle runs the settler until ctx ends: at once, then whenever a request
+// Run runs the settler until ctx ends: at once, then whenever a request
 // hands over a reservation and every interval while any is pending. Each
 // reservation is retried with a backoff from interval up to 10s.
-func (s *Server) Settle(ctx context.Context, interval time.Duration) {
+func (s *Reservations) Run(ctx context.Context, interval time.Duration) {
 	if interval <= 0 {
 		interval = time.Second
 	}
@@ -101,7 +129,7 @@ func (s *Server) Settle(ctx context.Context, interval time.Duration) {
 
 // done ends a request's claim on reservation id: the settler may take it
 // from now on, if it is still pending.
-func (s *Server) done(id string) {
+func (s *Reservations) done(id string) {
 	s.inflight.Delete(id)
 	s.creds.Delete(id)
 }
@@ -111,14 +139,14 @@ func (s *Server) done(id string) {
 // is not trusted with new writes (a full disk, say, that took the small
 // reservation and refused the commit), so they are refused before they
 // reach the upstream (writable).
-func (s *Server) stuck(res storage.Reservation) {
+func (s *Reservations) stuck(res storage.Reservation) {
 	s.unrecorded.Store(res.ID, struct{}{})
-	s.settleLater(res)
+	s.handOver(res)
 }
 
 // writable fails, wrapping ErrLedger, while a write the upstream carried out
 // is not recorded in the ledger yet.
-func (s *Server) writable() error {
+func (s *Reservations) writable() error {
 	stuck := false
 	s.unrecorded.Range(func(any, any) bool { stuck = true; return false })
 	if stuck {
@@ -127,10 +155,10 @@ func (s *Server) writable() error {
 	return nil
 }
 
-// settleLater hands a reservation whose outcome is unknown to the settler,
+// handOver hands a reservation whose outcome is unknown to the settler,
 // with the credentials of its request, which the settler needs to see the
 // outcome on an upstream that checks them.
-func (s *Server) settleLater(res storage.Reservation) {
+func (s *Reservations) handOver(res storage.Reservation) {
 	if a, ok := s.creds.Load(res.ID); ok {
 		s.settleCreds.Store(res.ID, a)
 	}
@@ -144,7 +172,7 @@ func (s *Server) settleLater(res storage.Reservation) {
 }
 
 // releaseOrLog releases a reservation after a definite failure.
-func (s *Server) releaseOrLog(id string) {
+func (s *Reservations) releaseOrLog(id string) {
 	if err := s.ledger.Release(context.Background(), id); err != nil {
 		s.log.Error().Err(err).Str("reservation", id).Msg("could not release reservation; it will be reconciled")
 	}
@@ -157,7 +185,7 @@ func (s *Server) releaseOrLog(id string) {
 // the client's credentials, after a restart lost them) is released rather
 // than held for ever: the tags are then free, and a tag the push did land
 // is adopted from the upstream by the next request that needs it.
-func (s *Server) settle(ctx context.Context, res storage.Reservation) error {
+func (s *Reservations) settle(ctx context.Context, res storage.Reservation) error {
 	var err error
 	if res.IsDelete() {
 		err = s.settleDelete(ctx, res)
@@ -176,7 +204,7 @@ func (s *Server) settle(ctx context.Context, res storage.Reservation) error {
 		s.unrecorded.Delete(res.ID)
 		s.log.Error().Err(err).Str("reservation", res.ID).Str("target", describe(res)).
 			Msg("settler: the upstream does not show the outcome and the request can no longer land; released")
-		s.audit.Warn().Str("event", "settle-released").Str("repo", res.Repo).Strs("tags", res.Tags).Str("digest", res.Digest.String()).
+		s.audit.audit.Warn().Str("event", "settle-released").Str("repo", res.Repo).Strs("tags", res.Tags).Str("digest", res.Digest.String()).
 			Str("reason", err.Error()).Msg("released a reservation whose outcome the upstream would not show")
 		return nil
 	}
@@ -184,7 +212,7 @@ func (s *Server) settle(ctx context.Context, res storage.Reservation) error {
 }
 
 // settleAuth is the header the settler asks the upstream with for res.
-func (s *Server) settleAuth(res storage.Reservation) http.Header {
+func (s *Reservations) settleAuth(res storage.Reservation) http.Header {
 	if a, ok := s.settleCreds.Load(res.ID); ok {
 		return http.Header{"Authorization": {a.(string)}}
 	}
@@ -194,7 +222,7 @@ func (s *Server) settleAuth(res storage.Reservation) http.Header {
 // settlePush commits the tags the upstream holds with the reserved digest
 // once all of them do, or, once the push can no longer land, those that do,
 // releasing the rest.
-func (s *Server) settlePush(ctx context.Context, res storage.Reservation) error {
+func (s *Reservations) settlePush(ctx context.Context, res storage.Reservation) error {
 	now := s.now()
 	var (
 		bindings []storage.Binding
@@ -203,7 +231,7 @@ func (s *Server) settlePush(ctx context.Context, res storage.Reservation) error 
 		refs     manifestRefs
 	)
 	for _, tag := range res.Tags {
-		b, mediaType, found, err := s.getManifest(ctx, s.settleAuth(res), res.Repo, tag)
+		b, mediaType, found, err := s.read.manifest(ctx, s.settleAuth(res), res.Repo, tag)
 		if err != nil {
 			return fmt.Errorf("settle %s:%s: %w", res.Repo, tag, err)
 		}
@@ -214,7 +242,7 @@ func (s *Server) settlePush(ctx context.Context, res storage.Reservation) error 
 			return fmt.Errorf("settle %s:%s: %w", res.Repo, tag, err)
 		}
 		body = b
-		st, err := s.readState(ctx, res.Repo, tag)
+		st, err := s.states.read(ctx, res.Repo, tag)
 		if err != nil {
 			return err
 		}
@@ -231,7 +259,7 @@ func (s *Server) settlePush(ctx context.Context, res storage.Reservation) error 
 		if user == "" {
 			user = "unknown"
 		}
-		nb, ev := s.binding(res, d, now, user+" (reconciled)", b, refs)
+		nb, ev := newBinding(res, d, now, user+" (reconciled)", b, refs)
 		ev.Message = "reconciled: the upstream holds the reserved digest"
 		bindings = append(bindings, nb)
 		events = append(events, ev)
@@ -256,7 +284,7 @@ func (s *Server) settlePush(ctx context.Context, res storage.Reservation) error 
 
 // settleDelete records a delete once the upstream no longer holds what it
 // removes, and releases it once it can no longer land.
-func (s *Server) settleDelete(ctx context.Context, res storage.Reservation) error {
+func (s *Reservations) settleDelete(ctx context.Context, res storage.Reservation) error {
 	path := "/v2/" + res.Repo + "/manifests/" + res.Digest.String()
 	switch {
 	case len(res.Tags) > 0:
@@ -264,7 +292,7 @@ func (s *Server) settleDelete(ctx context.Context, res storage.Reservation) erro
 	case res.Blob:
 		path = "/v2/" + res.Repo + "/blobs/" + res.Digest.String()
 	}
-	gone, err := s.absentAs(ctx, s.settleAuth(res), path)
+	gone, err := s.read.absent(ctx, s.settleAuth(res), path)
 	if err != nil {
 		return fmt.Errorf("settle delete of %s: %w", describe(res), err)
 	}
@@ -286,38 +314,4 @@ func (s *Server) settleDelete(ctx context.Context, res storage.Reservation) erro
 	}
 	s.log.Info().Str("reservation", res.ID).Str("target", describe(res)).Msg("settled delete: it did not happen")
 	return nil
-}
-
-// absent HEADs path on the upstream with taglock's own credentials and the
-// full manifest Accept list: true on a 404, false on a 2xx, an error
-// otherwise.
-func (s *Server) absent(ctx context.Context, path string) (bool, error) {
-	return s.absentAs(ctx, nil, path)
-}
-
-// absentAs is absent with the credentials in h (a client's, passed through
-// to the upstream), when it has any.
-func (s *Server) absentAs(ctx context.Context, h http.Header, path string) (bool, error) {
-	ctx, cancel := context.WithTimeout(ctx, s.timeout)
-	defer cancel()
-	hdr := http.Header{"Accept": manifestAccept}
-	if a := h.Get("Authorization"); a != "" {
-		hdr.Set("Authorization", a)
-	}
-	req, err := newRequest(ctx, http.MethodHead, &url.URL{Path: path}, nil, hdr)
-	if err != nil {
-		return false, err
-	}
-	resp, err := s.up.RoundTrip(req)
-	if err != nil {
-		return false, fmt.Errorf("%w: HEAD %s: %v", ErrLookup, path, err)
-	}
-	drain(resp)
-	switch {
-	case resp.StatusCode/100 == 2:
-		return false, nil
-	case resp.StatusCode == http.StatusNotFound:
-		return true, nil
-	}
-	return false, fmt.Errorf("%w: HEAD %s answered %d", ErrLookup, path, resp.StatusCode)
 }

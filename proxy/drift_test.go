@@ -126,7 +126,7 @@ func TestImportTags(t *testing.T) {
 
 	only, _ := policy.CompileGlobs([]string{"team/**"})
 	var progress int
-	rep, err := f.srv.ImportTags(ctx, ImportOptions{Repositories: only, Rate: 1000, Progress: func(ImportProgress) { progress++ }})
+	rep, err := f.srv.Drift().ImportTags(ctx, ImportOptions{Repositories: only, Rate: 1000, Progress: func(ImportProgress) { progress++ }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,7 +150,7 @@ func TestImportTags(t *testing.T) {
 		t.Error("import recorded other/lib:2.0, which the glob excludes")
 	}
 
-	rep, err = f.srv.ImportTags(ctx, ImportOptions{})
+	rep, err = f.srv.Drift().ImportTags(ctx, ImportOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,10 +174,10 @@ func TestVerifyRepair(t *testing.T) {
 	deleted := f.pushDirect(t, "app", "1.1", "one-one")
 	f.pushDirect(t, "app", "2.0", "two")
 	latest := f.pushDirect(t, "app", "latest", "l1")
-	if _, err := f.srv.ImportTags(ctx, ImportOptions{}); err != nil {
+	if _, err := f.srv.Drift().ImportTags(ctx, ImportOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	clean, err := f.srv.Verify(ctx, VerifyOptions{})
+	clean, err := f.srv.Drift().Verify(ctx, VerifyOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -192,7 +192,7 @@ func TestVerifyRepair(t *testing.T) {
 	added := f.pushDirect(t, "app", "3.0", "three")
 	latestTo := f.pushDirect(t, "app", "latest", "l2")
 
-	rep, err := f.srv.Verify(ctx, VerifyOptions{})
+	rep, err := f.srv.Drift().Verify(ctx, VerifyOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -209,7 +209,7 @@ func TestVerifyRepair(t *testing.T) {
 		t.Error("ImmutableDrift = false with an immutable tag moved")
 	}
 
-	results, err := f.srv.Repair(ctx, rep.Findings)
+	results, err := f.srv.Drift().Repair(ctx, rep.Findings)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -226,7 +226,7 @@ func TestVerifyRepair(t *testing.T) {
 			t.Errorf("after repair app:%s is %s upstream, want %s", tag, got, d)
 		}
 	}
-	after, err := f.srv.Verify(ctx, VerifyOptions{})
+	after, err := f.srv.Drift().Verify(ctx, VerifyOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -249,14 +249,14 @@ func TestRepairWithoutManifest(t *testing.T) {
 	if err := f.ledger.Put(ctx, []storage.Binding{{Repo: "app", Tag: "1.0", Digest: d, Mode: storage.ModeImmutable, PushedBy: "x"}}, nil); err != nil {
 		t.Fatal(err)
 	}
-	rep, err := f.srv.Verify(ctx, VerifyOptions{})
+	rep, err := f.srv.Drift().Verify(ctx, VerifyOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(rep.Findings) != 1 || rep.Findings[0].Kind != DriftDeleted || rep.Findings[0].Repairable {
 		t.Fatalf("findings = %+v, want one unrepairable deleted tag", rep.Findings)
 	}
-	res, err := f.srv.Repair(ctx, rep.Findings)
+	res, err := f.srv.Drift().Repair(ctx, rep.Findings)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"regexp"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/distribution/distribution/v3/registry/api/errcode"
@@ -103,71 +102,122 @@ type Options struct {
 	MaxUploads int
 }
 
-// Server is the proxy's http.Handler.
+// Server is the proxy's http.Handler: it parses each request, decides it
+// and answers it, and nothing else. What it decides with lives in its parts:
+// the tags' effective states (states), what manifests reference (graphs),
+// tags the upstream holds that the ledger never saw (adopter), the
+// reservation protocol (Reservations) and the audit (auditor); the
+// operator tools are a separate Drift built on the same parts.
 type Server struct {
-	up          Upstream
-	ledger      Ledger
-	im          policy.Immutability
-	promo       []policy.PromotionRule
-	pin         bool
-	log         zerolog.Logger
-	audit       zerolog.Logger
-	metrics     *Metrics
-	now         func() time.Time
-	wait        time.Duration
-	timeout     time.Duration
-	auth        Authenticator
-	access      policy.Access
-	pulls       *PullTracker
-	gate        *WriteGate
-	maxManifest int64
-	uploads     chan struct{} // one token per upload in flight; nil: no cap
-	margin      time.Duration
-	owner       string
-	inflight    sync.Map      // reservation ID -> struct{}: reservations requests of this process are still working on
-	creds       sync.Map      // reservation ID -> Authorization of the request in flight, for the settler
-	settleCreds sync.Map      // reservation ID -> Authorization the settler asks the upstream with
-	unrecorded  sync.Map      // reservation ID -> struct{}: writes the upstream carried out that the ledger could not record yet
-	kick        chan struct{} // wakes the settler
+	upstream        Upstream
+	ledger          Ledger
+	promotion       []policy.PromotionRule
+	pinOnRead       bool
+	log             zerolog.Logger
+	metrics         *Metrics
+	now             func() time.Time
+	lookupTimeout   time.Duration
+	auth            Authenticator
+	access          policy.Access
+	pulls           *PullTracker
+	gate            *WriteGate
+	maxManifestSize int64
+	uploads         chan struct{} // one token per upload in flight (MaxUploads); nil: no cap
+
+	read         reader
+	states       states
+	graphs       graphs
+	adopter      adopter
+	reservations *Reservations
+	audit        auditor
+	drift        *Drift
 }
 
-// New returns a Server.
+// New returns a Server, with its Reservations and Drift.
 func New(o Options) *Server {
-	s := &Server{up: o.Upstream, ledger: o.Ledger, im: o.Immutability, promo: o.Promotion, pin: o.PinOnRead, log: o.Log, metrics: o.Metrics,
-		now: o.Now, wait: o.ReserveWait, timeout: o.LookupTimeout, auth: o.Auth, access: o.Access,
-		pulls: o.Pulls, gate: o.Gate, maxManifest: o.MaxManifestSize, margin: o.SettleMargin, owner: o.Owner, kick: make(chan struct{}, 1)}
+	o = o.withDefaults()
+	p := newParts(o)
+	s := &Server{upstream: o.Upstream, ledger: o.Ledger, promotion: o.Promotion, pinOnRead: o.PinOnRead, log: o.Log,
+		metrics: o.Metrics, now: o.Now, lookupTimeout: o.LookupTimeout, auth: o.Auth, access: o.Access, pulls: o.Pulls,
+		gate: o.Gate, maxManifestSize: o.MaxManifestSize,
+		read: p.read, states: p.states, graphs: p.graphs, adopter: p.adopter, reservations: p.reservations, audit: p.audit,
+		drift: p.drift}
 	if s.auth != nil {
 		s.access.Enabled = true
-	}
-	if o.Audit != nil {
-		s.audit = *o.Audit
-	} else {
-		s.audit = o.Log
-	}
-	if s.now == nil {
-		s.now = time.Now
-	}
-	if s.wait == 0 {
-		s.wait = 10 * time.Second
-	}
-	if s.timeout == 0 {
-		s.timeout = 30 * time.Second
-	}
-	if s.margin == 0 {
-		s.margin = DefaultSettleMargin
-	}
-	if s.owner == "" {
-		var b [6]byte
-		_, _ = rand.Read(b[:])
-		s.owner = "taglock-" + hex.EncodeToString(b[:])
-	}
-	if s.maxManifest <= 0 {
-		s.maxManifest = DefaultMaxManifestSize
 	}
 	if o.MaxUploads > 0 {
 		s.uploads = make(chan struct{}, o.MaxUploads)
 	}
 	return s
+}
+
+// NewDrift returns the operator tools alone, for the commands that compare
+// the ledger with the upstream without serving. Of the Options, the
+// handler's (Auth, Access, Pulls, Gate, PinOnRead, Promotion, MaxUploads)
+// do not apply.
+func NewDrift(o Options) *Drift {
+	return newParts(o.withDefaults()).drift
+}
+
+// Reservations is the server's side of the reservation protocol; its
+// settler must run (Reservations.Run) for unknown outcomes to be settled.
+func (s *Server) Reservations() *Reservations { return s.reservations }
+
+// Drift is the operator tools on the server's parts.
+func (s *Server) Drift() *Drift { return s.drift }
+
+// withDefaults fills in the documented defaults.
+func (o Options) withDefaults() Options {
+	if o.Audit == nil {
+		o.Audit = &o.Log
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.ReserveWait == 0 {
+		o.ReserveWait = 10 * time.Second
+	}
+	if o.LookupTimeout == 0 {
+		o.LookupTimeout = 30 * time.Second
+	}
+	if o.SettleMargin == 0 {
+		o.SettleMargin = DefaultSettleMargin
+	}
+	if o.Owner == "" {
+		var b [6]byte
+		_, _ = rand.Read(b[:])
+		o.Owner = "taglock-" + hex.EncodeToString(b[:])
+	}
+	if o.MaxManifestSize <= 0 {
+		o.MaxManifestSize = DefaultMaxManifestSize
+	}
+	return o
+}
+
+// parts are what the handler and the drift tools share.
+type parts struct {
+	read         reader
+	states       states
+	graphs       graphs
+	adopter      adopter
+	reservations *Reservations
+	audit        auditor
+	drift        *Drift
+}
+
+// newParts builds the parts from o, whose defaults are filled in.
+func newParts(o Options) parts {
+	var p parts
+	p.read = reader{up: o.Upstream, timeout: o.LookupTimeout, maxManifest: o.MaxManifestSize}
+	p.states = states{ledger: o.Ledger, im: o.Immutability}
+	p.graphs = graphs{ledger: o.Ledger, read: p.read, log: o.Log}
+	p.audit = auditor{audit: *o.Audit, log: o.Log, metrics: o.Metrics, ledger: o.Ledger, now: o.Now}
+	p.adopter = adopter{ledger: o.Ledger, read: p.read, states: p.states, graphs: p.graphs, audit: p.audit, log: o.Log, now: o.Now}
+	p.reservations = &Reservations{ledger: o.Ledger, read: p.read, states: p.states, audit: p.audit, log: o.Log, now: o.Now,
+		wait: o.ReserveWait, timeout: o.LookupTimeout, margin: o.SettleMargin, owner: o.Owner, kick: make(chan struct{}, 1)}
+	p.drift = &Drift{upstream: o.Upstream, read: p.read, ledger: o.Ledger, states: p.states, adopter: p.adopter,
+		reservations: p.reservations, audit: p.audit, log: o.Log, now: o.Now, timeout: o.LookupTimeout}
+	return p
 }
 
 type ctxKey struct{}
@@ -213,8 +263,10 @@ func (s *Server) serve(w *statusWriter, r *http.Request, info *reqInfo) int {
 		return writeError(w, err, &s.log)
 	}
 	info.route = rt
-	if status, done := s.authorize(w, r, &rt); done {
-		return status
+	if done, err := s.authorize(w, r, &rt); err != nil {
+		return writeError(w, err, &s.log)
+	} else if done {
+		return 0
 	}
 	tracked, err := s.track(w, r, rt)
 	if err != nil {
@@ -233,7 +285,7 @@ func (s *Server) serve(w *statusWriter, r *http.Request, info *reqInfo) int {
 		err = s.deleteManifest(w, r, rt)
 	case rt.Kind == KindBlob && r.Method == http.MethodDelete:
 		err = s.deleteBlob(w, r, rt)
-	case rt.Kind == KindManifest && rt.Tag != "" && s.pin:
+	case rt.Kind == KindManifest && rt.Tag != "" && s.pinOnRead:
 		err = s.pinned(w, r, rt)
 	default:
 		s.forward(w, r, rt)
@@ -249,14 +301,14 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, rt Route) {
 	out := r.Clone(r.Context())
 	out.URL = rt.URL()
 	out.RequestURI = out.URL.RequestURI()
-	s.up.Forward(w, out)
+	s.upstream.Forward(w, out)
 }
 
 // pinned serves a manifest GET/HEAD by tag; a live immutable tag is served
 // by its recorded digest, so a tag moved on the upstream behind taglock's
 // back still pulls what it was bound to. A deleted tag is not served.
 func (s *Server) pinned(w http.ResponseWriter, r *http.Request, rt Route) error {
-	st, err := s.readState(r.Context(), rt.Name, rt.Tag)
+	st, err := s.states.read(r.Context(), rt.Name, rt.Tag)
 	if err != nil {
 		return err
 	}
