@@ -11,33 +11,8 @@ import (
 	"strings"
 
 	"github.com/taglock/taglock/policy"
+	"github.com/taglock/taglock/proxy/authn"
 )
-
-// Caller is who makes a request, as an Authenticator established it.
-type Caller struct {
-	// Identity is the verified user and its groups; the zero Identity is
-	// anonymous.
-	Identity policy.Identity
-	// Scope, when not nil, limits what the credentials themselves may do,
-	// whatever the access rules say: a bearer token's granted actions on
-	// one repository (repo "" asks about the catalog). nil leaves the
-	// decision to the access rules alone.
-	Scope func(repo string, a policy.Action) bool
-}
-
-// Authenticator establishes who makes a request.
-type Authenticator interface {
-	// Authenticate returns the verified caller: the zero Caller when the
-	// request carries no credentials, an error when it carries credentials
-	// that do not verify.
-	Authenticate(r *http.Request) (Caller, error)
-	// Challenge is the WWW-Authenticate value for a 401 answer. scope is
-	// the Docker token scope the request needs, such as
-	// "repository:NAME:pull,push" or "registry:catalog:*" ("" for the
-	// ping); insufficient is true when the request carried valid
-	// credentials whose scope did not cover it.
-	Challenge(scope string, insufficient bool) string
-}
 
 // need is one action the request needs, on a repository and maybe a tag.
 type need struct {
@@ -75,30 +50,30 @@ func needs(rt Route) []need {
 }
 
 // authorize authenticates the request and decides it against the access
-// rules, on the parsed, canonical names in rt. It returns an error the one
-// writer answers with (a challenge or a refusal), and answers a catalog or
-// tag list itself, filtered, when it returns done. A cross-repository mount
-// the caller may not pull from is dropped from rt, so the client gets a
-// plain upload session.
-func (s *Server) authorize(w http.ResponseWriter, r *http.Request, rt *Route) (done bool, err error) {
+// rules, on the parsed, canonical names in rt. It returns the caller, or an
+// error the one writer answers with (a challenge or a refusal). A
+// cross-repository mount the caller may not pull from is dropped from rt,
+// so the client gets a plain upload session. With authentication off it
+// returns the anonymous caller and decides nothing.
+func (s *Server) authorize(r *http.Request, rt *Route) (authn.Caller, error) {
 	if s.auth == nil {
-		return false, nil
+		return authn.Caller{}, nil
 	}
 	ctx := r.Context()
 	ri := info(ctx)
 	presented := r.Header.Get("Authorization") != ""
 	c, err := s.auth.Authenticate(r)
 	if err != nil {
-		return true, s.unauthenticated(ctx, *rt, "credentials", err.Error(), false)
+		return authn.Caller{}, s.unauthenticated(ctx, *rt, "credentials", err.Error(), false)
 	}
 	ri.user, ri.identity = userName(c.Identity), c.Identity
 	if rt.Kind == KindPing && c.Identity.User == "" && !presented {
 		// docker login sends credentials only when challenged.
-		return true, s.unauthenticated(ctx, *rt, "ping", "authentication required", false)
+		return authn.Caller{}, s.unauthenticated(ctx, *rt, "ping", "authentication required", false)
 	}
 	for _, n := range needs(*rt) {
 		if c.Scope != nil && !c.Scope(n.repo, n.action) {
-			return true, s.unauthenticated(ctx, *rt, string(n.action), fmt.Sprintf("the token does not grant %s on %s", n.action, n.repo), presented)
+			return authn.Caller{}, s.unauthenticated(ctx, *rt, string(n.action), fmt.Sprintf("the token does not grant %s on %s", n.action, n.repo), presented)
 		}
 		d := s.access.Decide(policy.AccessRequest{Identity: c.Identity, Action: n.action, Repo: n.repo, Tag: n.tag})
 		if d.Allowed {
@@ -108,9 +83,9 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request, rt *Route) (d
 		s.audit.refuseAccess(ctx, e)
 		if c.Identity.User == "" {
 			// Anonymous: ask for credentials, which may be allowed.
-			return true, &unauthenticated{challenge: s.auth.Challenge(scopeOf(*rt), false), msg: "authentication required: " + d.Reason}
+			return authn.Caller{}, &unauthenticated{challenge: s.auth.Challenge(scopeOf(*rt), false), msg: "authentication required: " + d.Reason}
 		}
-		return true, e
+		return authn.Caller{}, e
 	}
 	if rt.Kind == KindUploadStart && rt.Query.Has("mount") {
 		from := rt.Query.Get("from")
@@ -123,20 +98,23 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request, rt *Route) (d
 			rt.Query.Del("from")
 		}
 	}
-	switch {
-	case rt.Kind == KindCatalog:
-		if c.Scope != nil && !c.Scope("", policy.Pull) {
-			return true, s.unauthenticated(ctx, *rt, "catalog", "the credentials do not grant the catalog", presented)
-		}
-		return true, s.filtered(w, r, *rt, func(name string) bool {
+	if rt.Kind == KindCatalog && c.Scope != nil && !c.Scope("", policy.Pull) {
+		return authn.Caller{}, s.unauthenticated(ctx, *rt, "catalog", "the credentials do not grant the catalog", presented)
+	}
+	return c, nil
+}
+
+// list serves a catalog or tag list with only the repositories or tags c
+// may pull.
+func (s *Server) list(w http.ResponseWriter, r *http.Request, rt Route, c authn.Caller) error {
+	if rt.Kind == KindCatalog {
+		return filtered(w, r, s.upstream, rt, func(name string) bool {
 			return s.access.CanPullAny(c.Identity, name)
 		}, "repositories")
-	case rt.Kind == KindTags:
-		return true, s.filtered(w, r, *rt, func(tag string) bool {
-			return s.access.Decide(policy.AccessRequest{Identity: c.Identity, Action: policy.Pull, Repo: rt.Name, Tag: tag}).Allowed
-		}, "tags")
 	}
-	return false, nil
+	return filtered(w, r, s.upstream, rt, func(tag string) bool {
+		return s.access.Decide(policy.AccessRequest{Identity: c.Identity, Action: policy.Pull, Repo: rt.Name, Tag: tag}).Allowed
+	}, "tags")
 }
 
 // unauthenticated audits a request refused for its credentials and
@@ -181,13 +159,13 @@ const maxListSize = 32 << 20
 // filtered serves a catalog or tag list with only the entries keep allows.
 // The upstream's pagination is kept: a Link to the next page stays valid,
 // since it names the last entry the upstream returned, filtered or not.
-func (s *Server) filtered(w http.ResponseWriter, r *http.Request, rt Route, keep func(string) bool, field string) error {
+func filtered(w http.ResponseWriter, r *http.Request, up Upstream, rt Route, keep func(string) bool, field string) error {
 	ctx := r.Context()
 	req, err := newRequest(ctx, http.MethodGet, rt.URL(), nil, r.Header)
 	if err != nil {
 		return err
 	}
-	resp, err := s.upstream.RoundTrip(req)
+	resp, err := up.RoundTrip(req)
 	if err != nil {
 		return fmt.Errorf("%w: %s: %v", ErrLookup, rt.Path(), err)
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/taglock/taglock/policy"
+	"github.com/taglock/taglock/proxy/authn"
 	"github.com/taglock/taglock/storage/bolt"
 )
 
@@ -60,14 +61,14 @@ func TestNeeds(t *testing.T) {
 // fakeAuth takes the user from X-Test-User; "bad" is a wrong password.
 type fakeAuth struct{}
 
-func (fakeAuth) Authenticate(r *http.Request) (Caller, error) {
+func (fakeAuth) Authenticate(r *http.Request) (authn.Caller, error) {
 	switch u := r.Header.Get("X-Test-User"); u {
 	case "":
-		return Caller{}, nil
+		return authn.Caller{}, nil
 	case "bad":
-		return Caller{}, errors.New("invalid credentials")
+		return authn.Caller{}, errors.New("invalid credentials")
 	default:
-		return Caller{Identity: policy.Identity{User: u}}, nil
+		return authn.Caller{Identity: policy.Identity{User: u}}, nil
 	}
 }
 

@@ -20,26 +20,17 @@ import (
 // content a delete is removing, and no delete can remove content a push in
 // flight is binding. See storage.Reservation.
 
-// deleteManifest handles DELETE /v2/<name>/manifests/<tag|digest>. A delete
-// by digest first adopts the upstream's tags the ledger never saw, then is
-// refused when a live immutable binding depends on the manifest, or when
-// the caller may not delete every tag it removes.
-func (s *Server) deleteManifest(w http.ResponseWriter, r *http.Request, rt Route) error {
-	if rt.Tag != "" {
-		return s.deleteTag(w, r, rt)
-	}
-	return s.deleteContent(w, r, rt, ReasonManifestDeleted)
-}
-
-// deleteBlob handles DELETE /v2/<name>/blobs/<digest>: refused when a live
-// immutable binding's graph holds the blob.
-func (s *Server) deleteBlob(w http.ResponseWriter, r *http.Request, rt Route) error {
-	return s.deleteContent(w, r, rt, ReasonBlobDeleted)
-}
-
-// deleteContent deletes the manifest or blob rt names by digest.
-func (s *Server) deleteContent(w http.ResponseWriter, r *http.Request, rt Route, reason string) error {
+// deleteContent handles DELETE /v2/<name>/manifests/<digest> and
+// DELETE /v2/<name>/blobs/<digest>. It first adopts the upstream's tags the
+// ledger never saw, then is refused when a live immutable binding's graph
+// holds the content, or, for a manifest, when the caller may not delete
+// every tag the delete removes.
+func (s *Server) deleteContent(w http.ResponseWriter, r *http.Request, rt Route) error {
 	ctx := r.Context()
+	reason := ReasonManifestDeleted
+	if rt.Kind == KindBlob {
+		reason = ReasonBlobDeleted
+	}
 	if err := s.adopter.adoptRepo(ctx, r.Header, rt.Name); err != nil {
 		return err
 	}

@@ -9,16 +9,22 @@ func isUpload(rt Route, method string) bool {
 	return rt.Kind == KindUploadStart || rt.Kind == KindUpload && (method == http.MethodPatch || method == http.MethodPut)
 }
 
-// admitUpload counts an upload request in flight, or refuses it with
+// uploads counts the upload requests in flight.
+type uploads struct {
+	slots   chan struct{} // one token per upload in flight (Options.MaxUploads); nil: no cap
+	metrics *Metrics
+}
+
+// admit counts an upload request in flight, or refuses it with
 // errTooManyUploads when Options.MaxUploads are already. The returned func
 // ends it.
-func (s *Server) admitUpload(r *http.Request, rt Route) (func(), error) {
+func (s *uploads) admit(r *http.Request, rt Route) (func(), error) {
 	if !isUpload(rt, r.Method) {
 		return func() {}, nil
 	}
-	if s.uploads != nil {
+	if s.slots != nil {
 		select {
-		case s.uploads <- struct{}{}:
+		case s.slots <- struct{}{}:
 		default:
 			return nil, errTooManyUploads
 		}
@@ -30,8 +36,8 @@ func (s *Server) admitUpload(r *http.Request, rt Route) (func(), error) {
 		if s.metrics != nil {
 			s.metrics.uploads.Dec()
 		}
-		if s.uploads != nil {
-			<-s.uploads
+		if s.slots != nil {
+			<-s.slots
 		}
 	}, nil
 }

@@ -26,7 +26,8 @@ const (
 const mediaTypeDockerConfig = "application/vnd.docker.container.image.v1+json"
 
 // manifestAccept is the full Accept list for manifest lookups: without the
-// OCI types some registries answer 404 for OCI manifests.
+// OCI types some registries answer 404 for OCI manifests. It is the one
+// list of manifest media types taglock asks for.
 var manifestAccept = []string{
 	v1.MediaTypeImageManifest,
 	v1.MediaTypeImageIndex,
@@ -36,6 +37,10 @@ var manifestAccept = []string{
 	"application/vnd.docker.distribution.manifest.v1+json",
 	"application/vnd.oci.artifact.manifest.v1+json",
 }
+
+// ManifestAccept is the Accept header value for a manifest lookup that
+// takes every manifest media type taglock knows.
+func ManifestAccept() string { return strings.Join(manifestAccept, ", ") }
 
 // manifestRefs is what a manifest references.
 type manifestRefs struct {

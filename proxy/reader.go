@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"strings"
 	"time"
 )
 
@@ -29,7 +28,7 @@ type reader struct {
 func (rd reader) manifest(ctx context.Context, h http.Header, repo, ref string) (body []byte, mediaType string, found bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, rd.timeout)
 	defer cancel()
-	hdr := http.Header{"Accept": {strings.Join(manifestAccept, ", ")}}
+	hdr := http.Header{"Accept": {ManifestAccept()}}
 	if a := h.Get("Authorization"); a != "" {
 		hdr.Set("Authorization", a)
 	}

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -473,10 +472,4 @@ func checkKeyCase(rt *Route, q url.Values) error {
 		}
 	}
 	return nil
-}
-
-// isRequestError reports whether err is a parse failure.
-func isRequestError(err error) bool {
-	var re *requestError
-	return errors.As(err, &re)
 }

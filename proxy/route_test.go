@@ -356,8 +356,8 @@ func TestParseRequestRefuses(t *testing.T) {
 			if code != tc.code || status != tc.status {
 				t.Fatalf("ParseRequest(%q, %q) = %s %d (%v), want %s %d", tc.method, tc.uri, code, status, err, tc.code, tc.status)
 			}
-			if !isRequestError(err) {
-				t.Errorf("isRequestError(%v) = false", err)
+			if re := (*requestError)(nil); !errors.As(err, &re) {
+				t.Errorf("ParseRequest(%q, %q) = %T, want a *requestError", tc.method, tc.uri, err)
 			}
 		})
 	}

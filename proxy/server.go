@@ -18,6 +18,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/taglock/taglock/policy"
+	"github.com/taglock/taglock/proxy/authn"
 	"github.com/taglock/taglock/storage"
 )
 
@@ -82,7 +83,7 @@ type Options struct {
 	Owner string
 	// Auth authenticates clients; nil turns authentication and access
 	// rules off, and every request is allowed.
-	Auth Authenticator
+	Auth authn.Authenticator
 	// Access decides what an authenticated caller may do; it applies
 	// only when Auth is set.
 	Access policy.Access
@@ -111,18 +112,18 @@ type Options struct {
 type Server struct {
 	upstream        Upstream
 	ledger          Ledger
-	promotion       []policy.PromotionRule
+	promotion       promotion
 	pinOnRead       bool
 	log             zerolog.Logger
 	metrics         *Metrics
 	now             func() time.Time
 	lookupTimeout   time.Duration
-	auth            Authenticator
+	auth            authn.Authenticator
 	access          policy.Access
 	pulls           *PullTracker
 	gate            *WriteGate
 	maxManifestSize int64
-	uploads         chan struct{} // one token per upload in flight (MaxUploads); nil: no cap
+	uploads         uploads
 
 	read         reader
 	states       states
@@ -137,16 +138,17 @@ type Server struct {
 func New(o Options) *Server {
 	o = o.withDefaults()
 	p := newParts(o)
-	s := &Server{upstream: o.Upstream, ledger: o.Ledger, promotion: o.Promotion, pinOnRead: o.PinOnRead, log: o.Log,
+	s := &Server{upstream: o.Upstream, ledger: o.Ledger, pinOnRead: o.PinOnRead, log: o.Log,
 		metrics: o.Metrics, now: o.Now, lookupTimeout: o.LookupTimeout, auth: o.Auth, access: o.Access, pulls: o.Pulls,
 		gate: o.Gate, maxManifestSize: o.MaxManifestSize,
 		read: p.read, states: p.states, graphs: p.graphs, adopter: p.adopter, reservations: p.reservations, audit: p.audit,
-		drift: p.drift}
+		drift: p.drift, promotion: promotion{rules: o.Promotion, ledger: o.Ledger, audit: p.audit},
+		uploads: uploads{metrics: o.Metrics}}
 	if s.auth != nil {
 		s.access.Enabled = true
 	}
 	if o.MaxUploads > 0 {
-		s.uploads = make(chan struct{}, o.MaxUploads)
+		s.uploads.slots = make(chan struct{}, o.MaxUploads)
 	}
 	return s
 }
@@ -234,7 +236,7 @@ type reqInfo struct {
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := s.now()
-	info := &reqInfo{id: requestID(r), user: unverified(Identity(r))}
+	info := &reqInfo{id: requestID(r), user: unverified(ClaimedUser(r))}
 	w.Header().Set("X-Request-Id", info.id)
 	sw := &statusWriter{ResponseWriter: w}
 	r = r.WithContext(context.WithValue(r.Context(), ctxKey{}, info))
@@ -263,28 +265,29 @@ func (s *Server) serve(w *statusWriter, r *http.Request, info *reqInfo) int {
 		return writeError(w, err, &s.log)
 	}
 	info.route = rt
-	if done, err := s.authorize(w, r, &rt); err != nil {
+	caller, err := s.authorize(r, &rt)
+	if err != nil {
 		return writeError(w, err, &s.log)
-	} else if done {
-		return 0
 	}
 	tracked, err := s.track(w, r, rt)
 	if err != nil {
 		return writeError(w, err, &s.log)
 	}
 	defer tracked()
-	admitted, err := s.admitUpload(r, rt)
+	admitted, err := s.uploads.admit(r, rt)
 	if err != nil {
 		return writeError(w, err, &s.log)
 	}
 	defer admitted()
 	switch {
+	case (rt.Kind == KindCatalog || rt.Kind == KindTags) && s.auth != nil:
+		err = s.list(w, r, rt, caller)
 	case rt.Kind == KindManifest && r.Method == http.MethodPut:
 		err = s.putManifest(w, r, rt)
-	case rt.Kind == KindManifest && r.Method == http.MethodDelete:
-		err = s.deleteManifest(w, r, rt)
-	case rt.Kind == KindBlob && r.Method == http.MethodDelete:
-		err = s.deleteBlob(w, r, rt)
+	case rt.Kind == KindManifest && r.Method == http.MethodDelete && rt.Tag != "":
+		err = s.deleteTag(w, r, rt)
+	case (rt.Kind == KindManifest || rt.Kind == KindBlob) && r.Method == http.MethodDelete:
+		err = s.deleteContent(w, r, rt)
 	case rt.Kind == KindManifest && rt.Tag != "" && s.pinOnRead:
 		err = s.pinned(w, r, rt)
 	default:
@@ -332,11 +335,12 @@ func unverified(name string) string {
 	return name + " (unverified)"
 }
 
-// Identity is the name the request carries: the Basic user name, or the
-// subject of a bearer token, or "anonymous". It is not verified here: with
-// authentication off the proxy records it marked "(unverified)", and with
-// authentication on it records the verified identity instead.
-func Identity(r *http.Request) string {
+// ClaimedUser is the user name the request claims: the Basic user name,
+// or the subject of a bearer token, or "anonymous". Nothing here verifies
+// it: with authentication off the proxy records it marked "(unverified)",
+// and with authentication on it records the verified policy.Identity's
+// user instead.
+func ClaimedUser(r *http.Request) string {
 	if u, _, ok := r.BasicAuth(); ok && u != "" {
 		return u
 	}

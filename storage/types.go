@@ -29,7 +29,7 @@ type Binding struct {
 	Mode      string        `json:"mode"`              // "immutable" | "mutable" | "warn": the policy mode in force when bound
 	Rule      string        `json:"rule,omitempty"`    // the rule that decided the mode when bound
 	PushedAt  time.Time     `json:"pushedAt"`          // when Digest was first bound to this tag
-	PushedBy  string        `json:"pushedBy"`          // identity that first bound it ("anonymous" when none)
+	PushedBy  string        `json:"pushedBy"`          // the user that first bound it, as recorded: verified, or marked "(unverified)"; "anonymous" when none
 	Deleted   bool          `json:"deleted,omitempty"` // tombstone: the tag was deleted upstream; the binding stays
 	DeletedAt time.Time     `json:"deletedAt,omitzero"`
 	// Closure is every digest the manifest references: child manifests of

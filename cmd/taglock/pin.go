@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/taglock/taglock/policy"
+	"github.com/taglock/taglock/proxy"
 	"github.com/taglock/taglock/storage"
 )
 
@@ -46,16 +47,6 @@ func (r pinRef) failsCheck() bool { return r.Status != pinOK }
 
 // failsPin reports whether the reference stops pin from writing anything.
 func (r pinRef) failsPin() bool { return r.Status == pinFailed || r.Status == pinConflict }
-
-// manifestAccept is the Accept list for resolving a tag through taglock:
-// without the OCI types a registry may answer 404 for an OCI manifest.
-var manifestAccept = strings.Join([]string{
-	"application/vnd.oci.image.manifest.v1+json",
-	"application/vnd.oci.image.index.v1+json",
-	"application/vnd.docker.distribution.manifest.v2+json",
-	"application/vnd.docker.distribution.manifest.list.v2+json",
-	"application/vnd.oci.artifact.manifest.v1+json",
-}, ", ")
 
 func newPinCmd(g *globals) *cobra.Command {
 	var hosts []string
@@ -308,7 +299,7 @@ func (p *pinner) head(ctx context.Context, repo, tag string) (digest.Digest, err
 	if err != nil {
 		return "", err
 	}
-	req.Header.Set("Accept", manifestAccept)
+	req.Header.Set("Accept", proxy.ManifestAccept())
 	resp, err := p.hc.Do(req)
 	if err != nil {
 		return "", fmt.Errorf("taglock at %s did not answer (%v)", p.registry, err)

@@ -114,9 +114,9 @@ Exit status: 0 promoted, 1 refused or failed, 2 usage error.`,
 	return cmd
 }
 
-// usageError exits with status 2.
+// usageError exits with exitUsage.
 func usageError(format string, args ...any) error {
-	return exitError{code: 2, msg: fmt.Sprintf(format, args...)}
+	return exitError{code: exitUsage, msg: fmt.Sprintf(format, args...)}
 }
 
 // dialable turns a listen address into one a client can dial: an
@@ -272,11 +272,11 @@ func registryError(what string, err error) error {
 	if errors.As(err, &te) {
 		for _, d := range te.Errors {
 			if d.Code == transport.DeniedErrorCode {
-				return exitError{code: 1, msg: "denied: " + d.Message}
+				return exitError{code: exitFailure, msg: "denied: " + d.Message}
 			}
 		}
 	}
-	return exitError{code: 1, msg: fmt.Sprintf("%s: %v", what, err)}
+	return exitError{code: exitFailure, msg: fmt.Sprintf("%s: %v", what, err)}
 }
 
 // printPromotion writes the record as text, or as one JSON object.
@@ -344,7 +344,7 @@ func (t *promoteTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.user = proxy.Identity(req)
+	t.user = proxy.ClaimedUser(req)
 	switch {
 	case req.Method == http.MethodPost && rest == "blobs/uploads/" && req.URL.Query().Get("mount") != "" && resp.StatusCode == http.StatusCreated:
 		t.mounted++

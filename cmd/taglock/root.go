@@ -138,10 +138,10 @@ func newConfigCmd(g *globals) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if g.configPath == "" {
-				return exitError{code: 2, msg: "config validate needs --config FILE"}
+				return exitError{code: exitUsage, msg: "config validate needs --config FILE"}
 			}
 			if _, err := config.Load(g.configPath); err != nil {
-				return exitError{code: 1, msg: err.Error()}
+				return exitError{code: exitFailure, msg: err.Error()}
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s: valid\n", g.configPath)
 			return nil

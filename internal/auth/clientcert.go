@@ -4,7 +4,7 @@ import (
 	"net/http"
 
 	"github.com/taglock/taglock/policy"
-	"github.com/taglock/taglock/proxy"
+	"github.com/taglock/taglock/proxy/authn"
 )
 
 // ClientCert gives a request that presented a client certificate, verified
@@ -13,29 +13,29 @@ import (
 // declares for it. Requests without a verified certificate are left to
 // Next. The certificate identity wins over credentials in the request.
 type ClientCert struct {
-	next   proxy.Authenticator
+	next   authn.Authenticator
 	groups map[string][]string // user -> groups
 }
 
-var _ proxy.Authenticator = (*ClientCert)(nil)
+var _ authn.Authenticator = (*ClientCert)(nil)
 
 // NewClientCert returns a ClientCert in front of next; groups maps group
 // names to members, as auth.groups does.
-func NewClientCert(next proxy.Authenticator, groups map[string][]string) *ClientCert {
+func NewClientCert(next authn.Authenticator, groups map[string][]string) *ClientCert {
 	return &ClientCert{next: next, groups: invert(groups)}
 }
 
-// Authenticate implements proxy.Authenticator.
-func (c *ClientCert) Authenticate(r *http.Request) (proxy.Caller, error) {
+// Authenticate implements authn.Authenticator.
+func (c *ClientCert) Authenticate(r *http.Request) (authn.Caller, error) {
 	if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 && len(r.TLS.VerifiedChains[0]) > 0 {
 		if cn := r.TLS.VerifiedChains[0][0].Subject.CommonName; cn != "" {
-			return proxy.Caller{Identity: policy.Identity{User: cn, Groups: c.groups[cn]}}, nil
+			return authn.Caller{Identity: policy.Identity{User: cn, Groups: c.groups[cn]}}, nil
 		}
 	}
 	return c.next.Authenticate(r)
 }
 
-// Challenge implements proxy.Authenticator with Next's challenge.
+// Challenge implements authn.Authenticator with Next's challenge.
 func (c *ClientCert) Challenge(scope string, insufficient bool) string {
 	return c.next.Challenge(scope, insufficient)
 }

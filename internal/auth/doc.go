@@ -3,7 +3,7 @@
 //
 // # Basics
 //
-// Client authentication, each an implementation of proxy.Authenticator:
+// Client authentication, each an implementation of authn.Authenticator:
 //   - Htpasswd verifies Basic credentials against a bcrypt htpasswd file that
 //     is re-read when it changes, and puts users in the groups the
 //     configuration declares;

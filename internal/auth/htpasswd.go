@@ -17,7 +17,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/taglock/taglock/policy"
-	"github.com/taglock/taglock/proxy"
+	"github.com/taglock/taglock/proxy/authn"
 )
 
 // Sentinel errors.
@@ -75,7 +75,7 @@ func NewHtpasswd(path, realm string, groups map[string][]string) (*Htpasswd, err
 	return h, nil
 }
 
-var _ proxy.Authenticator = (*Htpasswd)(nil)
+var _ authn.Authenticator = (*Htpasswd)(nil)
 
 // load returns the current entries, reading the file again if it changed.
 func (h *Htpasswd) load() (map[string][]byte, error) {
@@ -123,19 +123,19 @@ func parseHtpasswd(b []byte) (map[string][]byte, error) {
 	return entries, sc.Err()
 }
 
-// Authenticate implements proxy.Authenticator.
-func (h *Htpasswd) Authenticate(r *http.Request) (proxy.Caller, error) {
+// Authenticate implements authn.Authenticator.
+func (h *Htpasswd) Authenticate(r *http.Request) (authn.Caller, error) {
 	authz := r.Header.Get("Authorization")
 	if authz == "" {
-		return proxy.Caller{}, nil
+		return authn.Caller{}, nil
 	}
 	user, password, ok := r.BasicAuth()
 	if !ok || user == "" {
-		return proxy.Caller{}, fmt.Errorf("%w: want Basic credentials", ErrBadCredentials)
+		return authn.Caller{}, fmt.Errorf("%w: want Basic credentials", ErrBadCredentials)
 	}
 	entries, err := h.load()
 	if err != nil {
-		return proxy.Caller{}, err
+		return authn.Caller{}, err
 	}
 	key := sha256.Sum256([]byte(user + "\x00" + password))
 	h.mu.Lock()
@@ -145,10 +145,10 @@ func (h *Htpasswd) Authenticate(r *http.Request) (proxy.Caller, error) {
 		hash, found := entries[user]
 		if !found {
 			_ = bcrypt.CompareHashAndPassword(dummyHash, []byte(password))
-			return proxy.Caller{}, fmt.Errorf("%w: user %q", ErrBadCredentials, user)
+			return authn.Caller{}, fmt.Errorf("%w: user %q", ErrBadCredentials, user)
 		}
 		if err := bcrypt.CompareHashAndPassword(hash, []byte(password)); err != nil {
-			return proxy.Caller{}, fmt.Errorf("%w: user %q", ErrBadCredentials, user)
+			return authn.Caller{}, fmt.Errorf("%w: user %q", ErrBadCredentials, user)
 		}
 		h.mu.Lock()
 		if subtle.ConstantTimeCompare(h.entries[user], hash) == 1 {
@@ -156,10 +156,10 @@ func (h *Htpasswd) Authenticate(r *http.Request) (proxy.Caller, error) {
 		}
 		h.mu.Unlock()
 	}
-	return proxy.Caller{Identity: policy.Identity{User: user, Groups: h.groups[user]}}, nil
+	return authn.Caller{Identity: policy.Identity{User: user, Groups: h.groups[user]}}, nil
 }
 
-// Challenge implements proxy.Authenticator: a Basic challenge for the realm.
+// Challenge implements authn.Authenticator: a Basic challenge for the realm.
 func (h *Htpasswd) Challenge(string, bool) string {
 	return fmt.Sprintf("Basic realm=%q", h.realm)
 }

@@ -15,7 +15,7 @@ import (
 	"github.com/go-jose/go-jose/v4"
 
 	"github.com/taglock/taglock/policy"
-	"github.com/taglock/taglock/proxy"
+	"github.com/taglock/taglock/proxy/authn"
 )
 
 // signingAlgorithms are the asymmetric algorithms a token may be signed
@@ -51,7 +51,7 @@ type TokenVerifier struct {
 	groups         map[string][]string // user -> groups
 }
 
-var _ proxy.Authenticator = (*TokenVerifier)(nil)
+var _ authn.Authenticator = (*TokenVerifier)(nil)
 
 // NewTokenVerifier loads the issuer's keys and returns a TokenVerifier.
 // groups maps group names to members, as auth.groups does.
@@ -121,26 +121,26 @@ func invert(groups map[string][]string) map[string][]string {
 // until it fetches one.
 func denyAll(string, policy.Action) bool { return false }
 
-// Authenticate implements proxy.Authenticator. A request without a bearer
+// Authenticate implements authn.Authenticator. A request without a bearer
 // token gets a Caller whose scope allows nothing, so it is challenged and
 // sent to the token service; an anonymous token (no subject) is an
 // anonymous Caller limited to the token's scope.
-func (v *TokenVerifier) Authenticate(r *http.Request) (proxy.Caller, error) {
+func (v *TokenVerifier) Authenticate(r *http.Request) (authn.Caller, error) {
 	authz := r.Header.Get("Authorization")
 	if authz == "" {
-		return proxy.Caller{Scope: denyAll}, nil
+		return authn.Caller{Scope: denyAll}, nil
 	}
 	scheme, raw, ok := strings.Cut(authz, " ")
 	if !ok || !strings.EqualFold(scheme, "bearer") || raw == "" {
-		return proxy.Caller{}, fmt.Errorf("%w: want a bearer token", ErrBadCredentials)
+		return authn.Caller{}, fmt.Errorf("%w: want a bearer token", ErrBadCredentials)
 	}
 	t, err := token.NewToken(raw, signingAlgorithms)
 	if err != nil {
-		return proxy.Caller{}, fmt.Errorf("%w: %v", ErrBadCredentials, err)
+		return authn.Caller{}, fmt.Errorf("%w: %v", ErrBadCredentials, err)
 	}
 	claims, err := t.Verify(v.opts)
 	if err != nil {
-		return proxy.Caller{}, fmt.Errorf("%w: token: %v", ErrBadCredentials, err)
+		return authn.Caller{}, fmt.Errorf("%w: token: %v", ErrBadCredentials, err)
 	}
 	grants := claims.Access
 	scope := func(repo string, a policy.Action) bool {
@@ -156,10 +156,10 @@ func (v *TokenVerifier) Authenticate(r *http.Request) (proxy.Caller, error) {
 		}
 		return false
 	}
-	return proxy.Caller{Identity: policy.Identity{User: claims.Subject, Groups: v.groups[claims.Subject]}, Scope: scope}, nil
+	return authn.Caller{Identity: policy.Identity{User: claims.Subject, Groups: v.groups[claims.Subject]}, Scope: scope}, nil
 }
 
-// Challenge implements proxy.Authenticator: a Bearer challenge sending the
+// Challenge implements authn.Authenticator: a Bearer challenge sending the
 // client to the token service for scope.
 func (v *TokenVerifier) Challenge(scope string, insufficient bool) string {
 	c := fmt.Sprintf("Bearer realm=%q,service=%q", v.realm, v.service)

@@ -13,12 +13,12 @@ import (
 	"github.com/taglock/taglock/internal/auth"
 	"github.com/taglock/taglock/internal/config"
 	"github.com/taglock/taglock/policy"
-	"github.com/taglock/taglock/proxy"
+	"github.com/taglock/taglock/proxy/authn"
 )
 
 // clientAuth builds the authenticator and access rules the auth and access
 // sections describe; a nil Authenticator means authentication is off.
-func clientAuth(cfg config.Config, log zerolog.Logger) (proxy.Authenticator, policy.Access, error) {
+func clientAuth(cfg config.Config, log zerolog.Logger) (authn.Authenticator, policy.Access, error) {
 	a, access, err := credentialAuth(cfg, log)
 	if err != nil || a == nil || cfg.TLS.ClientCA == "" {
 		return a, access, err
@@ -28,7 +28,7 @@ func clientAuth(cfg config.Config, log zerolog.Logger) (proxy.Authenticator, pol
 }
 
 // credentialAuth is the authenticator for credentials sent in requests.
-func credentialAuth(cfg config.Config, log zerolog.Logger) (proxy.Authenticator, policy.Access, error) {
+func credentialAuth(cfg config.Config, log zerolog.Logger) (authn.Authenticator, policy.Access, error) {
 	access, err := cfg.AccessPolicy()
 	if err != nil {
 		return nil, policy.Access{}, err

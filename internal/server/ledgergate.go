@@ -12,7 +12,7 @@ import (
 	"github.com/taglock/taglock/internal/admin"
 	"github.com/taglock/taglock/internal/view"
 	"github.com/taglock/taglock/policy"
-	"github.com/taglock/taglock/proxy"
+	"github.com/taglock/taglock/proxy/authn"
 )
 
 // ledgerGate guards the ledger API and web page on the TCP listener while
@@ -23,7 +23,7 @@ import (
 // or another container of the pod, makes every caller loopback. The
 // commands on the server's host see everything through the admin socket
 // instead, which serves no admin calls here either (package admin).
-func ledgerGate(authn proxy.Authenticator, access policy.Access, audit *zerolog.Logger) func(http.Handler) http.Handler {
+func ledgerGate(authn authn.Authenticator, access policy.Access, audit *zerolog.Logger) func(http.Handler) http.Handler {
 	return func(h http.Handler) http.Handler {
 		if authn == nil {
 			return h
