@@ -12,8 +12,39 @@
 //
 // A push that may bind a tag is reserved in the ledger before it is
 // forwarded, committed when the upstream accepts it and released when it
-// definitely does not; an unclear outcome is reconciled against the upstream.
-// No ledger write transaction is ever held across network I/O.
+// definitely does not; an unclear outcome is left to the settler, which asks
+// the upstream. No ledger write transaction is ever held across network I/O.
+//
+// # Reading the package
+//
+// Three exported types are built together by New and share their parts:
+//
+//   - Server is the http.Handler and nothing else. server.go holds its
+//     Options and ServeHTTP, which parses (route.go), authorizes
+//     (access.go), gates and counts the request (gate.go, limits.go), then
+//     picks one operation: putManifest (push.go), deleteTag and
+//     deleteContent (delete.go), pinned reads, or a plain stream to the
+//     upstream. Each operation returns an error; errors.go is the one place
+//     that turns errors into OCI responses.
+//   - Reservations (settle.go, reserve.go) is the ledger side of a write:
+//     claims, waiting for a conflicting request, and the settler that
+//     decides what an unclear outcome became.
+//   - Drift (drift.go, importtags.go, verify.go, repair.go) is the operator
+//     tools and retention's Remove, which compare the ledger with the
+//     upstream. It never serves a request; NewDrift builds it alone.
+//
+// Below them, small unexported types each own one job: reader (reader.go)
+// reads manifests, tag lists and the catalog from the upstream; states
+// (state.go) gives a tag's effective mode from the ledger and the
+// configuration; graphs (graph.go) walks a manifest's closure and records
+// manifests; adopter (adopt.go) records tags the upstream holds that the
+// ledger never saw; auditor (audit.go) writes audit events; send and relay
+// (send.go) are taglock's own upstream requests and the copy of their
+// answers to the client.
+//
+// The interfaces proxy needs are declared here, small: Upstream
+// (upstream.go, with Remote and InProcess), Ledger (server.go, satisfied by
+// every storage backend) and authn.Authenticator.
 //
 // # Caveats
 //
