@@ -45,7 +45,15 @@ func TestBindingOutlivesConfigAndDeletion(t *testing.T) {
 		}
 		err = remote.Write(e.Ref(t, "team/app:1.0.0"), other, ggcrOpts(t)...)
 		wantDenied(t, ggcrError(t, err), want)
-		MustPush(t, e.Addr, "team/app:1.0.0", orig)
+		// taglock still serves the tag as recorded, from its ledger.
+		if got := mustServed(t, e.Addr, "team/app:1.0.0"); got != origD {
+			t.Errorf("after the upstream lost the tag, taglock serves it as %s, want the recorded %s", got, origD)
+		}
+		// A client that checks first (as ggcr does) sees the tag there and
+		// skips its PUT; a PUT of the original bytes puts it back upstream.
+		if resp, body := putManifest(t, e.Addr, "/v2/team/app/manifests/1.0.0", MustManifest(t, orig)); resp.StatusCode != http.StatusCreated {
+			t.Fatalf("re-push of the original: %d %s", resp.StatusCode, body)
+		}
 		e.wantServed(t, "team/app:1.0.0", origD)
 	})
 }

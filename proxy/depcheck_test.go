@@ -23,6 +23,7 @@ var allowedImports = []string{
 	"github.com/taglock/taglock/proxy/authn",
 	"github.com/taglock/taglock/storage",
 	"golang.org/x/sync/errgroup",
+	"golang.org/x/sync/singleflight",
 }
 
 func TestProxyImportsOnlyItsContracts(t *testing.T) {

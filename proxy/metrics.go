@@ -24,6 +24,8 @@ type Metrics struct {
 	verifies  *prometheus.CounterVec
 	verified  prometheus.Gauge
 	uploads   prometheus.Gauge
+	cache     *prometheus.CounterVec
+	cacheSize prometheus.Gauge
 }
 
 // NewMetrics registers the proxy's collectors with reg.
@@ -67,8 +69,19 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "taglock_uploads_in_flight",
 			Help: "Blob upload requests (POST, PATCH and PUT of blobs/uploads) being served; limits.max_concurrent_uploads caps them.",
 		}),
+		cache: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "taglock_manifest_cache_total",
+			Help: "Manifest reads by result: hit, answered from what taglock holds; bypass, left to the upstream; confirm, left to the upstream to confirm the caller (upstream.auth passthrough); fill, bytes taken into memory.",
+		}, []string{"result"}),
+		cacheSize: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "taglock_manifest_cache_bytes", Help: "Manifest bytes held in memory, with a per-entry overhead; cache.size bounds it.",
+		}),
 	}
-	reg.MustRegister(m.requests, m.refusals, m.warnings, m.upstream, m.ledgerOps, m.bytes, m.drift, m.verifies, m.verified, m.uploads)
+	reg.MustRegister(m.requests, m.refusals, m.warnings, m.upstream, m.ledgerOps, m.bytes, m.drift, m.verifies, m.verified, m.uploads,
+		m.cache, m.cacheSize)
+	for _, r := range []string{"hit", "bypass", "confirm", "fill"} {
+		m.cache.WithLabelValues(r)
+	}
 	for _, d := range []string{"in", "out"} {
 		m.bytes.WithLabelValues(d)
 	}
@@ -80,6 +93,20 @@ func (m *Metrics) request(route, method string, code int) {
 		route = "invalid"
 	}
 	m.requests.WithLabelValues(route, method, strconv.Itoa(code)).Inc()
+}
+
+// cached counts a manifest read's result; nil records nothing.
+func (m *Metrics) cached(result string) {
+	if m != nil {
+		m.cache.WithLabelValues(result).Inc()
+	}
+}
+
+// cacheBytes sets the bytes the manifest cache holds; nil records nothing.
+func (m *Metrics) cacheBytes(n int64) {
+	if m != nil {
+		m.cacheSize.Set(float64(n))
+	}
 }
 
 func (m *Metrics) refused(reason string) { m.refusals.WithLabelValues(reason).Inc() }

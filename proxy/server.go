@@ -97,6 +97,9 @@ type Options struct {
 	// may push or that taglock reads from the upstream. Larger pushes are
 	// refused with 413 SIZE_INVALID. Default DefaultMaxManifestSize.
 	MaxManifestSize int64
+	// Cache answers manifest reads of immutable content from what taglock
+	// holds. The zero value answers every read from the upstream.
+	Cache CacheOptions
 	// MaxUploads caps the blob upload requests (POST, PATCH and PUT of
 	// blobs/uploads) served at once; the excess is refused with 429
 	// TOOMANYREQUESTS and Retry-After. Zero (default): no cap.
@@ -124,6 +127,7 @@ type Server struct {
 	gate            *WriteGate
 	maxManifestSize int64
 	uploads         uploads
+	cache           *manifestCache // nil: every read goes to the upstream
 
 	read         reader
 	states       states
@@ -144,6 +148,7 @@ func New(o Options) *Server {
 		read: p.read, states: p.states, graphs: p.graphs, adopter: p.adopter, reservations: p.reservations, audit: p.audit,
 		drift: p.drift, promotion: promotion{rules: o.Promotion, ledger: o.Ledger, audit: p.audit},
 		uploads: uploads{metrics: o.Metrics}}
+	s.cache = newManifestCache(o.Cache, p, o.Ledger, o.Metrics, o.Now)
 	if s.auth != nil {
 		s.access.Enabled = true
 	}
@@ -231,6 +236,7 @@ type reqInfo struct {
 	// identity is the verified caller; zero with authentication off.
 	identity policy.Identity
 	route    Route
+	cached   bool // answered from what taglock holds, without the upstream
 }
 
 // ServeHTTP implements http.Handler.
@@ -253,7 +259,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	ev.Str("request_id", info.id).Str("method", r.Method).Str("route", info.route.Kind.String()).
 		Str("repo", info.route.Name).Str("ref", info.route.Reference()).Str("user", info.user).
-		Int("status", status).Int64("bytes", sw.written).Dur("duration", s.now().Sub(start)).Msg("request")
+		Int("status", status).Int64("bytes", sw.written).Bool("cached", info.cached).Dur("duration", s.now().Sub(start)).Msg("request")
 	if s.metrics != nil {
 		s.metrics.request(info.route.Kind.String(), r.Method, status)
 	}
@@ -279,6 +285,16 @@ func (s *Server) serve(w *statusWriter, r *http.Request, info *reqInfo) int {
 		return writeError(w, err, &s.log)
 	}
 	defer admitted()
+	if rt.Kind == KindManifest && (r.Method == http.MethodGet || r.Method == http.MethodHead) && s.cache != nil {
+		answered, pin := s.cache.serve(w, r, rt)
+		if answered {
+			info.cached = true
+			return 0
+		}
+		if pin != "" {
+			rt.Tag, rt.Digest = "", pin // as pin_on_read does
+		}
+	}
 	switch {
 	case (rt.Kind == KindCatalog || rt.Kind == KindTags) && s.auth != nil:
 		err = s.list(w, r, rt, caller)
@@ -296,6 +312,7 @@ func (s *Server) serve(w *statusWriter, r *http.Request, info *reqInfo) int {
 	if err != nil {
 		return writeError(w, err, &s.log)
 	}
+	s.cache.observe(r, rt, w.status)
 	return 0
 }
 

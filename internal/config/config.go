@@ -53,9 +53,26 @@ type Config struct {
 	Admin Admin `yaml:"admin"`
 	// Limits bounds what clients may hold: time, uploads, manifest size.
 	Limits Limits `yaml:"limits"`
+	// Cache answers manifest reads of immutable content without the
+	// upstream.
+	Cache Cache `yaml:"cache"`
 	// Ledger says where the ledger is kept: a bbolt file in Data
 	// (default) or an etcd cluster.
 	Ledger Ledger `yaml:"ledger"`
+}
+
+// Cache is the `cache:` section: GET and HEAD of a manifest by immutable
+// tag, or by the digest of content an immutable tag holds, answered from
+// the ledger and the manifest bytes taglock holds.
+type Cache struct {
+	// Size bounds the manifest bytes held in memory. 0 turns the cache
+	// off: every read goes to the upstream. Default 32MiB.
+	Size ByteSize `yaml:"size"`
+	// AuthTTL applies with upstream.auth.mode passthrough, where the
+	// upstream decides who may pull: an answer from the cache goes only
+	// to a caller whose credentials the upstream let pull the same
+	// repository less than AuthTTL ago. From 1s to 60s; default 30s.
+	AuthTTL Duration `yaml:"auth_ttl"`
 }
 
 // Admin is the `admin:` section: the Unix socket on which serve answers the
@@ -410,6 +427,7 @@ func Default() Config {
 			GCDrainTimeout:       Duration(10 * time.Second),
 			GCWriteWait:          Duration(20 * time.Second),
 		},
+		Cache:  Cache{Size: 32 << 20, AuthTTL: Duration(30 * time.Second)},
 		Ledger: defaultLedger(),
 	}
 }

@@ -25,6 +25,9 @@ func TestReferenceConfigIsTheDefault(t *testing.T) {
 		len(cfg.Immutability.Rules) != 1 || strings.Join(cfg.Immutability.Rules[0].Tags, ",") != strings.Join(def.Immutability.Rules[0].Tags, ",") {
 		t.Fatalf("configs/taglock.yaml differs from Default(): %+v", cfg)
 	}
+	if cfg.Cache != def.Cache {
+		t.Fatalf("configs/taglock.yaml cache %+v differs from Default() %+v", cfg.Cache, def.Cache)
+	}
 	if cfg.Limits != def.Limits {
 		t.Fatalf("configs/taglock.yaml limits %+v differ from Default() %+v", cfg.Limits, def.Limits)
 	}
@@ -91,6 +94,9 @@ func TestErrorsNameLineAndKey(t *testing.T) {
 		{"manifest size over the embedded registry's", "limits:\n  max_manifest_size: 8MiB\n", []string{"f.yaml:2:", "limits.max_manifest_size", "without upstream.url"}},
 		{"manifest size over the ceiling", "upstream:\n  url: http://r\nlimits:\n  max_manifest_size: 1GiB\n", []string{"f.yaml:4:", "limits.max_manifest_size", "64MiB"}},
 		{"negative upload cap", "limits:\n  max_concurrent_uploads: -1\n", []string{"f.yaml:2:", "limits.max_concurrent_uploads"}},
+		{"cache over the ceiling", "cache:\n  size: 8GiB\n", []string{"f.yaml:2:", "cache.size", "4GiB"}},
+		{"upstream confirmation turned off", "cache:\n  auth_ttl: 0s\n", []string{"f.yaml:2:", "cache.auth_ttl", "1s to 1m0s"}},
+		{"upstream confirmation held too long", "cache:\n  auth_ttl: 5m\n", []string{"f.yaml:2:", "cache.auth_ttl", "1s to 1m0s"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

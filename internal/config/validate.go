@@ -215,6 +215,7 @@ func (c Config) Validate() []FieldError {
 		add("admin.group", "want a group name or numeric id, got %q", g)
 	}
 	c.Limits.validate(c.Upstream.URL == "", add)
+	c.Cache.validate(add)
 	c.Ledger.validate(add)
 	return errs
 }
@@ -235,6 +236,22 @@ const maxManifestSize = 64 << 20
 
 // embeddedManifestSize is the embedded registry's own manifest limit.
 const embeddedManifestSize = 4 << 20
+
+// maxCacheSize bounds cache.size.
+const maxCacheSize = 4 << 30
+
+// maxAuthTTL bounds cache.auth_ttl: a credential the upstream revokes is
+// refused by the cache at most this long after.
+const maxAuthTTL = Duration(time.Minute)
+
+func (c Cache) validate(add func(string, string, ...any)) {
+	if c.Size < 0 || c.Size > maxCacheSize {
+		add("cache.size", "want a size from 0 (off) to %s, got %s", ByteSize(maxCacheSize), c.Size)
+	}
+	if c.AuthTTL < Duration(time.Second) || c.AuthTTL > maxAuthTTL {
+		add("cache.auth_ttl", "want a duration from 1s to %s, got %s", maxAuthTTL.Std(), c.AuthTTL.Std())
+	}
+}
 
 func (l Limits) validate(embedded bool, add func(string, string, ...any)) {
 	for _, d := range []struct {

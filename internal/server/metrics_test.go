@@ -11,8 +11,8 @@ import (
 // TestMetricsNamesAndLabels ensures that after a push, an identical
 // re-push, a refused move and a pull, /metrics carries every series the
 // README promises, with the documented labels and plausible values:
-// requests, refusals, upstream latency, ledger latency, bytes proxied, tags
-// by mode and pending reservations.
+// requests, refusals, upstream latency, ledger latency, bytes proxied, the
+// manifest cache, tags by mode and pending reservations.
 func TestMetricsNamesAndLabels(t *testing.T) {
 	t.Parallel()
 	_, base := mustStart(t, nil)
@@ -25,8 +25,10 @@ func TestMetricsNamesAndLabels(t *testing.T) {
 	if code, _ := push(t, base, "team/app", "1.0", "moved"); code != http.StatusForbidden {
 		t.Fatalf("moving push: %d, want 403", code)
 	}
-	if resp, _ := do(t, http.MethodGet, base+"/v2/team/app/manifests/1.0", "", nil); resp.StatusCode != http.StatusOK {
-		t.Fatalf("pull: %d", resp.StatusCode)
+	for _, tag := range []string{"1.0", "latest"} {
+		if resp, _ := do(t, http.MethodGet, base+"/v2/team/app/manifests/"+tag, "", nil); resp.StatusCode != http.StatusOK {
+			t.Fatalf("pull %s: %d", tag, resp.StatusCode)
+		}
 	}
 	resp, body := do(t, http.MethodGet, base+"/metrics", "", nil)
 	if resp.StatusCode != http.StatusOK {
@@ -50,6 +52,11 @@ func TestMetricsNamesAndLabels(t *testing.T) {
 		{`taglock_ledger_duration_seconds_bucket\{op="append",le="0.0001"\}`, 0},
 		{`taglock_proxied_bytes_total\{direction="in"\}`, 3},
 		{`taglock_proxied_bytes_total\{direction="out"\}`, 100},
+		{`taglock_manifest_cache_total\{result="hit"\}`, 1},
+		{`taglock_manifest_cache_total\{result="fill"\}`, 1},
+		{`taglock_manifest_cache_total\{result="bypass"\}`, 1},
+		{`taglock_manifest_cache_total\{result="confirm"\}`, 0},
+		{`taglock_manifest_cache_bytes`, 100},
 		{`taglock_tags\{mode="immutable"\}`, 1},
 		{`taglock_tags\{mode="mutable"\}`, 1},
 		{`taglock_tags\{mode="warn"\}`, 0},

@@ -144,6 +144,7 @@ func StartWith(ctx context.Context, cfg config.Config, log zerolog.Logger, hooks
 		Access:          access,
 		MaxUploads:      cfg.Limits.MaxConcurrentUploads,
 		MaxManifestSize: int64(cfg.Limits.MaxManifestSize),
+		Cache:           cacheOptions(cfg),
 	})
 	if err := s.proxy.Reservations().Reconcile(ctx); err != nil {
 		// Unsettled reservations stay and keep their tags held; pushes

@@ -39,3 +39,15 @@ func openUpstream(ctx context.Context, cfg config.Config, log zerolog.Logger) (p
 	}
 	return proxy.NewRemote(base, keepPasswords(cfg, creds), log), nil, nil
 }
+
+// cacheOptions configures the manifest cache. When clients' credentials go
+// through to a remote upstream, the upstream decides who may pull, and a
+// cached answer needs its recent confirmation; otherwise taglock's own
+// access rules (or none, with auth.mode none) decide alone.
+func cacheOptions(cfg config.Config) proxy.CacheOptions {
+	o := proxy.CacheOptions{Size: int64(cfg.Cache.Size)}
+	if cfg.Upstream.URL != "" && (cfg.Upstream.Auth.Mode == "" || cfg.Upstream.Auth.Mode == "passthrough") {
+		o.ConfirmTTL = cfg.Cache.AuthTTL.Std()
+	}
+	return o
+}
