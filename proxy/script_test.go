@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -390,59 +389,6 @@ func noneHeld(t *testing.T, l testLedger) {
 	t.Helper()
 	if res := pending(t, l); len(res) != 0 {
 		t.Errorf("reservations left: %+v", res)
-	}
-}
-
-// TestPushOfANewTag: the tag is looked up on the upstream (it might
-// predate taglock), the exact bytes are forwarded, and the 201 binds it.
-func TestPushOfANewTag(t *testing.T) {
-	t.Parallel()
-	m, d := testManifest("a")
-	s, _, l := scripted(t,
-		exchange{method: "GET", path: "/v2/team/app/manifests/1.0", status: 404},
-		exchange{method: "PUT", path: "/v2/team/app/manifests/1.0", status: 201, header: created(d)})
-	if w := serve(s, "PUT", "/v2/team/app/manifests/1.0", m); w.Code != 201 || w.Header().Get("Docker-Content-Digest") != d.String() {
-		t.Fatalf("push: %d %s, want 201 with the digest", w.Code, w.Body)
-	}
-	b, err := l.Binding(context.Background(), "team/app", "1.0")
-	if err != nil || b.Digest != d || b.Mode != storage.ModeImmutable || b.PushedBy != "anonymous" || !bytes.Equal(b.Manifest, []byte(m)) {
-		t.Errorf("binding = %+v, %v; want %s immutable with its bytes", b, err, d)
-	}
-}
-
-// TestMoveOfAnImmutableTagNeverReachesTheUpstream: a push of other content
-// to a bound immutable tag is refused by taglock alone.
-func TestMoveOfAnImmutableTagNeverReachesTheUpstream(t *testing.T) {
-	t.Parallel()
-	m, d := testManifest("a")
-	s, _, _ := scripted(t,
-		exchange{method: "GET", path: "/v2/team/app/manifests/1.0", status: 404},
-		exchange{method: "PUT", path: "/v2/team/app/manifests/1.0", status: 201, header: created(d)})
-	serve(s, "PUT", "/v2/team/app/manifests/1.0", m)
-	other, _ := testManifest("b")
-	w := serve(s, "PUT", "/v2/team/app/manifests/1.0", other)
-	if w.Code != http.StatusForbidden || !strings.Contains(w.Body.String(), `"DENIED"`) || !strings.Contains(w.Body.String(), d.String()) {
-		t.Errorf("move: %d %s, want 403 DENIED naming %s", w.Code, w.Body, d)
-	}
-}
-
-// TestIdenticalRePush: the same bytes again are forwarded and accepted, and
-// the first push's record stays.
-func TestIdenticalRePush(t *testing.T) {
-	t.Parallel()
-	m, d := testManifest("a")
-	s, up, l := scripted(t,
-		exchange{method: "GET", path: "/v2/team/app/manifests/1.0", status: 404},
-		exchange{method: "PUT", path: "/v2/team/app/manifests/1.0", status: 201, header: created(d)})
-	serve(s, "PUT", "/v2/team/app/manifests/1.0", m)
-	first, _ := l.Binding(context.Background(), "team/app", "1.0")
-	up.expect(exchange{method: "PUT", path: "/v2/team/app/manifests/1.0", status: 201, header: created(d)})
-	if w := serve(s, "PUT", "/v2/team/app/manifests/1.0", m); w.Code != 201 {
-		t.Fatalf("identical re-push: %d %s", w.Code, w.Body)
-	}
-	b, _ := l.Binding(context.Background(), "team/app", "1.0")
-	if !b.PushedAt.Equal(first.PushedAt) {
-		t.Errorf("re-push rewrote the first push time: %v, want %v", b.PushedAt, first.PushedAt)
 	}
 }
 
