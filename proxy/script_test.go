@@ -391,29 +391,3 @@ func noneHeld(t *testing.T, l testLedger) {
 		t.Errorf("reservations left: %+v", res)
 	}
 }
-
-// TestPushAnswered5xxIsSettled: a 5xx after the upstream may have stored
-// the manifest leaves the tag held; the settler commits it once the
-// upstream shows it.
-func TestPushAnswered5xxIsSettled(t *testing.T) {
-	t.Parallel()
-	m, d := testManifest("a")
-	s, up, l := scripted(t,
-		exchange{method: "GET", path: "/v2/team/app/manifests/1.0", status: 404},
-		exchange{method: "PUT", path: "/v2/team/app/manifests/1.0", status: 500, body: `{"errors":[{"code":"UNKNOWN","message":"disk hiccup"}]}`})
-	w := serve(s, "PUT", "/v2/team/app/manifests/1.0", m)
-	if w.Code != http.StatusBadGateway || !strings.Contains(w.Body.String(), "not known yet") || !strings.Contains(w.Body.String(), "disk hiccup") {
-		t.Fatalf("push answered 500: %d %s, want 502 saying the outcome is not known yet, with the upstream's message", w.Code, w.Body)
-	}
-	if res, _ := l.Reservations(context.Background()); len(res) != 1 {
-		t.Fatalf("reservations = %+v, want the push held", res)
-	}
-	up.expect(exchange{method: "GET", path: "/v2/team/app/manifests/1.0", status: 200,
-		header: http.Header{"Content-Type": {"application/vnd.oci.image.manifest.v1+json"}}, body: m})
-	if err := s.Reservations().Reconcile(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	if b, err := l.Binding(context.Background(), "team/app", "1.0"); err != nil || b.Digest != d || b.PushedBy != "anonymous (reconciled)" {
-		t.Errorf("binding after the settle = %+v, %v; want %s pushed by anonymous (reconciled)", b, err, d)
-	}
-}
