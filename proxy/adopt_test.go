@@ -197,3 +197,26 @@ func TestDeleteByDigestFailsClosedWhenTheTagListFails(t *testing.T) {
 	historyIs(t, l, "team/app", "")
 	noneHeld(t, l)
 }
+
+// TestDeleteByDigestStopsOnATagListThatRepeats: an upstream that ignores
+// ?last= answers every page with the first one; taglock cannot see the
+// rest of the tags, so the delete fails closed at once rather than asking
+// for the same page again and again.
+func TestDeleteByDigestStopsOnATagListThatRepeats(t *testing.T) {
+	t.Parallel()
+	m, d := testManifest("a")
+	page := tagList("team/app", "latest")
+	page.header = http.Header{"Link": {`</v2/team/app/tags/list?n=1000&last=latest>; rel="next"`}}
+	again := page
+	again.query = "last=latest&n=1000"
+	s, up, l := scripted(t, stores(app+"/manifests/latest", m))
+	answered(t, serve(s, "PUT", app+"/manifests/latest", m), 201, d)
+
+	up.expect(page, again)
+	refusedWith(t, serve(s, "DELETE", app+"/manifests/"+d.String(), ""), http.StatusBadGateway, "UNAVAILABLE")
+
+	if b := bindingOf(t, l, "team/app", "latest"); b.Deleted {
+		t.Errorf("latest = %+v; want live", b)
+	}
+	noneHeld(t, l)
+}
