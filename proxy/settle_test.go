@@ -1,10 +1,12 @@
 package proxy
 
 import (
+	"context"
 	"encoding/base64"
 	"errors"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -229,4 +231,78 @@ func TestSettlerReleasesADeleteThatDidNotHappen(t *testing.T) {
 	}
 	historyIs(t, l, "team/app", "latest", storage.EventAccepted)
 	noneHeld(t, l)
+}
+
+// TestWritesResumeWhenAnotherProcessSettlesTheUnrecordedPush: replicas
+// share a ledger (etcd), and any replica's settler may settle a reservation
+// the process that made it left. Once another replica has recorded the push
+// this process could not record, this process's writes go through again.
+func TestWritesResumeWhenAnotherProcessSettlesTheUnrecordedPush(t *testing.T) {
+	t.Parallel()
+	m, d := testManifest("a")
+	other, od := testManifest("b")
+	s, up, l := scriptedWith(t, Options{Immutability: policy.DefaultImmutability()},
+		notThere(app+"/manifests/1.0"),
+		stores(app+"/manifests/1.0", m))
+	l.failing("Commit") // this process's ledger connection fails a while
+	refusedWith(t, serve(s, "PUT", app+"/manifests/1.0", m), http.StatusServiceUnavailable, "UNAVAILABLE")
+	l.failing()
+
+	replica := New(Options{Upstream: up, Ledger: l.Ledger, Immutability: policy.DefaultImmutability()})
+	up.expect(holds(app+"/manifests/1.0", m))
+	if err := reconcile(t, replica); err != nil {
+		t.Fatal(err)
+	}
+	if b := bindingOf(t, l, "team/app", "1.0"); b.Digest != d {
+		t.Fatalf("1.0 after the other replica settled it = %s, want %s", b.Digest, d)
+	}
+
+	if err := reconcile(t, s); err != nil {
+		t.Fatal(err)
+	}
+	up.expect(notThere(app+"/manifests/2.0"), stores(app+"/manifests/2.0", other))
+	answered(t, serve(s, "PUT", app+"/manifests/2.0", other), 201, od)
+	noneHeld(t, l)
+}
+
+// lostCommit is a ledger whose next Commit is carried out but answers an
+// error, as an etcd request that times out after its transaction applied.
+type lostCommit struct {
+	Ledger
+	lose atomic.Bool
+}
+
+func (l *lostCommit) Commit(ctx context.Context, id string, bs []storage.Binding, evs []storage.Event, ms ...storage.Manifest) error {
+	err := l.Ledger.Commit(ctx, id, bs, evs, ms...)
+	if err == nil && l.lose.Swap(false) {
+		return context.DeadlineExceeded
+	}
+	return err
+}
+
+// TestWritesResumeWhenTheUnrecordedPushWasRecordedAfterAll: a commit whose
+// answer was lost may have been carried out; once the settler finds no
+// reservation left to settle, writes go through again.
+func TestWritesResumeWhenTheUnrecordedPushWasRecordedAfterAll(t *testing.T) {
+	t.Parallel()
+	m, d := testManifest("a")
+	other, od := testManifest("b")
+	_, up, l := scriptedWith(t, Options{},
+		notThere(app+"/manifests/1.0"),
+		stores(app+"/manifests/1.0", m))
+	lost := &lostCommit{Ledger: l.Ledger}
+	lost.lose.Store(true)
+	s := New(Options{Upstream: up, Ledger: lost, Immutability: policy.DefaultImmutability()})
+
+	refusedWith(t, serve(s, "PUT", app+"/manifests/1.0", m), http.StatusServiceUnavailable, "UNAVAILABLE")
+	if b := bindingOf(t, l, "team/app", "1.0"); b.Digest != d {
+		t.Fatalf("1.0 = %s, want %s: the commit was carried out", b.Digest, d)
+	}
+	noneHeld(t, l)
+
+	if err := reconcile(t, s); err != nil {
+		t.Fatal(err)
+	}
+	up.expect(notThere(app+"/manifests/2.0"), stores(app+"/manifests/2.0", other))
+	answered(t, serve(s, "PUT", app+"/manifests/2.0", other), 201, od)
 }
