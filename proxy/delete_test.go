@@ -70,6 +70,20 @@ func TestDeleteOfAMutableTagIsTombstoned(t *testing.T) {
 	noneHeld(t, l)
 }
 
+// TestDeleteOfAMutableTagTheLedgerNeverSaw: a mutable tag taglock has no
+// record of is not looked up: the delete is forwarded and nothing is
+// recorded.
+func TestDeleteOfAMutableTagTheLedgerNeverSaw(t *testing.T) {
+	t.Parallel()
+	s, _, l := scripted(t, exchange{method: "DELETE", path: app + "/manifests/latest", status: 202})
+
+	answered(t, serve(s, "DELETE", app+"/manifests/latest", ""), 202, "")
+
+	unbound(t, l, "team/app", "latest")
+	historyIs(t, l, "team/app", "latest")
+	noneHeld(t, l)
+}
+
 // TestDeleteOfATagTheUpstreamLacks: a 404 means the tag is gone either way:
 // the answer is relayed and the binding becomes a tombstone.
 func TestDeleteOfATagTheUpstreamLacks(t *testing.T) {
