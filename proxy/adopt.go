@@ -112,6 +112,11 @@ func (a adopter) adoptRepo(ctx context.Context, h http.Header, repo string) erro
 		if next == "" {
 			return nil
 		}
+		if next == last {
+			// The upstream answered the same page again (it ignores
+			// ?last=): the rest of the list cannot be read.
+			return fmt.Errorf("%w: tag list of %s repeats the page after %q", ErrLookup, repo, last)
+		}
 		last = next
 	}
 	return fmt.Errorf("%w: tag list of %s did not end", ErrLookup, repo)

@@ -1,17 +1,19 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	digest "github.com/opencontainers/go-digest"
 
@@ -24,15 +26,28 @@ import (
 // upstream's answer.
 type exchange struct {
 	method, path string
-	status       int
-	header       http.Header
-	body         string
-	err          error // a transport error instead of an answer
+	// query, when set, is the exact encoded query the request must carry.
+	query string
+	// want are headers the request must carry, with exactly these values.
+	want http.Header
+	// sent, when set, is the exact body the request must carry.
+	sent string
+	// anyOrder lets the exchange happen in any order among the run of
+	// anyOrder exchanges it belongs to: the lookups taglock makes in
+	// parallel.
+	anyOrder bool
+
+	status int
+	header http.Header
+	body   string
+	err    error // a transport error instead of an answer
 }
 
 // script is an Upstream that expects exactly its exchanges, in order, in
 // the manner of regclient's internal/reqresp: a request it does not expect
-// fails the test, and so does an exchange that never happens.
+// fails the test, and so does an exchange that never happens. A request
+// matches an exchange by method and path; what else the exchange wants of
+// it (query, headers, body) is checked once it matches.
 type script struct {
 	t     *testing.T
 	mu    sync.Mutex
@@ -62,16 +77,42 @@ func (s *script) next(r *http.Request) (exchange, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.steps) == 0 {
-		s.t.Errorf("unexpected upstream request %s %s", r.Method, r.URL.Path)
+		s.t.Errorf("unexpected upstream request %s %s", r.Method, r.URL)
 		return exchange{}, false
 	}
-	e := s.steps[0]
-	if e.method != r.Method || e.path != r.URL.Path {
-		s.t.Errorf("upstream got %s %s, want %s %s", r.Method, r.URL.Path, e.method, e.path)
-		return exchange{}, false
+	for i, e := range s.steps {
+		if i > 0 && !(e.anyOrder && s.steps[i-1].anyOrder) {
+			break
+		}
+		if e.method == r.Method && e.path == r.URL.Path {
+			s.steps = slices.Delete(s.steps, i, i+1)
+			s.check(e, r)
+			return e, true
+		}
 	}
-	s.steps = s.steps[1:]
-	return e, true
+	s.t.Errorf("upstream got %s %s, want %s %s", r.Method, r.URL.Path, s.steps[0].method, s.steps[0].path)
+	return exchange{}, false
+}
+
+// check fails the test when r does not carry what e wants of it.
+func (s *script) check(e exchange, r *http.Request) {
+	if e.query != "" && r.URL.RawQuery != e.query {
+		s.t.Errorf("upstream got %s %s with query %q, want %q", r.Method, r.URL.Path, r.URL.RawQuery, e.query)
+	}
+	for k, vs := range e.want {
+		if got := r.Header.Values(k); !slices.Equal(got, vs) {
+			s.t.Errorf("upstream got %s %s with %s %q, want %q", r.Method, r.URL.Path, k, got, vs)
+		}
+	}
+	if e.sent != "" {
+		var b []byte
+		if r.Body != nil {
+			b, _ = io.ReadAll(r.Body)
+		}
+		if string(b) != e.sent {
+			s.t.Errorf("upstream got %s %s with body %q, want %q", r.Method, r.URL.Path, b, e.sent)
+		}
+	}
 }
 
 // RoundTrip implements Upstream.
@@ -107,13 +148,56 @@ func (s *script) Forward(w http.ResponseWriter, r *http.Request) {
 // scripted is a proxy over a script and a fresh ledger.
 func scripted(t *testing.T, steps ...exchange) (*Server, *script, *bolt.Ledger) {
 	t.Helper()
-	l, err := bolt.Open(filepath.Join(t.TempDir(), "ledger.db"), bolt.Options{NoSync: true})
+	s, up, l := scriptedWith(t, Options{Immutability: policy.DefaultImmutability()}, steps...)
+	return s, up, l.Ledger
+}
+
+// scriptedWith is scripted with the settings of o, whose Upstream and
+// Ledger it fills in. The ledger fails its writes on demand (failing), and
+// shares the proxy's clock o.Now.
+func scriptedWith(t *testing.T, o Options, steps ...exchange) (*Server, *script, *faultyLedger) {
+	t.Helper()
+	l, err := bolt.Open(filepath.Join(t.TempDir(), "ledger.db"), bolt.Options{NoSync: true, Now: o.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = l.Close() })
 	up := newScript(t, steps...)
-	return New(Options{Upstream: up, Ledger: l, Immutability: policy.DefaultImmutability()}), up, l
+	o.Upstream, o.Ledger = up, &faultyLedger{Ledger: l}
+	return New(o), up, o.Ledger.(*faultyLedger)
+}
+
+// testRules is the built-in immutability configuration, with every tag of
+// team/dev mutable and the tag "edge" in warn mode.
+func testRules() policy.Immutability {
+	im := policy.DefaultImmutability()
+	im.Rules = append([]policy.Rule{
+		{Name: "dev", Repositories: policy.Globs{policy.MustGlob("team/dev")}, Mode: policy.Mutable},
+		{Name: "edge", Tags: policy.Globs{policy.MustGlob("edge")}, Mode: policy.Warn},
+	}, im.Rules...)
+	return im
+}
+
+// testClock is a clock that stands still until advanced. A request that
+// waits for a reservation waits on it for ever, so tests that use it never
+// make one wait.
+type testClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newTestClock() *testClock { return &testClock{t: time.Now().UTC().Truncate(time.Second)} }
+
+func (c *testClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *testClock) advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
 }
 
 // testManifest is an image manifest naming a config and one layer made from
@@ -126,8 +210,25 @@ func testManifest(name string) (string, digest.Digest) {
 	return m, digest.FromString(m)
 }
 
+// indexManifest is an OCI image index of the manifests ms, and its digest.
+func indexManifest(ms ...string) (string, digest.Digest) {
+	var entries []string
+	for _, m := range ms {
+		entries = append(entries, fmt.Sprintf(`{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"%s","size":%d}`,
+			digest.FromString(m), len(m)))
+	}
+	m := `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[` + strings.Join(entries, ",") + `]}`
+	return m, digest.FromString(m)
+}
+
 // serve sends one client request to the proxy.
 func serve(s *Server, method, path, body string) *httptest.ResponseRecorder {
+	return serveAs(s, "", method, path, body)
+}
+
+// serveAs sends one client request to the proxy with the Basic credentials
+// of user, or none when user is "".
+func serveAs(s *Server, user, method, path, body string) *httptest.ResponseRecorder {
 	var rd io.Reader
 	if body != "" {
 		rd = strings.NewReader(body)
@@ -135,6 +236,9 @@ func serve(s *Server, method, path, body string) *httptest.ResponseRecorder {
 	r := httptest.NewRequest(method, path, rd)
 	if body != "" {
 		r.Header.Set("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+	}
+	if user != "" {
+		r.SetBasicAuth(user, "secret")
 	}
 	w := httptest.NewRecorder()
 	s.ServeHTTP(w, r)
@@ -145,122 +249,145 @@ func created(d digest.Digest) http.Header {
 	return http.Header{"Docker-Content-Digest": {d.String()}}
 }
 
-// TestPushOfANewTag: the tag is looked up on the upstream (it might
-// predate taglock), the exact bytes are forwarded, and the 201 binds it.
-func TestPushOfANewTag(t *testing.T) {
-	t.Parallel()
-	m, d := testManifest("a")
-	s, _, l := scripted(t,
-		exchange{method: "GET", path: "/v2/team/app/manifests/1.0", status: 404},
-		exchange{method: "PUT", path: "/v2/team/app/manifests/1.0", status: 201, header: created(d)})
-	if w := serve(s, "PUT", "/v2/team/app/manifests/1.0", m); w.Code != 201 || w.Header().Get("Docker-Content-Digest") != d.String() {
-		t.Fatalf("push: %d %s, want 201 with the digest", w.Code, w.Body)
+// The upstream's usual answers, by what it holds.
+
+// app is the repository most tests push to.
+const app = "/v2/team/app"
+
+// notThere is a GET the upstream answers 404: it does not hold path.
+func notThere(path string) exchange { return exchange{method: "GET", path: path, status: 404} }
+
+// holds is a GET of a manifest the upstream answers with m.
+func holds(path, m string) exchange {
+	return exchange{method: "GET", path: path, status: 200, body: m,
+		header: http.Header{"Content-Type": {"application/vnd.oci.image.manifest.v1+json"}}}
+}
+
+// stores is a PUT of the manifest m, which the upstream stores and names.
+func stores(path, m string) exchange {
+	return exchange{method: "PUT", path: path, sent: m, status: 201, header: created(digest.FromString(m))}
+}
+
+// unreachable is a request the upstream never answers.
+func unreachable(method, path string) exchange {
+	return exchange{method: method, path: path, err: errors.New("connection reset by peer")}
+}
+
+// tagList is the first page of repo's tag list, as taglock asks for it.
+func tagList(repo string, tags ...string) exchange {
+	b, _ := json.Marshal(map[string]any{"name": repo, "tags": tags})
+	return exchange{method: "GET", path: "/v2/" + repo + "/tags/list", query: "n=1000", status: 200, body: string(b)}
+}
+
+// anyOrder marks steps as made in parallel: they may happen in any order.
+func anyOrder(steps ...exchange) []exchange {
+	for i := range steps {
+		steps[i].anyOrder = true
 	}
-	b, err := l.Binding(context.Background(), "team/app", "1.0")
-	if err != nil || b.Digest != d || b.Mode != storage.ModeImmutable || b.PushedBy != "anonymous" || !bytes.Equal(b.Manifest, []byte(m)) {
-		t.Errorf("binding = %+v, %v; want %s immutable with its bytes", b, err, d)
+	return steps
+}
+
+// What the client was answered.
+
+// refusedWith fails the test unless w is an OCI error answer with status
+// and code, and returns its message.
+func refusedWith(t *testing.T, w *httptest.ResponseRecorder, status int, code string) string {
+	t.Helper()
+	if w.Code != status {
+		t.Errorf("answer %d %s, want %d %s", w.Code, w.Body, status, code)
+		return ""
+	}
+	errs := ociErrors(t, w.Body.Bytes())
+	if errs[0].Code != code {
+		t.Errorf("answer %d with code %s (%s), want %s", w.Code, errs[0].Code, errs[0].Message, code)
+	}
+	return errs[0].Message
+}
+
+// answered fails the test unless w has status, and for a 2xx the
+// Docker-Content-Digest want ("" for none).
+func answered(t *testing.T, w *httptest.ResponseRecorder, status int, want digest.Digest) {
+	t.Helper()
+	if w.Code != status {
+		t.Fatalf("answer %d %s, want %d", w.Code, w.Body, status)
+	}
+	if got := w.Header().Get("Docker-Content-Digest"); got != want.String() {
+		t.Errorf("Docker-Content-Digest %q, want %q", got, want)
 	}
 }
 
-// TestMoveOfAnImmutableTagNeverReachesTheUpstream: a push of other content
-// to a bound immutable tag is refused by taglock alone.
-func TestMoveOfAnImmutableTagNeverReachesTheUpstream(t *testing.T) {
-	t.Parallel()
-	m, d := testManifest("a")
-	s, _, _ := scripted(t,
-		exchange{method: "GET", path: "/v2/team/app/manifests/1.0", status: 404},
-		exchange{method: "PUT", path: "/v2/team/app/manifests/1.0", status: 201, header: created(d)})
-	serve(s, "PUT", "/v2/team/app/manifests/1.0", m)
-	other, _ := testManifest("b")
-	w := serve(s, "PUT", "/v2/team/app/manifests/1.0", other)
-	if w.Code != http.StatusForbidden || !strings.Contains(w.Body.String(), `"DENIED"`) || !strings.Contains(w.Body.String(), d.String()) {
-		t.Errorf("move: %d %s, want 403 DENIED naming %s", w.Code, w.Body, d)
+// What the ledger holds.
+
+// testLedger is what tests read of a ledger.
+type testLedger interface {
+	Ledger
+	History(ctx context.Context, repo, tag string, limit int) ([]storage.Event, error)
+}
+
+// bindingOf is repo:tag's binding; the test fails when there is none.
+func bindingOf(t *testing.T, l testLedger, repo, tag string) storage.Binding {
+	t.Helper()
+	b, err := l.Binding(t.Context(), repo, tag)
+	if err != nil {
+		t.Fatalf("binding %s:%s: %v", repo, tag, err)
+	}
+	return b
+}
+
+// unbound fails the test when the ledger has a binding for repo:tag.
+func unbound(t *testing.T, l testLedger, repo, tag string) {
+	t.Helper()
+	if b, err := l.Binding(t.Context(), repo, tag); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("binding %s:%s = %+v, %v; want none", repo, tag, b, err)
 	}
 }
 
-// TestIdenticalRePush: the same bytes again are forwarded and accepted, and
-// the first push's record stays.
-func TestIdenticalRePush(t *testing.T) {
-	t.Parallel()
-	m, d := testManifest("a")
-	s, up, l := scripted(t,
-		exchange{method: "GET", path: "/v2/team/app/manifests/1.0", status: 404},
-		exchange{method: "PUT", path: "/v2/team/app/manifests/1.0", status: 201, header: created(d)})
-	serve(s, "PUT", "/v2/team/app/manifests/1.0", m)
-	first, _ := l.Binding(context.Background(), "team/app", "1.0")
-	up.expect(exchange{method: "PUT", path: "/v2/team/app/manifests/1.0", status: 201, header: created(d)})
-	if w := serve(s, "PUT", "/v2/team/app/manifests/1.0", m); w.Code != 201 {
-		t.Fatalf("identical re-push: %d %s", w.Code, w.Body)
-	}
-	b, _ := l.Binding(context.Background(), "team/app", "1.0")
-	if !b.PushedAt.Equal(first.PushedAt) {
-		t.Errorf("re-push rewrote the first push time: %v, want %v", b.PushedAt, first.PushedAt)
-	}
-}
-
-// TestPushAnswered5xxIsSettled: a 5xx after the upstream may have stored
-// the manifest leaves the tag held; the settler commits it once the
-// upstream shows it.
-func TestPushAnswered5xxIsSettled(t *testing.T) {
-	t.Parallel()
-	m, d := testManifest("a")
-	s, up, l := scripted(t,
-		exchange{method: "GET", path: "/v2/team/app/manifests/1.0", status: 404},
-		exchange{method: "PUT", path: "/v2/team/app/manifests/1.0", status: 500, body: `{"errors":[{"code":"UNKNOWN","message":"disk hiccup"}]}`})
-	w := serve(s, "PUT", "/v2/team/app/manifests/1.0", m)
-	if w.Code != http.StatusBadGateway || !strings.Contains(w.Body.String(), "not known yet") || !strings.Contains(w.Body.String(), "disk hiccup") {
-		t.Fatalf("push answered 500: %d %s, want 502 saying the outcome is not known yet, with the upstream's message", w.Code, w.Body)
-	}
-	if res, _ := l.Reservations(context.Background()); len(res) != 1 {
-		t.Fatalf("reservations = %+v, want the push held", res)
-	}
-	up.expect(exchange{method: "GET", path: "/v2/team/app/manifests/1.0", status: 200,
-		header: http.Header{"Content-Type": {"application/vnd.oci.image.manifest.v1+json"}}, body: m})
-	if err := s.Reservations().Reconcile(context.Background()); err != nil {
+// history is repo:tag's history ("" for the whole repository's), oldest
+// first.
+func history(t *testing.T, l testLedger, repo, tag string) []storage.Event {
+	t.Helper()
+	evs, err := l.History(t.Context(), repo, tag, 0)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if b, err := l.Binding(context.Background(), "team/app", "1.0"); err != nil || b.Digest != d || b.PushedBy != "anonymous (reconciled)" {
-		t.Errorf("binding after the settle = %+v, %v; want %s pushed by anonymous (reconciled)", b, err, d)
-	}
+	slices.Reverse(evs)
+	return evs
 }
 
-// TestDeleteOfProtectedContentNeverReachesTheUpstream: a delete by digest
-// of a manifest an immutable tag is bound to, and of one of its layers, is
-// refused after taglock has looked for upstream tags it never saw.
-func TestDeleteOfProtectedContentNeverReachesTheUpstream(t *testing.T) {
-	t.Parallel()
-	m, d := testManifest("a")
-	s, up, _ := scripted(t,
-		exchange{method: "GET", path: "/v2/team/app/manifests/1.0", status: 404},
-		exchange{method: "PUT", path: "/v2/team/app/manifests/1.0", status: 201, header: created(d)})
-	serve(s, "PUT", "/v2/team/app/manifests/1.0", m)
-	tags := exchange{method: "GET", path: "/v2/team/app/tags/list", status: 200, body: `{"name":"team/app","tags":["1.0"]}`}
-	for _, path := range []string{"/v2/team/app/manifests/" + d.String(), "/v2/team/app/blobs/" + digest.FromString("a/layer").String()} {
-		up.expect(tags)
-		if w := serve(s, "DELETE", path, ""); w.Code != http.StatusForbidden {
-			t.Errorf("DELETE %s: %d %s, want 403", path, w.Code, w.Body)
-		}
+// kinds are the kinds of evs, in order.
+func kinds(evs []storage.Event) []storage.EventKind {
+	var out []storage.EventKind
+	for _, e := range evs {
+		out = append(out, e.Kind)
 	}
+	return out
 }
 
-// TestDeleteOfAMutableTagIsRecorded: a delete of a mutable tag is
-// forwarded and its binding becomes a tombstone in the same write that ends
-// the reservation.
-func TestDeleteOfAMutableTagIsRecorded(t *testing.T) {
-	t.Parallel()
-	m, d := testManifest("a")
-	s, up, l := scripted(t,
-		exchange{method: "PUT", path: "/v2/team/app/manifests/latest", status: 201, header: created(d)})
-	serve(s, "PUT", "/v2/team/app/manifests/latest", m)
-	up.expect(exchange{method: "DELETE", path: "/v2/team/app/manifests/latest", status: 202})
-	if w := serve(s, "DELETE", "/v2/team/app/manifests/latest", ""); w.Code != http.StatusAccepted {
-		t.Fatalf("delete: %d %s", w.Code, w.Body)
+// historyIs fails the test unless repo:tag's history has exactly these
+// kinds, and returns it.
+func historyIs(t *testing.T, l testLedger, repo, tag string, want ...storage.EventKind) []storage.Event {
+	t.Helper()
+	evs := history(t, l, repo, tag)
+	if got := kinds(evs); !slices.Equal(got, want) {
+		t.Errorf("history of %s:%s = %v, want %v", repo, tag, got, want)
 	}
-	b, err := l.Binding(context.Background(), "team/app", "latest")
-	if err != nil || !b.Deleted {
-		t.Errorf("latest after the delete = %+v, %v; want a tombstone", b, err)
+	return evs
+}
+
+// pending is the ledger's reservations.
+func pending(t *testing.T, l testLedger) []storage.Reservation {
+	t.Helper()
+	res, err := l.Reservations(t.Context())
+	if err != nil {
+		t.Fatal(err)
 	}
-	if res, _ := l.Reservations(context.Background()); len(res) != 0 {
+	return res
+}
+
+// noneHeld fails the test when a reservation is left.
+func noneHeld(t *testing.T, l testLedger) {
+	t.Helper()
+	if res := pending(t, l); len(res) != 0 {
 		t.Errorf("reservations left: %+v", res)
 	}
 }

@@ -63,10 +63,12 @@ var errInDoubt = errors.New("outcome not known yet")
 // of this process is working on, and returns the first error; reservations
 // whose outcome is still in doubt are not errors.
 func (s *Reservations) Reconcile(ctx context.Context) error {
+	noted := s.unrecordedIDs()
 	pending, err := s.ledger.Reservations(ctx)
 	if err != nil {
 		return fmt.Errorf("%w: reservations: %v", ErrLedger, err)
 	}
+	s.forgetSettled(noted, pending)
 	var firstErr error
 	for _, res := range pending {
 		if _, busy := s.inflight.Load(res.ID); busy {
@@ -91,9 +93,13 @@ func (s *Reservations) Run(ctx context.Context, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
+		noted := s.unrecordedIDs()
 		pending, err := s.ledger.Reservations(ctx)
 		if err != nil && ctx.Err() == nil {
 			s.log.Warn().Err(err).Msg("settler: cannot list reservations")
+		}
+		if err == nil {
+			s.forgetSettled(noted, pending)
 		}
 		now := s.now()
 		live := map[string]bool{}
@@ -123,6 +129,33 @@ func (s *Reservations) Run(ctx context.Context, interval time.Duration) {
 			return
 		case <-t.C:
 		case <-s.kick:
+		}
+	}
+}
+
+// unrecordedIDs lists the writes noted as unrecorded (stuck).
+func (s *Reservations) unrecordedIDs() []string {
+	var ids []string
+	s.unrecorded.Range(func(k, _ any) bool { ids = append(ids, k.(string)); return true })
+	return ids
+}
+
+// forgetSettled drops the unrecorded writes among noted whose reservations
+// are no longer pending: another process sharing the ledger (a replica's
+// settler) recorded or released them, so this one has nothing left to
+// record, and its writes need not wait for it any more. noted must be read
+// before pending, so that every reservation in it was stored before the
+// listing and its absence means it is settled.
+func (s *Reservations) forgetSettled(noted []string, pending []storage.Reservation) {
+	live := make(map[string]bool, len(pending))
+	for _, res := range pending {
+		live[res.ID] = true
+	}
+	for _, id := range noted {
+		if !live[id] {
+			s.unrecorded.Delete(id)
+			s.settleCreds.Delete(id)
+			s.log.Info().Str("reservation", id).Msg("settler: another process settled a write this one could not record")
 		}
 	}
 }
