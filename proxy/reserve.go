@@ -34,8 +34,13 @@ func (s *Reservations) claim(auth string) (string, error) {
 // reservation: it waits and returns nil while another reservation holds
 // what the request needs and the wait has time left, and otherwise returns
 // the error to answer with.
+//
+// Each wait is twice the last, from 20ms up to 320ms: a request retried
+// while a slow push holds its tag decides again (an upstream lookup, for a
+// tag the ledger has not bound) a few times a second, not fifty.
 func (s *Reservations) waiter() func(context.Context, error) error {
 	deadline := s.now().Add(s.wait)
+	pause := 20 * time.Millisecond
 	return func(ctx context.Context, err error) error {
 		var busy *storage.BusyError
 		if !errors.As(err, &busy) {
@@ -45,10 +50,12 @@ func (s *Reservations) waiter() func(context.Context, error) error {
 			_, mine := s.inflight.Load(busy.Holder.ID)
 			return &busyError{BusyError: busy, settling: !mine, settleBy: busy.Holder.DoubtEnds(s.margin)}
 		}
+		wait := pause
+		pause = min(2*pause, 320*time.Millisecond)
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
+		case <-time.After(wait):
 			return nil
 		}
 	}

@@ -134,28 +134,40 @@ func (s *Reservations) Run(ctx context.Context, interval time.Duration) {
 }
 
 // unrecordedIDs lists the writes noted as unrecorded (stuck).
-func (s *Reservations) unrecordedIDs() []string {
-	var ids []string
-	s.unrecorded.Range(func(k, _ any) bool { ids = append(ids, k.(string)); return true })
-	return ids
+func (s *Reservations) unrecordedIDs() noted {
+	var n noted
+	s.unrecorded.Range(func(k, _ any) bool { n.unrecorded = append(n.unrecorded, k.(string)); return true })
+	s.settleCreds.Range(func(k, _ any) bool { n.creds = append(n.creds, k.(string)); return true })
+	return n
 }
 
-// forgetSettled drops the unrecorded writes among noted whose reservations
-// are no longer pending: another process sharing the ledger (a replica's
-// settler) recorded or released them, so this one has nothing left to
-// record, and its writes need not wait for it any more. noted must be read
-// before pending, so that every reservation in it was stored before the
-// listing and its absence means it is settled.
-func (s *Reservations) forgetSettled(noted []string, pending []storage.Reservation) {
+// noted is what this process remembers about reservations handed to the
+// settler: the writes it could not record, and the credentials to settle
+// with.
+type noted struct {
+	unrecorded, creds []string
+}
+
+// forgetSettled drops what n notes about reservations no longer pending:
+// another process sharing the ledger (a replica's settler) recorded or
+// released them, so this one has nothing left to record, its writes need
+// not wait for it any more, and the credentials it kept to settle them
+// are dropped. n must be read before pending, so that every reservation in
+// it was stored before the listing and its absence means it is settled.
+func (s *Reservations) forgetSettled(n noted, pending []storage.Reservation) {
 	live := make(map[string]bool, len(pending))
 	for _, res := range pending {
 		live[res.ID] = true
 	}
-	for _, id := range noted {
+	for _, id := range n.unrecorded {
 		if !live[id] {
 			s.unrecorded.Delete(id)
-			s.settleCreds.Delete(id)
 			s.log.Info().Str("reservation", id).Msg("settler: another process settled a write this one could not record")
+		}
+	}
+	for _, id := range n.creds {
+		if !live[id] {
+			s.settleCreds.Delete(id) // settled elsewhere: not needed, and not to be kept
 		}
 	}
 }
