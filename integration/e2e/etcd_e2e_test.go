@@ -145,8 +145,10 @@ func TestServeOnEtcd34(t *testing.T) {
 	mustRun(t, command{bin: crane, args: []string{"push", "--insecure", im.layout, ref}})
 	boltTL.Stop(t)
 
+	// The registry's storage stays where it was: only the ledger moves. The
+	// immutable tag is then answered from the ledger and the registry both.
 	etcdConf := filepath.Join(t.TempDir(), "etcd.yaml")
-	data := t.TempDir()
+	data := boltTL.Data
 	conf := fmt.Sprintf("data: %s\nledger:\n  backend: etcd\n  endpoints: [%s]\n  prefix: /moved/\n  request_timeout: 2s\n", data, endpoint)
 	if err := os.WriteFile(etcdConf, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
@@ -164,6 +166,7 @@ func TestServeOnEtcd34(t *testing.T) {
 	tl := startTaglock(t, serveOptions{config: conf, data: data})
 	ref = tl.Addr + "/team/app:1.0.0"
 	mustRun(t, command{bin: crane, args: []string{"push", "--insecure", im.layout, ref}})
+	mustRun(t, command{bin: crane, args: []string{"pull", "--insecure", ref, filepath.Join(t.TempDir(), "pulled.tar")}})
 	if out := mustFail(t, command{bin: crane, args: []string{"mutate", "--insecure", "--label", "k=v", "-t", ref, ref}}); !strings.Contains(out, "DENIED: ") || !strings.Contains(out, "is immutable") {
 		t.Errorf("moving 1.0.0 with the ledger on etcd: %s", out)
 	}
