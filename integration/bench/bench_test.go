@@ -243,11 +243,11 @@ func measureMemory(b *testing.B, p *process, body *patternReader, d digest.Diges
 	peak = max(peak, hwm)
 	growth := float64(peak-base) / 1024
 	b.ReportMetric(0, "ns/op")
-	b.ReportMetric(float64(base)/1024, "rss-idle-MiB")
-	b.ReportMetric(float64(peak)/1024, "rss-peak-MiB")
-	b.ReportMetric(growth, "rss-growth-MiB")
-	b.ReportMetric(median(rates(up, memoryBlobSize/mib)), "upload-MiB/s")
-	b.ReportMetric(median(rates(down, memoryBlobSize/mib)), "download-MiB/s")
+	reportMetric(b, float64(base)/1024, "rss-idle-MiB")
+	reportMetric(b, float64(peak)/1024, "rss-peak-MiB")
+	reportMetric(b, growth, "rss-growth-MiB")
+	reportMetric(b, median(rates(up, memoryBlobSize/mib)), "upload-MiB/s")
+	reportMetric(b, median(rates(down, memoryBlobSize/mib)), "download-MiB/s")
 	b.Logf("%s: %d samples; RSS idle %.0f MiB, peak %.0f MiB (VmHWM %.0f MiB)",
 		p.Name, sampled(), float64(base)/1024, float64(peak)/1024, float64(hwm)/1024)
 	if growth > 256 {
@@ -414,6 +414,7 @@ func (r *recorder) report(b *testing.B, amount float64, unit string) {
 		b.ReportMetric(r.idle[path].Seconds()/wall.Seconds(), path+"-idle-cpus")
 	}
 	b.Logf("per iteration (%s): %s", unit, strings.Join(line, "; "))
+	r.collect(b, amount, unit)
 }
 
 func format(xs []float64, verb string) string {

@@ -85,6 +85,16 @@ func median(xs []float64) float64 {
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
+// quotients returns xs[i]/ys[i] for each i; the slices are one value per
+// iteration, of equal length.
+func quotients(xs, ys []float64) []float64 {
+	q := make([]float64, len(xs))
+	for i := range xs {
+		q[i] = xs[i] / ys[i]
+	}
+	return q
+}
+
 // cpuTicks returns utime+stime, in clock ticks (USER_HZ, 100 a second), from
 // the text of /proc/<pid>/stat: the CPU time of all the process's threads.
 func cpuTicks(stat string) (int64, error) {
