@@ -75,6 +75,37 @@ func statusKiB(status, field string) (int64, error) {
 	return 0, fmt.Errorf("%s: not in status", field)
 }
 
+// mappedKiB returns the resident size in KiB (the Rss lines) of the
+// mappings of files whose path ends in suffix, from the text of
+// /proc/<pid>/smaps: how much of a mapped file, such as the ledger bbolt
+// maps, counts in a process's RSS.
+func mappedKiB(smaps, suffix string) (int64, error) {
+	var total int64
+	in := false
+	for line := range strings.Lines(smaps) {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		if !strings.HasSuffix(f[0], ":") { // a mapping's header: address range, perms, offset, dev, inode, path
+			in = len(f) >= 6 && strings.HasSuffix(f[len(f)-1], suffix)
+			continue
+		}
+		if !in || f[0] != "Rss:" {
+			continue
+		}
+		if len(f) != 3 || f[2] != "kB" {
+			return 0, fmt.Errorf("smaps: unexpected Rss line %q", strings.TrimSpace(line))
+		}
+		n, err := strconv.ParseInt(f[1], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("smaps: %w", err)
+		}
+		total += n
+	}
+	return total, nil
+}
+
 // median returns the median of xs, which must not be empty.
 func median(xs []float64) float64 {
 	s := slices.Clone(xs)

@@ -128,3 +128,31 @@ func TestMachineTicks(t *testing.T) {
 		}
 	}
 }
+
+// TestMappedKiB ensures only the mappings of the named file count, with all
+// their resident pages, and a malformed Rss line is an error.
+func TestMappedKiB(t *testing.T) {
+	t.Parallel()
+	const smaps = `00400000-01c00000 r-xp 00000000 fd:01 131 /usr/local/bin/taglock
+Size:              24576 kB
+Rss:               14000 kB
+7f0000000000-7f0004000000 r--s 00000000 fd:01 262 /tmp/x/data/ledger.db
+Size:              65536 kB
+Rss:               41000 kB
+Pss:               41000 kB
+7f0004000000-7f0004100000 rw-p 00000000 00:00 0
+Rss:                 512 kB
+7f0005000000-7f0005001000 r--s 04000000 fd:01 262 /tmp/x/data/ledger.db
+Rss:                   4 kB
+`
+	got, err := mappedKiB(smaps, "/ledger.db")
+	if err != nil || got != 41004 {
+		t.Errorf("mappedKiB(ledger.db) = %d, %v; want 41004", got, err)
+	}
+	if got, err := mappedKiB(smaps, "/nothing"); err != nil || got != 0 {
+		t.Errorf("mappedKiB(nothing) = %d, %v; want 0", got, err)
+	}
+	if _, err := mappedKiB("7f-8f r--s 0 fd:01 262 /d/ledger.db\nRss: many kB\n", "/ledger.db"); err == nil {
+		t.Error("malformed Rss line: no error")
+	}
+}
