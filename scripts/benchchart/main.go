@@ -23,8 +23,10 @@ import (
 	"fmt"
 	"image/color"
 	"io"
+	"math"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 
 	"gonum.org/v1/plot"
@@ -171,6 +173,7 @@ func render(rs results, w io.Writer) error {
 		}
 	}
 	p.X.Max = top * 1.18 // room for the value labels
+	p.X.Tick.Marker = ticks{}
 	p.Legend.Top = true
 	p.Legend.Left = false
 	p.Legend.XOffs = -vg.Points(4)
@@ -186,6 +189,15 @@ func render(rs results, w io.Writer) error {
 	grid := plotter.NewGrid()
 	grid.Horizontal.Color = nil // bars, not lines, mark the operations
 	p.Add(grid)
+
+	direct, err := plotter.NewLine(plotter.XYs{{X: 1, Y: -0.5}, {X: 1, Y: float64(n) - 0.5}})
+	if err != nil {
+		return err
+	}
+	direct.Color = color.RGBA{R: 0xc0, A: 0xff}
+	direct.Width = vg.Points(1)
+	direct.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
+	p.Add(direct) // under the bars and their values
 
 	const barWidth = 7 // points
 	group := vg.Points(barWidth * float64(len(series)))
@@ -225,15 +237,6 @@ func render(rs results, w io.Writer) error {
 		labels.Offset = vg.Point{X: vg.Points(2), Y: offset}
 		p.Add(labels)
 	}
-
-	direct, err := plotter.NewLine(plotter.XYs{{X: 1, Y: -0.5}, {X: 1, Y: float64(n) - 0.5}})
-	if err != nil {
-		return err
-	}
-	direct.Color = color.Black
-	direct.Width = vg.Points(1)
-	direct.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
-	p.Add(direct)
 	p.Legend.Add("direct = 1.0", direct)
 
 	height := max(vg.Points(60)+vg.Points(float64(n)*(float64(barWidth*len(series))+10)), 3*vg.Inch)
@@ -251,6 +254,27 @@ func render(rs results, w io.Writer) error {
 	_, err = io.WriteString(w, strings.ReplaceAll(svg.String(),
 		"font-family:Liberation Sans;", "font-family:'Liberation Sans',Arial,Helvetica,sans-serif;"))
 	return err
+}
+
+// ticks marks the ratio axis at every whole ratio, and at every quarter
+// when the axis is short, so that 1.0 and its neighbours are easy to read.
+type ticks struct{}
+
+func (ticks) Ticks(lo, hi float64) []plot.Tick {
+	step := 1.0
+	if hi-lo <= 3 {
+		step = 0.25
+	}
+	var ts []plot.Tick
+	for i := math.Ceil(lo / step); i*step <= hi; i++ {
+		x := i * step
+		t := plot.Tick{Value: x}
+		if step == 1 || math.Mod(x, 0.5) == 0 {
+			t.Label = strconv.FormatFloat(x, 'f', -1, 64)
+		}
+		ts = append(ts, t)
+	}
+	return ts
 }
 
 // subtitle names the run: its date and commit.
