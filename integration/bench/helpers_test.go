@@ -106,6 +106,41 @@ func mappedKiB(smaps, suffix string) (int64, error) {
 	return total, nil
 }
 
+// histogramMean returns the mean of a Prometheus histogram series, its
+// _sum divided by its _count, from the text exposition format; labels are
+// the series' labels as they appear, such as `op="commit"`. It returns
+// false when the series is missing or empty.
+func histogramMean(text, metric string, labels ...string) (float64, bool) {
+	value := func(suffix string) (float64, bool) {
+	lines:
+		for line := range strings.Lines(text) {
+			name, rest, ok := strings.Cut(strings.TrimSpace(line), "{")
+			if !ok || name != metric+suffix {
+				continue
+			}
+			set, v, ok := strings.Cut(rest, "} ")
+			if !ok {
+				continue
+			}
+			have := strings.Split(set, ",")
+			for _, l := range labels {
+				if !slices.Contains(have, l) {
+					continue lines
+				}
+			}
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return f, err == nil
+		}
+		return 0, false
+	}
+	sum, ok1 := value("_sum")
+	count, ok2 := value("_count")
+	if !ok1 || !ok2 || count == 0 {
+		return 0, false
+	}
+	return sum / count, true
+}
+
 // median returns the median of xs, which must not be empty.
 func median(xs []float64) float64 {
 	s := slices.Clone(xs)

@@ -156,3 +156,41 @@ Rss:                   4 kB
 		t.Error("malformed Rss line: no error")
 	}
 }
+
+// TestHistogramMean ensures a series is picked by its name and all the
+// labels asked for, whatever the order of its labels, and that a missing
+// or empty series is reported as such.
+func TestHistogramMean(t *testing.T) {
+	t.Parallel()
+	const text = `# HELP taglock_ledger_duration_seconds Ledger operations.
+# TYPE taglock_ledger_duration_seconds histogram
+taglock_ledger_duration_seconds_bucket{op="commit",le="0.0001"} 0
+taglock_ledger_duration_seconds_sum{op="commit"} 0.5
+taglock_ledger_duration_seconds_count{op="commit"} 200
+taglock_ledger_duration_seconds_sum{op="reserve"} 0.3
+taglock_ledger_duration_seconds_count{op="reserve"} 100
+taglock_ledger_duration_seconds_sum{op="release"} 0
+taglock_ledger_duration_seconds_count{op="release"} 0
+taglock_upstream_duration_seconds_sum{method="GET",op="lookup"} 1.5
+taglock_upstream_duration_seconds_count{method="GET",op="lookup"} 300
+`
+	tests := []struct {
+		metric string
+		labels []string
+		want   float64
+		ok     bool
+	}{
+		{"taglock_ledger_duration_seconds", []string{`op="commit"`}, 0.0025, true},
+		{"taglock_ledger_duration_seconds", []string{`op="reserve"`}, 0.003, true},
+		{"taglock_upstream_duration_seconds", []string{`op="lookup"`, `method="GET"`}, 0.005, true},
+		{"taglock_upstream_duration_seconds", []string{`op="lookup"`, `method="PUT"`}, 0, false},
+		{"taglock_ledger_duration_seconds", []string{`op="release"`}, 0, false},
+		{"taglock_ledger", []string{`op="commit"`}, 0, false},
+	}
+	for _, tc := range tests {
+		got, ok := histogramMean(text, tc.metric, tc.labels...)
+		if ok != tc.ok || got != tc.want {
+			t.Errorf("histogramMean(%s, %v) = %v, %v; want %v, %v", tc.metric, tc.labels, got, ok, tc.want, tc.ok)
+		}
+	}
+}

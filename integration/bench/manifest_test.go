@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -82,6 +83,40 @@ func benchManifestPut(b *testing.B, clients int) {
 	}
 	rec.report(b, float64(n), "req/s")
 	reportPeakRSS(b, s.taglock)
+	reportPushLatencies(b, s.proxied)
+}
+
+// reportPushLatencies reports, from taglock's own metrics, the mean time
+// of what a push to a new tag waits for, in ms: the ledger's reservation
+// and commit (each a durable write, shared by concurrent pushes), the
+// lookup of the tag on the upstream (adoption), and the forwarded PUT until
+// the upstream's response headers. Warm-up pushes are included.
+func reportPushLatencies(b *testing.B, t *target) {
+	b.Helper()
+	resp, err := t.do(b.Context(), http.MethodGet, "/metrics", nil, 0, nil, http.StatusOK)
+	if err != nil {
+		b.Fatal(err)
+	}
+	text, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, m := range []struct {
+		metric, unit string
+		labels       []string
+	}{
+		{"taglock_ledger_duration_seconds", "taglock-reserve-ms", []string{`op="reserve"`}},
+		{"taglock_ledger_duration_seconds", "taglock-commit-ms", []string{`op="commit"`}},
+		{"taglock_upstream_duration_seconds", "taglock-lookup-ms", []string{`op="lookup"`, `method="GET"`}},
+		{"taglock_upstream_duration_seconds", "taglock-forward-put-ms", []string{`op="forward"`, `method="PUT"`}},
+	} {
+		mean, ok := histogramMean(string(text), m.metric, m.labels...)
+		if !ok {
+			b.Fatalf("taglock's /metrics has no %s{%s}", m.metric, strings.Join(m.labels, ","))
+		}
+		reportMetric(b, mean*1000, m.unit)
+	}
 }
 
 // BenchmarkManifestGet measures GET of image manifests by immutable tag
