@@ -4,8 +4,15 @@
 # proxy (installed with apt when missing). It is slow and noisy on a
 # shared machine, so `make test` leaves it out: run it with `make bench`.
 #
-# Environment: BENCHTIME (default 3x), BENCH (a -bench regexp, default .),
-# TAGLOCK_BENCH_TIMEOUT (default 60m).
+# The benchmarks write their medians to TAGLOCK_BENCH_JSON (default
+# bin/bench.json), and scripts/benchchart draws them, as ratios to direct, to
+# TAGLOCK_BENCH_CHART: docs/benchmarks.svg after a full run, bin/benchmarks.svg
+# when BENCH picks some benchmarks only.
+#
+# Environment: BENCHTIME (default 3x), BENCHCOUNT (go test -count, default 1;
+# the chart takes the median of the runs), BENCH (a -bench regexp, default .),
+# TAGLOCK_BENCH_TIMEOUT (default 60m), TAGLOCK_BENCH_JSON, TAGLOCK_BENCH_CHART,
+# TAGLOCK_BENCH_PROFILE (a directory: profile taglock, see docs/benchmarks.md).
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -27,6 +34,21 @@ mkdir -p "$TAGLOCK_BIN_DIR"
 log "go build ./cmd/taglock"
 go build -o "$TAGLOCK_BIN_DIR/taglock" ./cmd/taglock
 export_tool_env
-log "go test -bench ${BENCH:-.} -benchtime ${BENCHTIME:-3x} ./integration/bench/..."
-exec go test -tags bench -run '^$' -bench "${BENCH:-.}" -benchtime "${BENCHTIME:-3x}" \
+TAGLOCK_BENCH_JSON=${TAGLOCK_BENCH_JSON:-$TAGLOCK_BIN_DIR/bench.json}
+TAGLOCK_BENCH_COMMIT=${TAGLOCK_BENCH_COMMIT:-$(git describe --always --dirty 2>/dev/null || echo unknown)}
+export TAGLOCK_BENCH_JSON TAGLOCK_BENCH_COMMIT
+if [[ ${BENCH:-.} == . ]]; then
+  chart=${TAGLOCK_BENCH_CHART:-$TAGLOCK_ROOT/docs/benchmarks.svg}
+else
+  chart=${TAGLOCK_BENCH_CHART:-$TAGLOCK_BIN_DIR/benchmarks.svg}
+fi
+rm -f "$TAGLOCK_BENCH_JSON"
+log "go test -bench ${BENCH:-.} -benchtime ${BENCHTIME:-3x} -count ${BENCHCOUNT:-1} ./integration/bench/..."
+go test -tags bench -run '^$' -bench "${BENCH:-.}" -benchtime "${BENCHTIME:-3x}" -count "${BENCHCOUNT:-1}" \
   -timeout "${TAGLOCK_BENCH_TIMEOUT:-60m}" ./integration/bench/...
+if grep -q '"ratio"' "$TAGLOCK_BENCH_JSON"; then
+  log "results in $TAGLOCK_BENCH_JSON; chart in $chart"
+  go run ./scripts/benchchart -in "$TAGLOCK_BENCH_JSON" -out "$chart"
+else
+  log "results in $TAGLOCK_BENCH_JSON; no ratios to chart"
+fi

@@ -22,10 +22,10 @@ const (
 	blobSize        = 256 << 20 // the blob transfer benchmarks
 	memoryBlobSize  = 1 << 30   // the memory benchmark
 	copyBuffer      = 256 << 10 // the client's read buffer for downloads
-	manifestClients = 8         // concurrent clients in the manifest benchmarks
-	manifestPuts    = 256       // manifest PUTs per path per iteration
-	manifestGets    = 2048      // manifest GETs per path per iteration
-	manifestTags    = 64        // tags the GET benchmark reads in turn
+	manifestClients = 8         // concurrent clients in the manifest benchmarks, the fewer of two
+	manifestPuts    = 256       // manifest PUTs per path per iteration, at least
+	manifestGets    = 2048      // manifest GETs or HEADs per path per iteration, at least
+	manifestTags    = 64        // tags the GET benchmarks read in turn
 	mib             = 1 << 20
 )
 
@@ -97,86 +97,6 @@ func BenchmarkBlobDownload256MiB(b *testing.B) {
 	rec.report(b, blobSize/mib, "MiB/s")
 }
 
-// BenchmarkManifestPut measures pushing distinct small image manifests to
-// distinct (immutable) tags from 8 concurrent clients, directly, through the
-// control proxy, nginx and taglock, and to the embedded registry, and reports
-// requests per second.
-func BenchmarkManifestPut(b *testing.B) {
-	s := startStack(b)
-	ctx := b.Context()
-	im := newImage()
-	repo := func(t *target) string { return "bench/put-" + t.name }
-	bodies := func(t *target, round string, n int) [][]byte {
-		bs := make([][]byte, n)
-		for k := range bs {
-			bs[k] = im.manifest(fmt.Sprintf("%s-%s-%d", t.name, round, k))
-		}
-		return bs
-	}
-	put := func(t *target, round string, bodies [][]byte) error {
-		return concurrently(len(bodies), manifestClients, func(k int) error {
-			return t.putManifest(ctx, repo(t), fmt.Sprintf("%s-%d", round, k), bodies[k])
-		})
-	}
-	for _, t := range s.targets() {
-		if err := im.push(ctx, t, repo(t)); err != nil {
-			b.Fatal(err)
-		}
-		if err := put(t, "warm", bodies(t, "warm", 32)); err != nil {
-			b.Fatal(err)
-		}
-	}
-	rec := newRecorder()
-	for i := 0; b.Loop(); i++ {
-		for _, t := range rotate(s.targets(), i) {
-			round := fmt.Sprint("r", i)
-			bs := bodies(t, round, manifestPuts)
-			rec.measure(b, t, func() error { return put(t, round, bs) })
-		}
-	}
-	rec.report(b, manifestPuts, "req/s")
-}
-
-// BenchmarkManifestGet measures GET of image manifests by tag from 8
-// concurrent clients, directly, through the control proxy, nginx and
-// taglock, and from the embedded registry, and reports requests per second.
-func BenchmarkManifestGet(b *testing.B) {
-	s := startStack(b)
-	ctx := b.Context()
-	im := newImage()
-	const repo = "bench/get"
-	sizes := make([]int, manifestTags)
-	for _, t := range s.targets() {
-		if err := im.push(ctx, t, repo); err != nil {
-			b.Fatal(err)
-		}
-		for k := range manifestTags {
-			m := im.manifest(fmt.Sprint("get-", k))
-			sizes[k] = len(m)
-			if err := t.putManifest(ctx, repo, fmt.Sprint("g", k), m); err != nil {
-				b.Fatal(err)
-			}
-		}
-	}
-	get := func(t *target, n int) error {
-		return concurrently(n, manifestClients, func(k int) error {
-			return t.getManifest(ctx, repo, fmt.Sprint("g", k%manifestTags), sizes[k%manifestTags])
-		})
-	}
-	for _, t := range s.targets() {
-		if err := get(t, 256); err != nil {
-			b.Fatal(err)
-		}
-	}
-	rec := newRecorder()
-	for i := 0; b.Loop(); i++ {
-		for _, t := range rotate(s.targets(), i) {
-			rec.measure(b, t, func() error { return get(t, manifestGets) })
-		}
-	}
-	rec.report(b, manifestGets, "req/s")
-}
-
 // BenchmarkMemory1GiB uploads and then downloads a 1 GiB blob through
 // taglock, in front of an upstream and with the embedded registry, while it
 // samples taglock's resident set size. It reports the growth of the peak
@@ -243,11 +163,11 @@ func measureMemory(b *testing.B, p *process, body *patternReader, d digest.Diges
 	peak = max(peak, hwm)
 	growth := float64(peak-base) / 1024
 	b.ReportMetric(0, "ns/op")
-	b.ReportMetric(float64(base)/1024, "rss-idle-MiB")
-	b.ReportMetric(float64(peak)/1024, "rss-peak-MiB")
-	b.ReportMetric(growth, "rss-growth-MiB")
-	b.ReportMetric(median(rates(up, memoryBlobSize/mib)), "upload-MiB/s")
-	b.ReportMetric(median(rates(down, memoryBlobSize/mib)), "download-MiB/s")
+	reportMetric(b, float64(base)/1024, "rss-idle-MiB")
+	reportMetric(b, float64(peak)/1024, "rss-peak-MiB")
+	reportMetric(b, growth, "rss-growth-MiB")
+	reportMetric(b, median(rates(up, memoryBlobSize/mib)), "upload-MiB/s")
+	reportMetric(b, median(rates(down, memoryBlobSize/mib)), "download-MiB/s")
 	b.Logf("%s: %d samples; RSS idle %.0f MiB, peak %.0f MiB (VmHWM %.0f MiB)",
 		p.Name, sampled(), float64(base)/1024, float64(peak)/1024, float64(hwm)/1024)
 	if growth > 256 {
@@ -414,6 +334,7 @@ func (r *recorder) report(b *testing.B, amount float64, unit string) {
 		b.ReportMetric(r.idle[path].Seconds()/wall.Seconds(), path+"-idle-cpus")
 	}
 	b.Logf("per iteration (%s): %s", unit, strings.Join(line, "; "))
+	r.collect(b, amount, unit)
 }
 
 func format(xs []float64, verb string) string {

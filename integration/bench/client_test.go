@@ -193,27 +193,15 @@ func (t *target) putManifest(ctx context.Context, repo, tag string, body []byte)
 	return nil
 }
 
-// manifestAccept is what clients send: without the OCI type Distribution
-// answers 404 for an OCI manifest.
+// manifestAccept is the Accept list containerd (and so Docker, which pulls
+// through containerd's resolver) sends for a manifest, in its order and with
+// its trailing wildcard. Without the OCI type, Distribution answers 404 for
+// an OCI manifest.
 var manifestAccept = http.Header{"Accept": {strings.Join([]string{
-	v1.MediaTypeImageManifest, v1.MediaTypeImageIndex,
 	"application/vnd.docker.distribution.manifest.v2+json",
 	"application/vnd.docker.distribution.manifest.list.v2+json",
+	v1.MediaTypeImageManifest, v1.MediaTypeImageIndex, "*/*",
 }, ", ")}}
-
-// getManifest GETs repo:tag and checks the length of the answer.
-func (t *target) getManifest(ctx context.Context, repo, tag string, size int) error {
-	resp, err := t.do(ctx, http.MethodGet, "/v2/"+repo+"/manifests/"+tag, nil, 0, manifestAccept, http.StatusOK)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	n, err := io.Copy(io.Discard, resp.Body)
-	if err != nil || n != int64(size) {
-		return fmt.Errorf("%s: GET manifest %s:%s: %d bytes (want %d), %v", t.name, repo, tag, n, size, err)
-	}
-	return nil
-}
 
 // concurrently runs fn(0) … fn(n-1) on workers goroutines and returns the
 // first error.

@@ -24,12 +24,19 @@ import (
 // the control proxy instead of running benchmarks.
 const controlEnv = "TAGLOCK_BENCH_CONTROL_UPSTREAM"
 
-// TestMain runs the benchmarks, or the control proxy when the benchmark has
-// started this binary as one.
+// TestMain runs the benchmarks, or the control proxy or a profiled taglock
+// when the benchmark has started this binary as one.
 func TestMain(m *testing.M) {
 	if u := os.Getenv(controlEnv); u != "" {
 		if err := serveControl(u); err != nil {
 			fmt.Fprintln(os.Stderr, "control proxy:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	if spec := os.Getenv(asTaglockEnv); spec != "" {
+		if err := serveTaglock(spec); err != nil {
+			fmt.Fprintln(os.Stderr, "profiled taglock:", err)
 			os.Exit(1)
 		}
 		os.Exit(0)

@@ -75,6 +75,72 @@ func statusKiB(status, field string) (int64, error) {
 	return 0, fmt.Errorf("%s: not in status", field)
 }
 
+// mappedKiB returns the resident size in KiB (the Rss lines) of the
+// mappings of files whose path ends in suffix, from the text of
+// /proc/<pid>/smaps: how much of a mapped file, such as the ledger bbolt
+// maps, counts in a process's RSS.
+func mappedKiB(smaps, suffix string) (int64, error) {
+	var total int64
+	in := false
+	for line := range strings.Lines(smaps) {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		if !strings.HasSuffix(f[0], ":") { // a mapping's header: address range, perms, offset, dev, inode, path
+			in = len(f) >= 6 && strings.HasSuffix(f[len(f)-1], suffix)
+			continue
+		}
+		if !in || f[0] != "Rss:" {
+			continue
+		}
+		if len(f) != 3 || f[2] != "kB" {
+			return 0, fmt.Errorf("smaps: unexpected Rss line %q", strings.TrimSpace(line))
+		}
+		n, err := strconv.ParseInt(f[1], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("smaps: %w", err)
+		}
+		total += n
+	}
+	return total, nil
+}
+
+// histogramMean returns the mean of a Prometheus histogram series, its
+// _sum divided by its _count, from the text exposition format; labels are
+// the series' labels as they appear, such as `op="commit"`. It returns
+// false when the series is missing or empty.
+func histogramMean(text, metric string, labels ...string) (float64, bool) {
+	value := func(suffix string) (float64, bool) {
+	lines:
+		for line := range strings.Lines(text) {
+			name, rest, ok := strings.Cut(strings.TrimSpace(line), "{")
+			if !ok || name != metric+suffix {
+				continue
+			}
+			set, v, ok := strings.Cut(rest, "} ")
+			if !ok {
+				continue
+			}
+			have := strings.Split(set, ",")
+			for _, l := range labels {
+				if !slices.Contains(have, l) {
+					continue lines
+				}
+			}
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return f, err == nil
+		}
+		return 0, false
+	}
+	sum, ok1 := value("_sum")
+	count, ok2 := value("_count")
+	if !ok1 || !ok2 || count == 0 {
+		return 0, false
+	}
+	return sum / count, true
+}
+
 // median returns the median of xs, which must not be empty.
 func median(xs []float64) float64 {
 	s := slices.Clone(xs)
@@ -83,6 +149,16 @@ func median(xs []float64) float64 {
 		return s[len(s)/2]
 	}
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// quotients returns xs[i]/ys[i] for each i; the slices are one value per
+// iteration, of equal length.
+func quotients(xs, ys []float64) []float64 {
+	q := make([]float64, len(xs))
+	for i := range xs {
+		q[i] = xs[i] / ys[i]
+	}
+	return q
 }
 
 // cpuTicks returns utime+stime, in clock ticks (USER_HZ, 100 a second), from

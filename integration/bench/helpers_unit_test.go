@@ -128,3 +128,69 @@ func TestMachineTicks(t *testing.T) {
 		}
 	}
 }
+
+// TestMappedKiB ensures only the mappings of the named file count, with all
+// their resident pages, and a malformed Rss line is an error.
+func TestMappedKiB(t *testing.T) {
+	t.Parallel()
+	const smaps = `00400000-01c00000 r-xp 00000000 fd:01 131 /usr/local/bin/taglock
+Size:              24576 kB
+Rss:               14000 kB
+7f0000000000-7f0004000000 r--s 00000000 fd:01 262 /tmp/x/data/ledger.db
+Size:              65536 kB
+Rss:               41000 kB
+Pss:               41000 kB
+7f0004000000-7f0004100000 rw-p 00000000 00:00 0
+Rss:                 512 kB
+7f0005000000-7f0005001000 r--s 04000000 fd:01 262 /tmp/x/data/ledger.db
+Rss:                   4 kB
+`
+	got, err := mappedKiB(smaps, "/ledger.db")
+	if err != nil || got != 41004 {
+		t.Errorf("mappedKiB(ledger.db) = %d, %v; want 41004", got, err)
+	}
+	if got, err := mappedKiB(smaps, "/nothing"); err != nil || got != 0 {
+		t.Errorf("mappedKiB(nothing) = %d, %v; want 0", got, err)
+	}
+	if _, err := mappedKiB("7f-8f r--s 0 fd:01 262 /d/ledger.db\nRss: many kB\n", "/ledger.db"); err == nil {
+		t.Error("malformed Rss line: no error")
+	}
+}
+
+// TestHistogramMean ensures a series is picked by its name and all the
+// labels asked for, whatever the order of its labels, and that a missing
+// or empty series is reported as such.
+func TestHistogramMean(t *testing.T) {
+	t.Parallel()
+	const text = `# HELP taglock_ledger_duration_seconds Ledger operations.
+# TYPE taglock_ledger_duration_seconds histogram
+taglock_ledger_duration_seconds_bucket{op="commit",le="0.0001"} 0
+taglock_ledger_duration_seconds_sum{op="commit"} 0.5
+taglock_ledger_duration_seconds_count{op="commit"} 200
+taglock_ledger_duration_seconds_sum{op="reserve"} 0.3
+taglock_ledger_duration_seconds_count{op="reserve"} 100
+taglock_ledger_duration_seconds_sum{op="release"} 0
+taglock_ledger_duration_seconds_count{op="release"} 0
+taglock_upstream_duration_seconds_sum{method="GET",op="lookup"} 1.5
+taglock_upstream_duration_seconds_count{method="GET",op="lookup"} 300
+`
+	tests := []struct {
+		metric string
+		labels []string
+		want   float64
+		ok     bool
+	}{
+		{"taglock_ledger_duration_seconds", []string{`op="commit"`}, 0.0025, true},
+		{"taglock_ledger_duration_seconds", []string{`op="reserve"`}, 0.003, true},
+		{"taglock_upstream_duration_seconds", []string{`op="lookup"`, `method="GET"`}, 0.005, true},
+		{"taglock_upstream_duration_seconds", []string{`op="lookup"`, `method="PUT"`}, 0, false},
+		{"taglock_ledger_duration_seconds", []string{`op="release"`}, 0, false},
+		{"taglock_ledger", []string{`op="commit"`}, 0, false},
+	}
+	for _, tc := range tests {
+		got, ok := histogramMean(text, tc.metric, tc.labels...)
+		if ok != tc.ok || got != tc.want {
+			t.Errorf("histogramMean(%s, %v) = %v, %v; want %v, %v", tc.metric, tc.labels, got, ok, tc.want, tc.ok)
+		}
+	}
+}

@@ -96,6 +96,11 @@ func startTaglock(b testing.TB, upstream string) *process {
 	if err := os.WriteFile(cfg, []byte("log: {level: warn}\n"), 0o600); err != nil {
 		b.Fatal(err)
 	}
+	if upstream != "" {
+		if p := startProfiledTaglock(b, cfg, filepath.Join(dir, "data"), upstream); p != nil {
+			return p
+		}
+	}
 	args := []string{"serve", "--config", cfg, "--listen", "127.0.0.1:0", "--data", filepath.Join(dir, "data")}
 	name := "taglock (embedded)"
 	if upstream != "" {
