@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"io"
 	"testing"
+	"time"
 )
 
 // TestPatternReader ensures the benchmark's blob source yields exactly the
@@ -126,5 +127,33 @@ func TestMachineTicks(t *testing.T) {
 		if _, _, err := machineTicks(bad); err == nil {
 			t.Errorf("machineTicks(%q): no error", bad)
 		}
+	}
+}
+
+// TestPercentile ensures percentiles follow the nearest-rank method: p50 of
+// 1..100 is 50, p99 is 99, p100 the largest, whatever the input order, and
+// a single value is every percentile.
+func TestPercentile(t *testing.T) {
+	t.Parallel()
+	xs := make([]time.Duration, 100)
+	for i := range xs {
+		xs[i] = time.Duration(100 - i)
+	}
+	tests := []struct {
+		p    float64
+		want time.Duration
+	}{
+		{0.5, 50}, {0.99, 99}, {1, 100}, {0.001, 1},
+	}
+	for _, tc := range tests {
+		if got := percentile(xs, tc.p); got != tc.want {
+			t.Errorf("percentile(1..100, %v) = %d, want %d", tc.p, got, tc.want)
+		}
+	}
+	if xs[0] != 100 {
+		t.Error("percentile sorted its input")
+	}
+	if got := percentile([]time.Duration{7}, 0.99); got != 7 {
+		t.Errorf("percentile of one value = %d, want 7", got)
 	}
 }
