@@ -4,6 +4,7 @@ package bench
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net/http"
@@ -12,9 +13,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	bbolt "go.etcd.io/bbolt"
 
 	"github.com/taglock/taglock/integration/internal/proc"
 	"github.com/taglock/taglock/storage"
@@ -45,6 +49,23 @@ func envInt(b testing.TB, name string, def int) int {
 		b.Fatalf("%s=%q: want a positive integer", name, s)
 	}
 	return n
+}
+
+// scaleDir is where a benchmark keeps its generated ledger: a temporary
+// directory, or, when TAGLOCK_SCALE_DIR is set, a directory of it named
+// after the benchmark that stays, so that later runs skip the generation
+// and the import.
+func scaleDir(b *testing.B) (dir string, kept bool) {
+	b.Helper()
+	root := os.Getenv("TAGLOCK_SCALE_DIR")
+	if root == "" {
+		return b.TempDir(), false
+	}
+	dir = filepath.Join(root, b.Name())
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		b.Fatal(err)
+	}
+	return dir, true
 }
 
 // generate writes the ledger of spec to dir/ledger.jsonl and reports how
@@ -135,8 +156,7 @@ func timedGet(b *testing.B, client *http.Client, url string) (time.Duration, int
 func BenchmarkLedgerAtScale(b *testing.B) {
 	bin := proc.Tool(b, "TAGLOCK_BIN")
 	spec := scaleSpec{Repos: envInt(b, "TAGLOCK_SCALE_REPOS", scaleRepos), Bindings: envInt(b, "TAGLOCK_SCALE_BINDINGS", scaleBindings), Seed: 1}
-	dir := b.TempDir()
-	gen, stats := generate(b, spec, dir)
+	dir, kept := scaleDir(b)
 	data := filepath.Join(dir, "data")
 	cfg := filepath.Join(dir, "taglock.yaml")
 	if err := os.WriteFile(cfg, []byte("log: {level: warn}\n"), 0o600); err != nil {
@@ -144,11 +164,27 @@ func BenchmarkLedgerAtScale(b *testing.B) {
 	}
 	// b.Loop drops what was reported before it: keep it until the end.
 	once := map[string]float64{}
-	took, importRSS := command(b, bin, io.Discard, "ledger", "import", "--config", cfg, "--data", data, gen)
-	once["import-bindings/s"] = float64(stats.Bindings) / took.Seconds()
-	once["import-records/s"] = float64(stats.Records()) / took.Seconds()
-	once["import-peak-rss-MiB"] = float64(importRSS) / 1024
-	b.Logf("ledger import: %s, peak RSS %d MiB", took.Round(time.Millisecond), importRSS/1024)
+	var stats scaleStats
+	if _, err := os.Stat(filepath.Join(data, "ledger.db")); kept && err == nil {
+		// A kept ledger: its stats are generated again, cheaply, into
+		// the void.
+		stats, err = writeScaleLedger(io.Discard, spec, dir)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Logf("reusing the ledger in %s", data)
+	} else {
+		var gen string
+		gen, stats = generate(b, spec, dir)
+		took, importRSS := command(b, bin, io.Discard, "ledger", "import", "--config", cfg, "--data", data, gen)
+		once["import-bindings/s"] = float64(stats.Bindings) / took.Seconds()
+		once["import-records/s"] = float64(stats.Records()) / took.Seconds()
+		once["import-peak-rss-MiB"] = float64(importRSS) / 1024
+		b.Logf("ledger import: %s, peak RSS %d MiB", took.Round(time.Millisecond), importRSS/1024)
+		if err := os.Remove(gen); err != nil {
+			b.Fatal(err)
+		}
+	}
 	fi, err := os.Stat(filepath.Join(data, "ledger.db"))
 	if err != nil {
 		b.Fatal(err)
@@ -158,8 +194,11 @@ func BenchmarkLedgerAtScale(b *testing.B) {
 	once["export-bindings/s"] = float64(stats.Bindings) / took.Seconds()
 	once["export-records/s"] = float64(stats.Records()) / took.Seconds()
 	b.Logf("ledger export: %s, peak RSS %d MiB", took.Round(time.Millisecond), exportRSS/1024)
-	took, _ = command(b, bin, io.Discard, "ledger", "check", "--config", cfg, "--data", data)
-	once["check-s"] = took.Seconds()
+	if os.Getenv("TAGLOCK_SCALE_CHECK") != "" { // minutes: only when asked
+		took, _ = command(b, bin, io.Discard, "ledger", "check", "--config", cfg, "--data", data)
+		once["check-s"] = took.Seconds()
+	}
+	once["serve-upgrade-ready-s"] = upgradeStart(b, bin, cfg, data)
 
 	repoPath := url.PathEscape(stats.Biggest)
 	pages := []struct{ name, path string }{
@@ -230,6 +269,75 @@ func BenchmarkLedgerAtScale(b *testing.B) {
 	b.ReportMetric(p50, "lookup-p50-us")
 	b.ReportMetric(p99, "lookup-p99-us")
 	b.ReportMetric(worst, "lookup-max-us")
+	reportCounts(b, l, stats)
+}
+
+// upgradeStart makes the ledger look written by a taglock that kept no
+// counts (it removes the mark of the last transaction that kept them), and
+// returns how long `taglock serve` then takes to answer /readyz: the first
+// start after an upgrade, which counts every binding once.
+func upgradeStart(b *testing.B, bin, cfg, data string) float64 {
+	b.Helper()
+	db, err := bbolt.Open(filepath.Join(data, "ledger.db"), 0o600, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	err = db.Update(func(tx *bbolt.Tx) error {
+		if stats := tx.Bucket([]byte("stats")); stats != nil {
+			return stats.Delete([]byte("txid"))
+		}
+		return nil
+	})
+	if cerr := db.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		b.Fatal(err)
+	}
+	p := proc.Start(b, proc.Spec{Name: "taglock (upgrade)", Bin: bin, Env: proc.Environ(),
+		Args:     []string{"serve", "--config", cfg, "--listen", "127.0.0.1:0", "--data", data},
+		AddrFrom: proc.TaglockAddr, Ready: "/readyz"})
+	p.Stop(b)
+	b.Logf("first start after an upgrade: listening after %s, ready after %s",
+		p.Listened.Sub(p.Started).Round(time.Millisecond), p.Ready.Sub(p.Started).Round(time.Millisecond))
+	return p.Ready.Sub(p.Started).Seconds()
+}
+
+// reportCounts reports how long counting the whole ledger takes with
+// Counts, and by the walk the metrics collector made before it (every
+// repository's bindings read), and checks they agree.
+func reportCounts(b *testing.B, l storage.Ledger, stats scaleStats) {
+	b.Helper()
+	ctx := context.Background()
+	start := time.Now()
+	counts, err := l.Counts(ctx, "")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(float64(time.Since(start).Microseconds()), "counts-us")
+	if counts.Tags() != int64(stats.Bindings) || counts.Repositories != int64(stats.Repos) || counts.Deleted != int64(stats.Delete) {
+		b.Errorf("Counts = %+v, the generator wrote %+v", counts, stats)
+	}
+	if os.Getenv("TAGLOCK_SCALE_WALK") == "" { // minutes: only when asked
+		return
+	}
+	start = time.Now()
+	repos, err := l.Repositories(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var walked int
+	for _, repo := range repos {
+		bs, err := l.Bindings(ctx, repo)
+		if err != nil {
+			b.Fatal(err)
+		}
+		walked += len(bs)
+	}
+	b.ReportMetric(time.Since(start).Seconds(), "walk-s")
+	if walked != stats.Bindings {
+		b.Errorf("the walk found %d bindings, want %d", walked, stats.Bindings)
+	}
 }
 
 // bindingReader is the one method lookups time.
@@ -304,4 +412,48 @@ func BenchmarkLedgerAtScaleEtcd(b *testing.B) {
 	b.ReportMetric(median(p50s), "lookup-p50-us")
 	b.ReportMetric(median(p99s), "lookup-p99-us")
 	b.ReportMetric(median(worsts), "lookup-max-us")
+	start = time.Now()
+	reportCounts(b, l, stats)
+	b.Logf("counts and walk: %s", time.Since(start).Round(time.Millisecond))
+	serveOnEtcd(b, cluster.Endpoints(), stats)
+}
+
+// serveOnEtcd starts `taglock serve` on the etcd ledger and reports how
+// long it takes to answer /readyz, a /metrics scrape (the first, and the
+// median of the next four), the front page and the largest repository's
+// tags from the API.
+func serveOnEtcd(b *testing.B, endpoints []string, stats scaleStats) {
+	b.Helper()
+	bin := proc.Tool(b, "TAGLOCK_BIN")
+	dir := b.TempDir()
+	cfg := filepath.Join(dir, "taglock.yaml")
+	yaml := fmt.Sprintf("log: {level: warn}\nledger: {backend: etcd, endpoints: [%s], request_timeout: 60s}\n", strings.Join(endpoints, ", "))
+	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	p := proc.Start(b, proc.Spec{Name: "taglock (etcd)", Bin: bin, Env: proc.Environ(),
+		Args:     []string{"serve", "--config", cfg, "--listen", "127.0.0.1:0", "--data", filepath.Join(dir, "data")},
+		AddrFrom: proc.TaglockAddr, Ready: "/readyz"})
+	defer p.Stop(b)
+	b.ReportMetric(p.Ready.Sub(p.Started).Seconds(), "serve-ready-s")
+	client := &http.Client{Timeout: 10 * time.Minute}
+	base := "http://" + p.Addr
+	var rest []float64
+	for i := range 5 {
+		d, _ := timedGet(b, client, base+"/metrics")
+		if i == 0 {
+			b.ReportMetric(d.Seconds()*1000, "metrics-first-ms")
+		} else {
+			rest = append(rest, d.Seconds()*1000)
+		}
+	}
+	b.ReportMetric(median(rest), "metrics-ms")
+	for _, pg := range []struct{ name, path string }{
+		{"web-index", "/taglock/"},
+		{"api-tags", "/taglock/v1/repositories/" + stats.Biggest + "/tags"},
+	} {
+		d, n := timedGet(b, client, base+pg.path)
+		b.ReportMetric(d.Seconds()*1000, pg.name+"-ms")
+		b.ReportMetric(float64(n)/1024, pg.name+"-KiB")
+	}
 }
