@@ -50,8 +50,11 @@
 // also records its bbolt transaction ID under stats/txid; a file whose last
 // transaction is another one was written by a program that does not keep
 // the counts (an older taglock, bbolt's tools), and its counts are not
-// believed: Open counts every binding again (about a second per 300,000
-// bindings), and a read-only ledger counts them at every call.
+// believed: Open counts every binding again, and a read-only ledger counts
+// them at every call. Counting reads every binding, but finds the two fields
+// it needs without decoding the rest: under a second for a million bindings
+// whose pages are cached, plus reading them from disk when they are not
+// (docs/benchmarks.md).
 //
 // # Backup and restore
 //
