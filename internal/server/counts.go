@@ -32,9 +32,10 @@ type counter interface {
 // counting them takes less than countsSlow (the bolt backend keeps them as
 // it writes); once a count took longer (the etcd backend reads every
 // binding), the last one is answered, and made again in the background when
-// it is older than countsMaxAge, so an answer is at most about that old. A
-// background count that fails is logged and forgotten: the next call counts
-// again, and fails, itself.
+// it is older than countsMaxAge, so an answer is at most about that old.
+// serve makes the first count in the background as it starts (prime); a
+// call before it is done waits for it. A background count that fails is
+// logged and forgotten: the next call counts again, and fails, itself.
 type countCache struct {
 	l      counter
 	now    func() time.Time
@@ -46,9 +47,10 @@ type countCache struct {
 	last       storage.Counts
 	at         time.Time // when last was counted
 	cached     bool      // last took countsSlow or longer: answer it
-	refreshing bool
+	refreshing bool      // a background count runs; done closes when it ends
+	done       chan struct{}
 	closed     bool
-	cancel     context.CancelFunc // the background count's, when one runs
+	cancel     context.CancelFunc // the background count's
 	wg         sync.WaitGroup
 }
 
@@ -56,24 +58,52 @@ func newCountCache(l counter, log zerolog.Logger) *countCache {
 	return &countCache{l: l, now: time.Now, log: log, maxAge: countsMaxAge, slow: countsSlow}
 }
 
+// prime starts the first count in the background.
+func (c *countCache) prime() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.refreshing && !c.closed {
+		c.startLocked()
+	}
+}
+
 // Counts implements counter.
 func (c *countCache) Counts(ctx context.Context, repo string) (storage.Counts, error) {
 	if repo != "" {
 		return c.l.Counts(ctx, repo)
 	}
-	c.mu.Lock()
-	if !c.cached {
-		c.mu.Unlock()
-		return c.count(ctx)
+	for {
+		c.mu.Lock()
+		switch {
+		case c.cached:
+			if c.now().Sub(c.at) >= c.maxAge && !c.refreshing && !c.closed {
+				c.startLocked()
+			}
+			last := c.last
+			c.mu.Unlock()
+			return last, nil
+		case c.refreshing:
+			done := c.done
+			c.mu.Unlock()
+			select {
+			case <-done:
+				continue // answered as it left things
+			case <-ctx.Done():
+				return storage.Counts{}, ctx.Err()
+			}
+		default:
+			c.mu.Unlock()
+			return c.count(ctx)
+		}
 	}
-	if c.now().Sub(c.at) >= c.maxAge && !c.refreshing && !c.closed {
-		ctx, cancel := context.WithTimeout(context.Background(), countsTimeout)
-		c.refreshing, c.cancel = true, cancel
-		c.wg.Go(func() { c.refresh(ctx) })
-	}
-	last := c.last
-	c.mu.Unlock()
-	return last, nil
+}
+
+// startLocked starts a count in the background; c.mu is held.
+func (c *countCache) startLocked() {
+	ctx, cancel := context.WithTimeout(context.Background(), countsTimeout)
+	done := make(chan struct{})
+	c.refreshing, c.cancel, c.done = true, cancel, done
+	c.wg.Go(func() { c.refresh(ctx, done) })
 }
 
 // count counts the whole ledger and notes how long it took.
@@ -86,19 +116,20 @@ func (c *countCache) count(ctx context.Context) (storage.Counts, error) {
 	end := c.now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if end.After(c.at) {
+	if !end.Before(c.at) {
 		c.last, c.at, c.cached = counts, end, end.Sub(start) >= c.slow
 	}
 	return counts, nil
 }
 
-// refresh counts in the background.
-func (c *countCache) refresh(ctx context.Context) {
+// refresh counts in the background and closes done.
+func (c *countCache) refresh(ctx context.Context, done chan struct{}) {
 	_, err := c.count(ctx)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.cancel()
 	c.refreshing, c.cancel = false, nil
+	close(done)
 	if err != nil {
 		c.cached = false
 		if !c.closed {

@@ -172,3 +172,30 @@ func TestCountCacheCloseStopsTheBackgroundCount(t *testing.T) {
 		t.Errorf("the ledger was asked %d times, want 2", n)
 	}
 }
+
+// TestCountCacheWaitsForTheFirstCount ensures a call made while the first
+// count, started as serve starts, still runs waits for it and answers it,
+// rather than starting a count of its own.
+func TestCountCacheWaitsForTheFirstCount(t *testing.T) {
+	t.Parallel()
+	gate := make(chan struct{})
+	f := &fakeCounter{took: time.Second, gate: gate}
+	c := newTestCache(f)
+	defer c.close()
+	c.prime()
+	got := make(chan storage.Counts, 1)
+	go func() {
+		counts, err := c.Counts(context.Background(), "")
+		if err != nil {
+			t.Error(err)
+		}
+		got <- counts
+	}()
+	close(gate)
+	if counts := <-got; counts.Immutable != 1 {
+		t.Errorf("the call answered %+v, want the first count's", counts)
+	}
+	if n := f.callCount(); n != 1 {
+		t.Errorf("the ledger was asked %d times, want once", n)
+	}
+}

@@ -123,6 +123,7 @@ func StartWith(ctx context.Context, cfg config.Config, log zerolog.Logger, hooks
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := proxy.NewMetrics(reg)
 	s.counts = newCountCache(s.ledger, log)
+	s.counts.prime()
 	counted := countedLedger{Ledger: s.ledger, counts: s.counts}
 	metrics.WatchLedger(counted)
 	if lc, ok := s.ledger.(proxy.LostEventsCounter); ok {

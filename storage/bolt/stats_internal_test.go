@@ -2,7 +2,6 @@ package bolt
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -71,48 +70,4 @@ func TestCountsOfAGroupWithAFailedWrite(t *testing.T) {
 	if problems, err := l.Check(ctx); err != nil {
 		t.Errorf("Check: %v %q", err, problems)
 	}
-}
-
-// TestCountable ensures counting reads a stored binding's mode and
-// tombstone flag as decoding it would, whatever its strings hold, and
-// decodes what it does not recognise.
-func TestCountable(t *testing.T) {
-	t.Parallel()
-	tricky := ledgertest.NewBinding("app", `v1"mode":"warn","deleted":true`, "tricky")
-	tricky.Rule = `"mode":"mutable"`
-	gone := ledgertest.NewBinding("app", "gone", "gone")
-	gone.Mode, gone.Deleted, gone.DeletedAt = storage.ModeWarn, true, ledgertest.At(3)
-	bare := ledgertest.NewBinding("app", "bare", "bare")
-	bare.Mode, bare.Manifest, bare.Closure = storage.ModeMutable, nil, nil
-	tests := []struct {
-		name string
-		v    []byte
-		want storage.Binding
-		ok   bool
-	}{
-		{"immutable with its manifest", mustJSON(t, ledgertest.NewBinding("app", "v1", "one")), storage.Binding{Mode: storage.ModeImmutable}, true},
-		{"quotes in its strings", mustJSON(t, tricky), storage.Binding{Mode: storage.ModeImmutable}, true},
-		{"a tombstone", mustJSON(t, gone), storage.Binding{Mode: storage.ModeWarn, Deleted: true}, true},
-		{"no manifest, no closure", mustJSON(t, bare), storage.Binding{Mode: storage.ModeMutable}, true},
-		{"spaced by hand", []byte(`{"repo": "app", "tag": "x", "mode": "warn", "deleted": true}`), storage.Binding{Mode: storage.ModeWarn, Deleted: true}, true},
-		{"an unknown mode", []byte(`{"mode":"evil"}`), storage.Binding{Mode: "evil"}, true},
-		{"not JSON", []byte(`{`), storage.Binding{}, false},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			got, ok := countable(tc.v)
-			if ok != tc.ok || got.Mode != tc.want.Mode || got.Deleted != tc.want.Deleted {
-				t.Errorf("countable = %q deleted %v, %v; want %q deleted %v, %v", got.Mode, got.Deleted, ok, tc.want.Mode, tc.want.Deleted, tc.ok)
-			}
-		})
-	}
-}
-
-func mustJSON(t *testing.T, b storage.Binding) []byte {
-	t.Helper()
-	v, err := json.Marshal(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return v
 }

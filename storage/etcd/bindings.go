@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 
 	digest "github.com/opencontainers/go-digest"
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -147,19 +148,14 @@ func (l *Ledger) Counts(ctx context.Context, repo string) (storage.Counts, error
 		p = l.k.prefix("b", repo)
 	}
 	var c storage.Counts
-	last := ""
+	last, section := "", len(l.k.prefix("b"))
 	_, err := l.scan(ctx, p, end(p), 0, false, func(kv *mvccpb.KeyValue) error {
-		var b struct {
-			Repo    string `json:"repo"`
-			Mode    string `json:"mode"`
-			Deleted bool   `json:"deleted"`
+		repo, _, _ := strings.Cut(string(kv.Key[section:]), keys.Sep)
+		if !c.AddJSON(kv.Value) {
+			return fmt.Errorf("binding %q: %w", kv.Key, storage.ErrCorrupt)
 		}
-		if err := json.Unmarshal(kv.Value, &b); err != nil {
-			return fmt.Errorf("binding %q: %w: %w", kv.Key, storage.ErrCorrupt, err)
-		}
-		c.Add(storage.Binding{Mode: b.Mode, Deleted: b.Deleted}, 1)
-		if b.Repo != last {
-			last = b.Repo
+		if repo != last {
+			last = repo
 			c.Repositories++
 		}
 		return nil
