@@ -140,10 +140,11 @@ func (m *Metrics) Verified(rep *VerifyReport, err error, at time.Time) {
 	m.verified.Set(float64(at.Unix()))
 }
 
-// LedgerReader is what the scrape-time ledger collector reads.
+// LedgerReader is what the scrape-time ledger collector reads. Counts of
+// the whole ledger (repo "") must be cheap: a backend that reads every
+// binding to count them is given with a cache in front (serve's).
 type LedgerReader interface {
-	Repositories(ctx context.Context) ([]string, error)
-	Bindings(ctx context.Context, repo string) ([]storage.Binding, error)
+	Counts(ctx context.Context, repo string) (storage.Counts, error)
 	Reservations(ctx context.Context) ([]storage.Reservation, error)
 }
 
@@ -153,23 +154,20 @@ type LostEventsCounter interface {
 	LostEvents() uint64
 }
 
+// WatchLostEvents registers taglock_ledger_events_lost_total, read from lc
+// when Prometheus scrapes.
+func (m *Metrics) WatchLostEvents(lc LostEventsCounter) {
+	m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "taglock_ledger_events_lost_total",
+		Help: "History events the ledger could not record after the bindings they describe (each is also logged).",
+	}, func() float64 { return float64(lc.LostEvents()) }))
+}
+
 // WatchLedger registers gauges read from l when Prometheus scrapes:
-// taglock_tags{mode} (deleted tags as mode="deleted") and
-// taglock_reservations_pending, and, when l is a LostEventsCounter,
-// taglock_ledger_events_lost_total. Counting the tags walks the ledger, so
-// it is done at most once per every (default 30s) and cached between
-// scrapes.
-func (m *Metrics) WatchLedger(l LedgerReader, every time.Duration) {
-	if every <= 0 {
-		every = 30 * time.Second
-	}
-	if lc, ok := l.(LostEventsCounter); ok {
-		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "taglock_ledger_events_lost_total",
-			Help: "History events the ledger could not record after the bindings they describe (each is also logged).",
-		}, func() float64 { return float64(lc.LostEvents()) }))
-	}
-	m.reg.MustRegister(&ledgerCollector{l: l, every: every,
+// taglock_tags{mode} (deleted tags as mode="deleted") from l.Counts and
+// taglock_reservations_pending. A scrape reads no binding.
+func (m *Metrics) WatchLedger(l LedgerReader) {
+	m.reg.MustRegister(&ledgerCollector{l: l,
 		tags: prometheus.NewDesc("taglock_tags", "Tags the ledger records, by mode; deleted tags (tombstones) as mode=\"deleted\".", []string{"mode"}, nil),
 		pending: prometheus.NewDesc("taglock_reservations_pending",
 			"Manifest pushes reserved in the ledger and not yet committed or released (in flight, or left by a crash).", nil, nil),
@@ -180,12 +178,9 @@ func (m *Metrics) WatchLedger(l LedgerReader, every time.Duration) {
 // ledgerCollector reads the ledger at scrape time.
 type ledgerCollector struct {
 	l                     LedgerReader
-	every                 time.Duration
 	tags, pending, failed *prometheus.Desc
 
 	mu     sync.Mutex
-	at     time.Time
-	counts map[string]int
 	errors int
 }
 
@@ -202,16 +197,12 @@ func (c *ledgerCollector) Collect(ch chan<- prometheus.Metric) {
 	defer cancel()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.counts == nil || time.Since(c.at) >= c.every {
-		if counts, err := c.count(ctx); err != nil {
-			c.errors++
-		} else {
-			c.counts, c.at = counts, time.Now()
-		}
-	}
-	for _, mode := range []string{storage.ModeImmutable, storage.ModeMutable, storage.ModeWarn, "deleted"} {
-		if c.counts != nil {
-			ch <- prometheus.MustNewConstMetric(c.tags, prometheus.GaugeValue, float64(c.counts[mode]), mode)
+	if counts, err := c.l.Counts(ctx, ""); err != nil {
+		c.errors++
+	} else {
+		byMode := counts.ByMode()
+		for _, mode := range []string{storage.ModeImmutable, storage.ModeMutable, storage.ModeWarn, "deleted"} {
+			ch <- prometheus.MustNewConstMetric(c.tags, prometheus.GaugeValue, float64(byMode[mode]), mode)
 		}
 	}
 	if rs, err := c.l.Reservations(ctx); err != nil {
@@ -220,26 +211,4 @@ func (c *ledgerCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.pending, prometheus.GaugeValue, float64(len(rs)))
 	}
 	ch <- prometheus.MustNewConstMetric(c.failed, prometheus.CounterValue, float64(c.errors))
-}
-
-func (c *ledgerCollector) count(ctx context.Context) (map[string]int, error) {
-	repos, err := c.l.Repositories(ctx)
-	if err != nil {
-		return nil, err
-	}
-	counts := map[string]int{}
-	for _, repo := range repos {
-		bs, err := c.l.Bindings(ctx, repo)
-		if err != nil {
-			return nil, err
-		}
-		for _, b := range bs {
-			if b.Deleted {
-				counts["deleted"]++
-				continue
-			}
-			counts[b.Mode]++
-		}
-	}
-	return counts, nil
 }

@@ -10,7 +10,9 @@
 # when BENCH picks some benchmarks only.
 #
 # Environment: BENCHTIME (default 3x), BENCHCOUNT (go test -count, default 1;
-# the chart takes the median of the runs), BENCH (a -bench regexp, default .),
+# the chart takes the median of the runs), BENCH (a -bench regexp, default the
+# proxy benchmarks; BENCH=LedgerAtScale runs the ledger at scale, about 20
+# minutes, and BENCH=. everything),
 # TAGLOCK_BENCH_TIMEOUT (default 60m), TAGLOCK_BENCH_JSON, TAGLOCK_BENCH_CHART,
 # TAGLOCK_BENCH_PROFILE (a directory: profile taglock, see docs/benchmarks.md).
 set -euo pipefail
@@ -34,17 +36,18 @@ mkdir -p "$TAGLOCK_BIN_DIR"
 log "go build ./cmd/taglock"
 go build -o "$TAGLOCK_BIN_DIR/taglock" ./cmd/taglock
 export_tool_env
+BENCH=${BENCH:-^Benchmark(Blob|Manifest|Memory)}
 TAGLOCK_BENCH_JSON=${TAGLOCK_BENCH_JSON:-$TAGLOCK_BIN_DIR/bench.json}
 TAGLOCK_BENCH_COMMIT=${TAGLOCK_BENCH_COMMIT:-$(git describe --always --dirty 2>/dev/null || echo unknown)}
 export TAGLOCK_BENCH_JSON TAGLOCK_BENCH_COMMIT
-if [[ ${BENCH:-.} == . ]]; then
+if [[ $BENCH == "^Benchmark(Blob|Manifest|Memory)" || $BENCH == . ]]; then
   chart=${TAGLOCK_BENCH_CHART:-$TAGLOCK_ROOT/docs/benchmarks.svg}
 else
   chart=${TAGLOCK_BENCH_CHART:-$TAGLOCK_BIN_DIR/benchmarks.svg}
 fi
 rm -f "$TAGLOCK_BENCH_JSON"
-log "go test -bench ${BENCH:-.} -benchtime ${BENCHTIME:-3x} -count ${BENCHCOUNT:-1} ./integration/bench/..."
-go test -tags bench -run '^$' -bench "${BENCH:-.}" -benchtime "${BENCHTIME:-3x}" -count "${BENCHCOUNT:-1}" \
+log "go test -bench ${BENCH} -benchtime ${BENCHTIME:-3x} -count ${BENCHCOUNT:-1} ./integration/bench/..."
+go test -tags bench -run '^$' -bench "${BENCH}" -benchtime "${BENCHTIME:-3x}" -count "${BENCHCOUNT:-1}" \
   -timeout "${TAGLOCK_BENCH_TIMEOUT:-60m}" ./integration/bench/...
 if grep -q '"ratio"' "$TAGLOCK_BENCH_JSON"; then
   log "results in $TAGLOCK_BENCH_JSON; chart in $chart"

@@ -35,6 +35,24 @@ type Ledger interface {
 	// Repositories returns, sorted, the repositories with at least one
 	// binding.
 	Repositories(ctx context.Context) ([]string, error)
+	// RepositoriesAfter is one page of Repositories: at most limit
+	// repositories (all when limit <= 0) whose names sort bytewise after
+	// after ("" starts at the first). It reads what it returns, not the
+	// whole ledger.
+	RepositoriesAfter(ctx context.Context, after string, limit int) ([]string, error)
+	// BindingsAfter is one page of Bindings: at most limit bindings of
+	// repo (all when limit <= 0), tombstones included, whose tags sort
+	// bytewise after after ("" starts at the first), sorted by tag, from
+	// one consistent state. It reads what it returns.
+	BindingsAfter(ctx context.Context, repo, after string, limit int) ([]Binding, error)
+	// Counts returns how many tags the ledger records, by mode with
+	// tombstones apart, and in how many repositories: of the whole ledger
+	// when repo is "", otherwise of repo alone (Repositories is then 1, or
+	// 0 when repo has no binding). The counts are those of one consistent
+	// state, up to date as Binding is, and equal what walking every
+	// binding finds. How much a count costs is the backend's (see its
+	// package doc).
+	Counts(ctx context.Context, repo string) (Counts, error)
 	// Referencing returns the bindings of repo, tombstones included, whose
 	// Digest is d or whose Closure contains d, sorted by tag. It reads an
 	// index, not every binding.
@@ -111,6 +129,14 @@ type Ledger interface {
 	// Recent returns the newest events of kind across all repositories,
 	// newest first; kind "" means any kind. limit <= 0 means all.
 	Recent(ctx context.Context, kind EventKind, limit int) ([]Event, error)
+	// HistoryBefore is one page of History: the events with a Seq below
+	// before (every event when before is 0), newest first, at most limit
+	// (all when limit <= 0). It reads what it returns.
+	HistoryBefore(ctx context.Context, repo, tag string, before uint64, limit int) ([]Event, error)
+	// RecentBefore is one page of Recent: the events of kind with a Seq
+	// below before (every event when before is 0), newest first, at most
+	// limit (all when limit <= 0). It reads what it returns.
+	RecentBefore(ctx context.Context, kind EventKind, before uint64, limit int) ([]Event, error)
 
 	// PutManifest records (or replaces) what manifest m.Digest of m.Repo
 	// references.

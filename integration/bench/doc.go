@@ -5,6 +5,12 @@
 // httputil.ReverseProxy (the control, which shows what any proxy hop costs)
 // and through taglock, in the same run, as ratios.
 //
+// BenchmarkLedgerAtScale and BenchmarkLedgerAtScaleEtcd measure the ledger
+// itself with a generated ledger of a million bindings (a hundred thousand
+// on etcd): lookups, import and export, serve's start-up, /metrics, the web
+// page and the API. They take about twenty minutes, so `make bench` runs
+// them only when asked: make bench BENCH=LedgerAtScale.
+//
 // The benchmarks carry the build tag bench, so `go test ./...` leaves them
 // out (it still compiles and tests the small helpers they share). Run them
 // with `make bench`, or by hand:

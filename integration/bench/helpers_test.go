@@ -4,10 +4,12 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // patternBlock is the size of the random block a patternReader repeats.
@@ -159,6 +161,16 @@ func quotients(xs, ys []float64) []float64 {
 		q[i] = xs[i] / ys[i]
 	}
 	return q
+}
+
+// percentile returns the p-quantile of xs (0 < p <= 1) by the
+// nearest-rank method: the smallest value at least a fraction p of xs do
+// not exceed. xs must not be empty; it is left as it is.
+func percentile(xs []time.Duration, p float64) time.Duration {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	i := int(math.Ceil(p*float64(len(s)))) - 1
+	return s[max(0, min(i, len(s)-1))]
 }
 
 // cpuTicks returns utime+stime, in clock ticks (USER_HZ, 100 a second), from

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"io"
 	"testing"
+	"time"
 )
 
 // TestPatternReader ensures the benchmark's blob source yields exactly the
@@ -192,5 +193,33 @@ taglock_upstream_duration_seconds_count{method="GET",op="lookup"} 300
 		if ok != tc.ok || got != tc.want {
 			t.Errorf("histogramMean(%s, %v) = %v, %v; want %v, %v", tc.metric, tc.labels, got, ok, tc.want, tc.ok)
 		}
+	}
+}
+
+// TestPercentile ensures percentiles follow the nearest-rank method: p50 of
+// 1..100 is 50, p99 is 99, p100 the largest, whatever the input order, and
+// a single value is every percentile.
+func TestPercentile(t *testing.T) {
+	t.Parallel()
+	xs := make([]time.Duration, 100)
+	for i := range xs {
+		xs[i] = time.Duration(100 - i)
+	}
+	tests := []struct {
+		p    float64
+		want time.Duration
+	}{
+		{0.5, 50}, {0.99, 99}, {1, 100}, {0.001, 1},
+	}
+	for _, tc := range tests {
+		if got := percentile(xs, tc.p); got != tc.want {
+			t.Errorf("percentile(1..100, %v) = %d, want %d", tc.p, got, tc.want)
+		}
+	}
+	if xs[0] != 100 {
+		t.Error("percentile sorted its input")
+	}
+	if got := percentile([]time.Duration{7}, 0.99); got != 7 {
+		t.Errorf("percentile of one value = %d, want 7", got)
 	}
 }

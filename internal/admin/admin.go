@@ -38,11 +38,12 @@ import (
 
 // Ledger is what the API reads and maintains.
 type Ledger interface {
-	Repositories(ctx context.Context) ([]string, error)
-	Bindings(ctx context.Context, repo string) ([]storage.Binding, error)
+	RepositoriesAfter(ctx context.Context, after string, limit int) ([]string, error)
+	BindingsAfter(ctx context.Context, repo, after string, limit int) ([]storage.Binding, error)
 	Binding(ctx context.Context, repo, tag string) (storage.Binding, error)
 	History(ctx context.Context, repo, tag string, limit int) ([]storage.Event, error)
-	Recent(ctx context.Context, kind storage.EventKind, limit int) ([]storage.Event, error)
+	HistoryBefore(ctx context.Context, repo, tag string, before uint64, limit int) ([]storage.Event, error)
+	RecentBefore(ctx context.Context, kind storage.EventKind, before uint64, limit int) ([]storage.Event, error)
 	Backup(ctx context.Context, w io.Writer) (int64, error)
 	Export(ctx context.Context, w io.Writer) error
 	Import(ctx context.Context, r io.Reader, o storage.ImportOptions) (storage.ImportStats, error)

@@ -11,8 +11,10 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
+	"github.com/taglock/taglock/internal/view"
 	"github.com/taglock/taglock/proxy"
 	"github.com/taglock/taglock/storage"
 )
@@ -110,41 +112,71 @@ func (c *Client) getJSON(ctx context.Context, method, path string, q url.Values,
 	return nil
 }
 
-// Repositories lists the repositories with bindings.
-func (c *Client) Repositories(ctx context.Context) ([]string, error) {
-	var r RepositoriesResponse
-	err := c.getJSON(ctx, http.MethodGet, Prefix+"repositories", nil, nil, &r)
-	return r.Repositories, err
+// page follows one page of a list: it GETs path (with q), or the URL next
+// an earlier page named, into v.
+func (c *Client) page(ctx context.Context, path string, q url.Values, next string, v any) error {
+	if next != "" {
+		u, err := url.Parse(next)
+		if err != nil || !strings.HasPrefix(u.Path, Prefix) {
+			return fmt.Errorf("taglock on %s: a next page at %q", c.socket, next)
+		}
+		path, q = u.Path, u.Query()
+	}
+	return c.getJSON(ctx, http.MethodGet, path, q, nil, v)
 }
 
-// Bindings returns the bindings of repo, without manifest bytes.
-func (c *Client) Bindings(ctx context.Context, repo string) ([]storage.Binding, error) {
-	var r TagsResponse
-	err := c.getJSON(ctx, http.MethodGet, Prefix+"repositories/"+repo+"/tags", nil, nil, &r)
-	if errors.Is(err, storage.ErrNotFound) {
-		return nil, nil
+// Repositories lists the repositories with bindings, reading every page.
+func (c *Client) Repositories(ctx context.Context) ([]string, error) {
+	var out []string
+	q := url.Values{"n": {strconv.Itoa(view.MaxPage)}}
+	for next := ""; ; {
+		var r RepositoriesResponse
+		if err := c.page(ctx, Prefix+"repositories", q, next, &r); err != nil {
+			return nil, err
+		}
+		out = append(out, r.Repositories...)
+		if next = r.Next; next == "" {
+			return out, nil
+		}
 	}
-	return r.Tags, err
+}
+
+// Bindings returns the bindings of repo, without manifest bytes, reading
+// every page.
+func (c *Client) Bindings(ctx context.Context, repo string) ([]storage.Binding, error) {
+	var out []storage.Binding
+	q := url.Values{"n": {strconv.Itoa(view.MaxPage)}}
+	for next := ""; ; {
+		var r TagsResponse
+		err := c.page(ctx, Prefix+"repositories/"+repo+"/tags", q, next, &r)
+		if errors.Is(err, storage.ErrNotFound) && next == "" {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, r.Tags...)
+		if next = r.Next; next == "" {
+			return out, nil
+		}
+	}
 }
 
 // Binding returns the binding of repo:tag, without manifest bytes.
 func (c *Client) Binding(ctx context.Context, repo, tag string) (storage.Binding, error) {
 	var r BindingResponse
-	err := c.getJSON(ctx, http.MethodGet, Prefix+"bindings/"+repo+":"+tag, url.Values{"limit": {"1"}}, nil, &r)
+	err := c.getJSON(ctx, http.MethodGet, Prefix+"bindings/"+repo+":"+tag, url.Values{"n": {"1"}}, nil, &r)
 	return r.Binding, err
 }
 
 // History returns the events of repo:tag, or of repo when tag is "",
-// newest first; limit <= 0 means all.
+// newest first; limit <= 0 means all. It reads page after page.
 func (c *Client) History(ctx context.Context, repo, tag string, limit int) ([]storage.Event, error) {
 	q := url.Values{"repo": {repo}}
 	if tag != "" {
 		q.Set("tag", tag)
 	}
-	q.Set("limit", strconv.Itoa(max(limit, 0)))
-	var r EventsResponse
-	err := c.getJSON(ctx, http.MethodGet, Prefix+"history", q, nil, &r)
-	return r.Events, err
+	return c.events(ctx, Prefix+"history", q, limit)
 }
 
 // Recent returns the newest refusals; kind must be storage.EventRefused.
@@ -152,9 +184,30 @@ func (c *Client) Recent(ctx context.Context, kind storage.EventKind, limit int) 
 	if kind != storage.EventRefused {
 		return nil, fmt.Errorf("%w: the API lists recent refusals only", ErrInvalidRequest)
 	}
-	var r EventsResponse
-	err := c.getJSON(ctx, http.MethodGet, Prefix+"refusals", url.Values{"limit": {strconv.Itoa(max(limit, 0))}}, nil, &r)
-	return r.Events, err
+	return c.events(ctx, Prefix+"refusals", url.Values{}, limit)
+}
+
+// events reads an event list page after page until it holds limit events
+// (every one when limit <= 0).
+func (c *Client) events(ctx context.Context, path string, q url.Values, limit int) ([]storage.Event, error) {
+	var out []storage.Event
+	q.Set("n", strconv.Itoa(view.PageSize(limit)))
+	if limit <= 0 {
+		q.Set("n", strconv.Itoa(view.MaxPage))
+	}
+	for next := ""; ; {
+		var r EventsResponse
+		if err := c.page(ctx, path, q, next, &r); err != nil {
+			return nil, err
+		}
+		out = append(out, r.Events...)
+		if limit > 0 && len(out) >= limit {
+			return out[:limit], nil
+		}
+		if next = r.Next; next == "" {
+			return out, nil
+		}
+	}
 }
 
 // RunImport runs an import in the server.

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 
@@ -158,26 +159,41 @@ func stripped(bs ...storage.Binding) []storage.Binding {
 
 // RepositoriesResponse is the body of GET /taglock/v1/repositories.
 type RepositoriesResponse struct {
-	Repositories []string `json:"repositories"`
+	Repositories []string `json:"repositories"` // one page, sorted
+	// Next is the URL of the next page; "" on the last.
+	Next string `json:"next,omitempty"`
 }
 
 func (h *Handler) repositories(w http.ResponseWriter, r *http.Request) {
-	repos, err := h.local.Repositories(r.Context())
+	n, last, err := pageParams(r, view.DefaultPage)
 	if err != nil {
 		h.fail(w, r, err)
 		return
 	}
-	repos = view.Repos(view.Of(h.viewer, r), repos)
-	if repos == nil {
-		repos = []string{}
+	v := view.Of(h.viewer, r)
+	repos, more, err := view.Visible(n, last, func(after string, limit int) ([]string, error) {
+		return h.local.RepositoriesAfter(r.Context(), after, limit)
+	}, func(repo string) string { return repo }, v.Repo)
+	if err != nil {
+		h.fail(w, r, err)
+		return
 	}
-	writeJSON(w, http.StatusOK, RepositoriesResponse{Repositories: repos})
+	resp := RepositoriesResponse{Repositories: repos}
+	if resp.Repositories == nil {
+		resp.Repositories = []string{}
+	}
+	if more {
+		resp.Next = nextPage(w, r, r.URL.Path, n, repos[len(repos)-1])
+	}
+	writeJSON(w, http.StatusOK, resp)
 }
 
 // TagsResponse is the body of GET /taglock/v1/repositories/{repo}/tags.
 type TagsResponse struct {
 	Repository string            `json:"repository"`
-	Tags       []storage.Binding `json:"tags"` // without manifest bytes, tombstones included
+	Tags       []storage.Binding `json:"tags"` // one page, by tag; without manifest bytes, tombstones included
+	// Next is the URL of the next page; "" on the last.
+	Next string `json:"next,omitempty"`
 }
 
 func (h *Handler) tags(w http.ResponseWriter, r *http.Request) {
@@ -191,23 +207,36 @@ func (h *Handler) tags(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, fmt.Errorf("repository %s: %w", repo, storage.ErrNotFound))
 		return
 	}
-	bs, err := h.local.Bindings(r.Context(), repo)
+	n, last, err := pageParams(r, view.DefaultPage)
 	if err != nil {
 		h.fail(w, r, err)
 		return
 	}
-	bs = view.Bindings(v, repo, bs)
-	if len(bs) == 0 {
+	bs, more, err := view.Visible(n, last, func(after string, limit int) ([]storage.Binding, error) {
+		return h.local.BindingsAfter(r.Context(), repo, after, limit)
+	}, func(b storage.Binding) string { return b.Tag }, func(b storage.Binding) bool { return v.Tag(repo, b.Tag) })
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	if len(bs) == 0 && last == "" {
 		h.fail(w, r, fmt.Errorf("repository %s: %w", repo, storage.ErrNotFound))
 		return
 	}
-	writeJSON(w, http.StatusOK, TagsResponse{Repository: repo, Tags: stripped(bs...)})
+	resp := TagsResponse{Repository: repo, Tags: stripped(bs...)}
+	if more {
+		resp.Next = nextPage(w, r, r.URL.Path, n, bs[len(bs)-1].Tag)
+	}
+	writeJSON(w, http.StatusOK, resp)
 }
 
 // BindingResponse is the body of GET /taglock/v1/bindings/{repo}:{tag}.
 type BindingResponse struct {
 	Binding storage.Binding `json:"binding"` // without manifest bytes
-	History []storage.Event `json:"history"` // newest first
+	History []storage.Event `json:"history"` // newest first, one page
+	// Next is the URL of the history's next page (under history); "" on
+	// the last.
+	Next string `json:"next,omitempty"`
 }
 
 // SplitRef splits "repo:tag" at the last colon after the last slash.
@@ -234,23 +263,33 @@ func (h *Handler) binding(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	limit, err := limitParam(r, 0)
+	n, _, err := pageParams(r, view.DefaultPage, "limit")
 	if err != nil {
 		h.fail(w, r, err)
 		return
 	}
-	hist, err := h.local.History(r.Context(), repo, tag, limit)
+	hist, next, err := eventsPage(view.All{}, n, 0, func(before uint64, limit int) ([]storage.Event, error) {
+		return h.local.HistoryBefore(r.Context(), repo, tag, before, limit)
+	})
 	if err != nil {
 		h.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, BindingResponse{Binding: stripped(b)[0], History: nonNil(hist)})
+	resp := BindingResponse{Binding: stripped(b)[0], History: nonNil(hist)}
+	if next > 0 {
+		q := url.Values{"repo": {repo}, "tag": {tag}, "n": {strconv.Itoa(n)}, "last": {strconv.FormatUint(next, 10)}}
+		resp.Next = Prefix + "history?" + q.Encode()
+		w.Header().Set("Link", "<"+resp.Next+`>; rel="next"`)
+	}
+	writeJSON(w, http.StatusOK, resp)
 }
 
 // EventsResponse is the body of GET /taglock/v1/history and
 // /taglock/v1/refusals.
 type EventsResponse struct {
-	Events []storage.Event `json:"events"` // newest first
+	Events []storage.Event `json:"events"` // newest first, one page
+	// Next is the URL of the next page, of older events; "" on the last.
+	Next string `json:"next,omitempty"`
 }
 
 func (h *Handler) history(w http.ResponseWriter, r *http.Request) {
@@ -264,33 +303,41 @@ func (h *Handler) history(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, fmt.Errorf("history of %s: %w", repo, storage.ErrNotFound))
 		return
 	}
-	limit, err := limitParam(r, 0)
-	if err != nil {
-		h.fail(w, r, err)
-		return
-	}
-	ev, err := h.local.History(r.Context(), repo, tag, limit)
-	if err != nil {
-		h.fail(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, EventsResponse{Events: nonNil(view.Events(v, ev))})
+	h.events(w, r, view.DefaultPage, func(before uint64, limit int) ([]storage.Event, error) {
+		return h.local.HistoryBefore(r.Context(), repo, tag, before, limit)
+	})
 }
 
 func (h *Handler) refusals(w http.ResponseWriter, r *http.Request) {
-	limit, err := limitParam(r, DefaultRefusals)
+	// Up to n refusals: those the caller may not see are left out of the
+	// newest n, not replaced by older ones.
+	h.events(w, r, DefaultRefusals, func(before uint64, limit int) ([]storage.Event, error) {
+		return h.local.RecentBefore(r.Context(), storage.EventRefused, before, limit)
+	})
+}
+
+// events answers one page of an event list read with read.
+func (h *Handler) events(w http.ResponseWriter, r *http.Request, def int, read func(before uint64, limit int) ([]storage.Event, error)) {
+	n, last, err := pageParams(r, def, "limit")
 	if err != nil {
 		h.fail(w, r, err)
 		return
 	}
-	ev, err := h.local.Recent(r.Context(), storage.EventRefused, limit)
+	before, err := seqParam(last)
 	if err != nil {
 		h.fail(w, r, err)
 		return
 	}
-	// Up to limit refusals: those the caller may not see are left out
-	// of the newest limit, not replaced by older ones.
-	writeJSON(w, http.StatusOK, EventsResponse{Events: nonNil(view.Events(view.Of(h.viewer, r), ev))})
+	ev, next, err := eventsPage(view.Of(h.viewer, r), n, before, read)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	resp := EventsResponse{Events: nonNil(ev)}
+	if next > 0 {
+		resp.Next = nextPage(w, r, r.URL.Path, n, strconv.FormatUint(next, 10))
+	}
+	writeJSON(w, http.StatusOK, resp)
 }
 
 func nonNil(ev []storage.Event) []storage.Event {
@@ -298,19 +345,6 @@ func nonNil(ev []storage.Event) []storage.Event {
 		return []storage.Event{}
 	}
 	return ev
-}
-
-// limitParam reads ?limit=N (0 = all); def applies when it is absent.
-func limitParam(r *http.Request, def int) (int, error) {
-	s := r.URL.Query().Get("limit")
-	if s == "" {
-		return def, nil
-	}
-	n, err := strconv.Atoi(s)
-	if err != nil || n < 0 {
-		return 0, fmt.Errorf("%w: limit must be a non-negative integer, got %q", ErrInvalidRequest, s)
-	}
-	return n, nil
 }
 
 // boolParam reads ?name=true or ?name=false; absent is false.

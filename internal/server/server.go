@@ -52,6 +52,7 @@ type Server struct {
 	done     chan error
 	insight  *insight // audit file, scheduled verify
 	ret      *retentionParts
+	counts   *countCache // the whole ledger's counts, for the metrics and the web page
 
 	stopSettler context.CancelFunc
 	settlerDone chan struct{}
@@ -121,7 +122,13 @@ func StartWith(ctx context.Context, cfg config.Config, log zerolog.Logger, hooks
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := proxy.NewMetrics(reg)
-	metrics.WatchLedger(s.ledger, 0)
+	s.counts = newCountCache(s.ledger, log)
+	s.counts.prime()
+	counted := countedLedger{Ledger: s.ledger, counts: s.counts}
+	metrics.WatchLedger(counted)
+	if lc, ok := s.ledger.(proxy.LostEventsCounter); ok {
+		metrics.WatchLostEvents(lc)
+	}
 	if s.insight, err = newInsight(cfg, log); err != nil {
 		return nil, err
 	}
@@ -170,7 +177,7 @@ func StartWith(ctx context.Context, cfg config.Config, log zerolog.Logger, hooks
 	mux.HandleFunc("GET /readyz", s.ready)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	ledgerRoutes(mux, ledgerGate(authn, access, s.insight.auditLogger()),
-		web.New(web.Options{Ledger: s.ledger, Log: log, Viewer: viewer}),
+		web.New(web.Options{Ledger: counted, Log: log, Viewer: viewer}),
 		admin.New(admin.Options{Ledger: s.ledger, Log: log, Drift: s.insight.drift, Viewer: viewer}))
 
 	s.admin, err = listenAdmin(cfg.AdminSocket(), cfg.Admin.Group)
@@ -180,7 +187,7 @@ func StartWith(ctx context.Context, cfg config.Config, log zerolog.Logger, hooks
 	sock := http.NewServeMux()
 	sock.Handle(admin.Prefix, admin.New(admin.Options{Ledger: s.ledger, Tools: s.proxy.Drift(), Log: log, Audit: s.insight.auditLogger(),
 		Retention: s.ret.runner, Drift: s.insight.drift, Admin: true}))
-	sock.Handle(web.Prefix, web.New(web.Options{Ledger: s.ledger, Log: log}))
+	sock.Handle(web.Prefix, web.New(web.Options{Ledger: counted, Log: log}))
 
 	s.http = &http.Server{
 		// No ReadTimeout or WriteTimeout: they bound a whole request,
@@ -311,6 +318,9 @@ func (s *Server) closeAll() {
 	}
 	s.insight.close()
 	s.ret.stop()
+	if s.counts != nil {
+		s.counts.close()
+	}
 	if s.registry != nil {
 		_ = s.registry.Shutdown()
 	}

@@ -1,6 +1,8 @@
 // Package web is taglock's read-only web page at /taglock/: the
 // repositories the ledger records, each repository's tags with their
 // digests, mode and first push, each tag's history, and recent refusals.
+// Lists come in pages (?last= names the entry a page starts after), so no
+// page grows with the ledger.
 //
 // It is server-rendered HTML from html/template with the templates and the
 // style sheet embedded in the binary; there is no JavaScript and no build
@@ -36,10 +38,25 @@ const RecentRefusals = 25
 // HistoryLimit is how many events a repository or tag page lists.
 const HistoryLimit = 200
 
-// Ledger is what the page reads.
+// ReposPerPage is how many repositories the front page lists, and
+// TagsPerPage how many tags a repository page lists.
+const (
+	ReposPerPage = 50
+	TagsPerPage  = 100
+)
+
+// CountLimit is how many of a repository's tags the front page reads to
+// count those a caller who may not see every tag sees; past it, the count
+// shows as "N+".
+const CountLimit = 500
+
+// Ledger is what the page reads. Counts of the whole ledger should be
+// cheap: serve puts a cache in front of a backend that reads every binding
+// to count them.
 type Ledger interface {
-	Repositories(ctx context.Context) ([]string, error)
-	Bindings(ctx context.Context, repo string) ([]storage.Binding, error)
+	RepositoriesAfter(ctx context.Context, after string, limit int) ([]string, error)
+	BindingsAfter(ctx context.Context, repo, after string, limit int) ([]storage.Binding, error)
+	Counts(ctx context.Context, repo string) (storage.Counts, error)
 	Binding(ctx context.Context, repo, tag string) (storage.Binding, error)
 	History(ctx context.Context, repo, tag string, limit int) ([]storage.Event, error)
 	Recent(ctx context.Context, kind storage.EventKind, limit int) ([]storage.Event, error)
@@ -100,46 +117,62 @@ type page struct {
 	Base  string
 }
 
-// repoSummary is one row of the front page.
+// repoSummary is one row of the front page: the live tags of a
+// repository the caller sees, and how many of them are immutable. More is
+// set when the count stopped at CountLimit tags.
 type repoSummary struct {
 	Name      string
-	Tags      int
-	Immutable int
+	Tags      int64
+	Immutable int64
+	More      bool
+}
+
+// nextURL is the URL of the page of path that starts after last.
+func nextURL(path, last string) string {
+	return path + "?" + url.Values{"last": {last}}.Encode()
 }
 
 func (h *Handler) index(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	v := view.Of(h.viewer, r)
-	repos, err := h.ledger.Repositories(ctx)
+	_, all := v.(view.All)
+	last := r.URL.Query().Get("last")
+	repos, more, err := view.Visible(ReposPerPage, last, func(after string, limit int) ([]string, error) {
+		return h.ledger.RepositoriesAfter(ctx, after, limit)
+	}, func(repo string) string { return repo }, v.Repo)
 	if err != nil {
 		h.fail(w, r, err)
 		return
 	}
-	repos = view.Repos(v, repos)
 	data := struct {
 		page
 		Repos    []repoSummary
-		Tags     int
+		Total    *storage.Counts // the whole ledger's, for a caller who sees all of it
+		First    string          // the first page's URL, on the pages after it
+		Next     string
 		Refusals []storage.Event
 	}{page: page{Title: "Repositories", Base: Prefix}}
-	for _, repo := range repos {
-		bs, err := h.ledger.Bindings(ctx, repo)
+	if all {
+		total, err := h.ledger.Counts(ctx, "")
 		if err != nil {
 			h.fail(w, r, err)
 			return
 		}
-		s := repoSummary{Name: repo}
-		for _, b := range bs {
-			if b.Deleted || !v.Tag(repo, b.Tag) {
-				continue
-			}
-			s.Tags++
-			if b.Mode == storage.ModeImmutable {
-				s.Immutable++
-			}
+		data.Total = &total
+	}
+	for _, repo := range repos {
+		s, err := h.summary(ctx, v, all, repo)
+		if err != nil {
+			h.fail(w, r, err)
+			return
 		}
-		data.Tags += s.Tags
 		data.Repos = append(data.Repos, s)
+	}
+	if more {
+		data.Next = nextURL(Prefix, repos[len(repos)-1])
+	}
+	if last != "" {
+		data.First = Prefix
 	}
 	if data.Refusals, err = h.ledger.Recent(ctx, storage.EventRefused, RecentRefusals); err != nil {
 		h.fail(w, r, err)
@@ -147,6 +180,35 @@ func (h *Handler) index(w http.ResponseWriter, r *http.Request) {
 	}
 	data.Refusals = view.Events(v, data.Refusals)
 	h.render(w, r, "index", data)
+}
+
+// summary counts the live tags of repo that v sees: from the ledger's
+// counts when v sees everything, otherwise among its first CountLimit
+// tags.
+func (h *Handler) summary(ctx context.Context, v view.Viewer, all bool, repo string) (repoSummary, error) {
+	s := repoSummary{Name: repo}
+	if all {
+		c, err := h.ledger.Counts(ctx, repo)
+		s.Tags, s.Immutable = c.Live(), c.Immutable
+		return s, err
+	}
+	bs, err := h.ledger.BindingsAfter(ctx, repo, "", CountLimit+1)
+	if err != nil {
+		return s, err
+	}
+	if len(bs) > CountLimit {
+		bs, s.More = bs[:CountLimit], true
+	}
+	for _, b := range bs {
+		if b.Deleted || !v.Tag(repo, b.Tag) {
+			continue
+		}
+		s.Tags++
+		if b.Mode == storage.ModeImmutable {
+			s.Immutable++
+		}
+	}
+	return s, nil
 }
 
 // repoOrTag serves repos/REPO (a repository) and repos/REPO:TAG (a tag).
@@ -181,28 +243,47 @@ func (h *Handler) repoOrTag(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, storage.ErrNotFound)
 		return
 	}
-	bs, err := h.ledger.Bindings(ctx, path)
+	last := r.URL.Query().Get("last")
+	bs, more, err := view.Visible(TagsPerPage, last, func(after string, limit int) ([]storage.Binding, error) {
+		return h.ledger.BindingsAfter(ctx, path, after, limit)
+	}, func(b storage.Binding) string { return b.Tag }, func(b storage.Binding) bool { return v.Tag(path, b.Tag) })
 	if err != nil {
 		h.fail(w, r, err)
 		return
 	}
-	bs = view.Bindings(v, path, bs)
-	if len(bs) == 0 {
+	if len(bs) == 0 && last == "" {
 		h.fail(w, r, storage.ErrNotFound)
 		return
 	}
-	hist, err := h.ledger.History(ctx, path, "", HistoryLimit)
-	if err != nil {
+	data := struct {
+		page
+		Repo     string
+		Total    *storage.Counts // the repository's, for a caller who sees all of it
+		Bindings []storage.Binding
+		First    string
+		Next     string
+		History  []storage.Event
+	}{page: page{Title: path, Base: Prefix}, Repo: path, Bindings: bs}
+	if _, all := v.(view.All); all {
+		c, err := h.ledger.Counts(ctx, path)
+		if err != nil {
+			h.fail(w, r, err)
+			return
+		}
+		data.Total = &c
+	}
+	if more {
+		data.Next = nextURL(repoURL(path), bs[len(bs)-1].Tag)
+	}
+	if last != "" {
+		data.First = repoURL(path)
+	}
+	if data.History, err = h.ledger.History(ctx, path, "", HistoryLimit); err != nil {
 		h.fail(w, r, err)
 		return
 	}
-	hist = view.Events(v, hist)
-	h.render(w, r, "repo", struct {
-		page
-		Repo     string
-		Bindings []storage.Binding
-		History  []storage.Event
-	}{page{Title: path, Base: Prefix}, path, bs, hist})
+	data.History = view.Events(v, data.History)
+	h.render(w, r, "repo", data)
 }
 
 // render executes a page into a buffer first, so a template error becomes

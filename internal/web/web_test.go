@@ -127,7 +127,9 @@ func TestEmptyLedger(t *testing.T) {
 // failing is a ledger that cannot be read.
 type failing struct{ Ledger }
 
-func (failing) Repositories(context.Context) ([]string, error) { return nil, storage.ErrCorrupt }
+func (failing) RepositoriesAfter(context.Context, string, int) ([]string, error) {
+	return nil, storage.ErrCorrupt
+}
 
 // TestLedgerFailure ensures a ledger that cannot be read gives 503, not a
 // half-rendered page.

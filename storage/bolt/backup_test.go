@@ -77,6 +77,14 @@ func TestCheckFindsDamage(t *testing.T) {
 			return tx.Bucket([]byte("bindings")).Put([]byte("app\x00v1"), []byte("{"))
 		}, "ledger is corrupt"},
 		{"reservation tag entry removed", deleteFirst("reserved_tags"), "lacks its tag entry"},
+		{"counts drifted", keepCounts("stats", "total", addOne(1)), "the ledger's counts say"},
+		{"repository counts drifted", keepCounts("repo_stats", "app", addOne(4)), "the counts of repository app say"},
+		{"repository counts lost", func(tx *bbolt.Tx) error {
+			if err := tx.Bucket([]byte("repo_stats")).Delete([]byte("base")); err != nil {
+				return err
+			}
+			return keepCounts("stats", "total", func([]byte) {})(tx)
+		}, "repository base has bindings but no counts"},
 		{"history entry without its event", deleteFirst("events"), "points at missing event"},
 	}
 	for _, tc := range tests {

@@ -1,6 +1,7 @@
 package bolt
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -28,13 +29,27 @@ func (l *Ledger) Binding(ctx context.Context, repo, tag string) (storage.Binding
 
 // Bindings implements storage.Ledger.
 func (l *Ledger) Bindings(ctx context.Context, repo string) ([]storage.Binding, error) {
+	return l.BindingsAfter(ctx, repo, "", 0)
+}
+
+// BindingsAfter implements storage.Ledger from the key after repo:after.
+func (l *Ledger) BindingsAfter(ctx context.Context, repo, after string, limit int) ([]storage.Binding, error) {
 	var out []storage.Binding
 	err := l.view(ctx, func(tx *bbolt.Tx) error {
-		return forPrefix(tx.Bucket(bucketBindings), prefix(repo), func(k, v []byte) (bool, error) {
+		p := prefix(repo)
+		c := tx.Bucket(bucketBindings).Cursor()
+		start := p
+		if after != "" {
+			start = append(key(repo, after), 0) // the first key past repo:after
+		}
+		for k, v := c.Seek(start); k != nil && bytes.HasPrefix(k, p) && (limit <= 0 || len(out) < limit); k, v = c.Next() {
 			b, err := decodeBinding(k, v)
+			if err != nil {
+				return err
+			}
 			out = append(out, b)
-			return true, err
-		})
+		}
+		return nil
 	})
 	if err != nil {
 		return nil, err
@@ -42,13 +57,25 @@ func (l *Ledger) Bindings(ctx context.Context, repo string) ([]storage.Binding, 
 	return out, nil
 }
 
-// Repositories implements storage.Ledger. It skips from one repository to
-// the next with the cursor rather than reading every binding.
+// Repositories implements storage.Ledger.
 func (l *Ledger) Repositories(ctx context.Context) ([]string, error) {
+	return l.RepositoriesAfter(ctx, "", 0)
+}
+
+// RepositoriesAfter implements storage.Ledger. It skips from one
+// repository to the next with the cursor rather than reading every
+// binding.
+func (l *Ledger) RepositoriesAfter(ctx context.Context, after string, limit int) ([]string, error) {
 	var out []string
 	err := l.view(ctx, func(tx *bbolt.Tx) error {
 		c := tx.Bucket(bucketBindings).Cursor()
-		for k, _ := c.First(); k != nil; {
+		var k []byte
+		if after == "" {
+			k, _ = c.First()
+		} else {
+			k, _ = c.Seek(prefixEnd(prefix(after)))
+		}
+		for k != nil && (limit <= 0 || len(out) < limit) {
 			parts, ok := splitKey(k, 2)
 			if !ok {
 				return fmt.Errorf("binding key %q: %w", k, storage.ErrCorrupt)
@@ -129,10 +156,13 @@ func decodeBinding(k, v []byte) (storage.Binding, error) {
 }
 
 // putBinding replaces the binding of b.Repo:b.Tag and rewrites its index
-// entries. b must have been normalized.
+// entries and the counts. b must have been normalized.
 func putBinding(tx *bbolt.Tx, b storage.Binding) error {
 	old, ok, err := getBinding(tx, b.Repo, b.Tag)
 	if err != nil {
+		return err
+	}
+	if err := countBinding(tx, b, old, ok); err != nil {
 		return err
 	}
 	refs := tx.Bucket(bucketBindingRefs)

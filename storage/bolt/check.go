@@ -21,10 +21,11 @@ const checkEvery = 1000
 
 // Check implements storage.Ledger in one read transaction: bbolt's own
 // page checks, that every record decodes and sits under the key it claims,
-// that every index entry points at a record that has it, and that every
-// record's index entries exist.
+// that every index entry points at a record that has it, that every
+// record's index entries exist, and that the counts the writes keep are
+// what the bindings hold.
 func (l *Ledger) Check(ctx context.Context) ([]string, error) {
-	c := &checker{ctx: ctx}
+	c := &checker{ctx: ctx, perRepo: map[string]*storage.Counts{}}
 	err := l.view(ctx, func(tx *bbolt.Tx) error {
 		for err := range tx.Check() {
 			c.report("bbolt: %v", err)
@@ -35,7 +36,7 @@ func (l *Ledger) Check(ctx context.Context) ([]string, error) {
 		}
 		for _, step := range []func(*bbolt.Tx) error{
 			c.bindings, c.bindingRefs, c.events, c.eventIndexes,
-			c.reservations, c.reservedTags, c.reservedDigests, c.manifests, c.pulls,
+			c.reservations, c.reservedTags, c.reservedDigests, c.manifests, c.pulls, c.stats,
 		} {
 			if err := step(tx); err != nil {
 				return err
@@ -57,6 +58,9 @@ type checker struct {
 	ctx      context.Context
 	problems []string
 	visited  int
+	// walked and perRepo count the bindings c.bindings read, for c.stats.
+	walked  storage.Counts
+	perRepo map[string]*storage.Counts
 }
 
 func (c *checker) report(format string, args ...any) {
@@ -90,6 +94,14 @@ func (c *checker) bindings(tx *bbolt.Tx) error {
 			c.report("binding under key %q is for %s:%s", k, b.Repo, b.Tag)
 			return
 		}
+		rc := c.perRepo[b.Repo]
+		if rc == nil {
+			rc = &storage.Counts{Repositories: 1}
+			c.perRepo[b.Repo] = rc
+			c.walked.Repositories++
+		}
+		rc.Add(b, 1)
+		c.walked.Add(b, 1)
 		if _, err := storage.NormalizeBindings([]storage.Binding{b}); err != nil {
 			c.report("binding %s:%s: %v", b.Repo, b.Tag, err)
 		}

@@ -32,10 +32,29 @@
 //	manifests       repo\x00digest -> Manifest
 //	pulls           repo\x00digest -> last pull, big-endian int64 Unix
 //	                nanoseconds
+//	stats           "total" -> the counts of the whole ledger: five
+//	                big-endian uint64s (repositories, immutable, mutable,
+//	                warn, deleted); "txid" -> the bbolt transaction that
+//	                last kept them, big-endian uint64
+//	repo_stats      repo -> the counts of repo, as "total"
 //
 // [Ledger.Check] runs bbolt's own page checks and verifies that every index
-// entry above points at a record that has it and that every record's index
-// entries exist.
+// entry above points at a record that has it, that every record's index
+// entries exist, and that the counts are what the bindings hold.
+//
+// # Counts
+//
+// Every write of a binding updates the counts in its own transaction, so
+// [Ledger.Counts] is one read, whatever the size of the ledger, and a crash
+// leaves counts and bindings of the same commit. Every write transaction
+// also records its bbolt transaction ID under stats/txid; a file whose last
+// transaction is another one was written by a program that does not keep
+// the counts (an older taglock, bbolt's tools), and its counts are not
+// believed: Open counts every binding again, and a read-only ledger counts
+// them at every call. Counting reads every binding, but finds the two fields
+// it needs without decoding the rest: under a second for a million bindings
+// whose pages are cached, plus reading them from disk when they are not
+// (docs/benchmarks.md).
 //
 // # Backup and restore
 //

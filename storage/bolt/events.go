@@ -1,6 +1,7 @@
 package bolt
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -23,43 +24,65 @@ func (l *Ledger) Append(ctx context.Context, events ...storage.Event) error {
 	})
 }
 
-// History implements storage.Ledger with the events_by_tag and
-// events_by_repo indexes.
+// History implements storage.Ledger.
 func (l *Ledger) History(ctx context.Context, repo, tag string, limit int) ([]storage.Event, error) {
+	return l.HistoryBefore(ctx, repo, tag, 0, limit)
+}
+
+// HistoryBefore implements storage.Ledger with the events_by_tag and
+// events_by_repo indexes.
+func (l *Ledger) HistoryBefore(ctx context.Context, repo, tag string, before uint64, limit int) ([]storage.Event, error) {
 	bucket, p := bucketEventsByRepo, prefix(repo)
 	if tag != "" {
 		bucket, p = bucketEventsByTag, prefix(repo, tag)
 	}
-	return l.eventsByIndex(ctx, bucket, p, limit)
+	return l.eventsByIndex(ctx, bucket, p, before, limit)
 }
 
-// Recent implements storage.Ledger with the events_by_kind index.
+// Recent implements storage.Ledger.
 func (l *Ledger) Recent(ctx context.Context, kind storage.EventKind, limit int) ([]storage.Event, error) {
-	if kind == "" {
-		var out []storage.Event
-		err := l.view(ctx, func(tx *bbolt.Tx) error {
-			c := tx.Bucket(bucketEvents).Cursor()
-			for k, v := c.Last(); k != nil && (limit <= 0 || len(out) < limit); k, v = c.Prev() {
-				e, err := decodeEvent(k, v)
-				if err != nil {
-					return err
-				}
-				out = append(out, e)
-			}
-			return nil
-		})
-		return out, err
-	}
-	return l.eventsByIndex(ctx, bucketEventsByKind, prefix(string(kind)), limit)
+	return l.RecentBefore(ctx, kind, 0, limit)
 }
 
-// eventsByIndex walks an index bucket whose keys are p+seq backwards and
-// loads the events.
-func (l *Ledger) eventsByIndex(ctx context.Context, bucket, p []byte, limit int) ([]storage.Event, error) {
+// RecentBefore implements storage.Ledger with the events_by_kind index, or
+// the events themselves for any kind.
+func (l *Ledger) RecentBefore(ctx context.Context, kind storage.EventKind, before uint64, limit int) ([]storage.Event, error) {
+	if kind != "" {
+		return l.eventsByIndex(ctx, bucketEventsByKind, prefix(string(kind)), before, limit)
+	}
+	var out []storage.Event
+	err := l.view(ctx, func(tx *bbolt.Tx) error {
+		return forPrefixBelow(tx.Bucket(bucketEvents), nil, below(nil, before), func(k, v []byte) (bool, error) {
+			e, err := decodeEvent(k, v)
+			if err != nil {
+				return false, err
+			}
+			out = append(out, e)
+			return limit <= 0 || len(out) < limit, nil
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// below is the key under prefix p that the events before seq sort below,
+// or nil for every event when seq is 0.
+func below(p []byte, seq uint64) []byte {
+	if seq == 0 {
+		return nil
+	}
+	return append(bytes.Clone(p), seqKey(seq)...)
+}
+
+// eventsByIndex walks an index bucket whose keys are p+seq backwards from
+// below(p, before) and loads the events.
+func (l *Ledger) eventsByIndex(ctx context.Context, bucket, p []byte, before uint64, limit int) ([]storage.Event, error) {
 	var out []storage.Event
 	err := l.view(ctx, func(tx *bbolt.Tx) error {
 		events := tx.Bucket(bucketEvents)
-		return forPrefixReverse(tx.Bucket(bucket), p, func(k, _ []byte) (bool, error) {
+		return forPrefixBelow(tx.Bucket(bucket), p, below(p, before), func(k, _ []byte) (bool, error) {
 			seq, ok := seqOf(k[len(p):])
 			if !ok || len(k) != len(p)+8 {
 				return false, fmt.Errorf("%s key %q: %w", bucket, k, storage.ErrCorrupt)

@@ -22,6 +22,8 @@ import (
 // the next group.
 type group struct {
 	db *bbolt.DB
+	// seal, when not nil, ends every transaction that commits.
+	seal func(*bbolt.Tx) error
 
 	mu      sync.Mutex
 	pending []*write
@@ -84,7 +86,7 @@ func (g *group) run(first bool) {
 // rolled them back.
 func (g *group) commit(ws []*write) {
 	if len(ws) == 1 {
-		ws[0].done <- g.db.Update(func(tx *bbolt.Tx) error { return call(ws[0].fn, tx) })
+		ws[0].done <- g.db.Update(func(tx *bbolt.Tx) error { return g.sealed(tx, call(ws[0].fn, tx)) })
 		return
 	}
 	failed := -1
@@ -95,7 +97,7 @@ func (g *group) commit(ws []*write) {
 				return err
 			}
 		}
-		return nil
+		return g.sealed(tx, nil)
 	})
 	if failed < 0 {
 		// Committed, or the commit itself failed: the same outcome for all.
@@ -105,13 +107,22 @@ func (g *group) commit(ws []*write) {
 		return
 	}
 	bad := ws[failed]
-	bad.done <- g.db.Update(func(tx *bbolt.Tx) error { return call(bad.fn, tx) })
+	bad.done <- g.db.Update(func(tx *bbolt.Tx) error { return g.sealed(tx, call(bad.fn, tx)) })
 	rest := make([]*write, 0, len(ws)-1)
 	rest = append(rest, ws[:failed]...)
 	rest = append(rest, ws[failed+1:]...)
 	g.mu.Lock()
 	g.pending = append(rest, g.pending...)
 	g.mu.Unlock()
+}
+
+// sealed ends a transaction whose writes returned err: it seals it when
+// they succeeded.
+func (g *group) sealed(tx *bbolt.Tx, err error) error {
+	if err != nil || g.seal == nil {
+		return err
+	}
+	return g.seal(tx)
 }
 
 // call runs fn, turning a panic into an error for fn's own caller: the

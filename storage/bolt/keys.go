@@ -31,11 +31,16 @@ func forPrefix(b *bbolt.Bucket, p []byte, fn func(k, v []byte) (bool, error)) er
 	return nil
 }
 
-// forPrefixReverse is forPrefix in reverse key order.
-func forPrefixReverse(b *bbolt.Bucket, p []byte, fn func(k, v []byte) (bool, error)) error {
+// forPrefixBelow calls fn for every key of b that starts with p and sorts
+// below end, in reverse key order, until fn returns false or an error; a
+// nil end means every key with prefix p.
+func forPrefixBelow(b *bbolt.Bucket, p, end []byte, fn func(k, v []byte) (bool, error)) error {
 	c := b.Cursor()
 	var k, v []byte
-	if end := prefixEnd(p); end == nil {
+	if end == nil {
+		end = prefixEnd(p)
+	}
+	if end == nil {
 		k, v = c.Last()
 	} else if k, v = c.Seek(end); k == nil {
 		k, v = c.Last()

@@ -33,17 +33,20 @@ var (
 	bucketReservedDigs = []byte("reserved_digests")
 	bucketManifests    = []byte("manifests")
 	bucketPulls        = []byte("pulls")
+	bucketStats        = []byte("stats")
+	bucketRepoStats    = []byte("repo_stats")
 
 	allBuckets = [][]byte{
 		bucketMeta, bucketBindings, bucketBindingRefs,
 		bucketEvents, bucketEventsByTag, bucketEventsByRepo, bucketEventsByKind,
 		bucketReservations, bucketReservedTags, bucketReservedDigs, bucketManifests, bucketPulls,
+		bucketStats, bucketRepoStats,
 	}
 
 	// addedBuckets are buckets later versions added to schema 1. Opening a
 	// file read-write creates them (and fills their indexes); a read-only
 	// open of an older file reads as if they were empty.
-	addedBuckets = [][]byte{bucketReservedDigs}
+	addedBuckets = [][]byte{bucketReservedDigs, bucketStats, bucketRepoStats}
 
 	keyVersion = []byte("version")
 )
@@ -126,7 +129,7 @@ func Open(path string, opts Options) (*Ledger, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open ledger %s: %w", path, err)
 	}
-	l := &Ledger{db: db, writes: &group{db: db}, path: path, now: now, readOnly: opts.ReadOnly}
+	l := &Ledger{db: db, writes: &group{db: db, seal: sealStats}, path: path, now: now, readOnly: opts.ReadOnly}
 	if opts.ReadOnly {
 		err = db.View(checkLayout)
 	} else {
@@ -141,11 +144,14 @@ func Open(path string, opts Options) (*Ledger, error) {
 
 // createLayout creates the buckets and the schema version in a new file.
 // In an existing ledger it creates only the buckets later versions added
-// (addedBuckets) and checks the rest: a file that has buckets but no version
-// is not a ledger, and a ledger missing one of its own buckets has lost
-// records, so both are refused rather than filled in with empty buckets.
+// (addedBuckets), fills them in, and checks the rest: a file that has
+// buckets but no version is not a ledger, and a ledger missing one of its
+// own buckets has lost records, so both are refused rather than filled in
+// with empty buckets. It counts the bindings again when the counts were not
+// kept by the file's last transaction (see stats.go).
 func createLayout(tx *bbolt.Tx) error {
 	if meta := tx.Bucket(bucketMeta); meta != nil && meta.Get(keyVersion) != nil {
+		current := statsCurrent(tx)
 		for _, name := range addedBuckets {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("create bucket %s: %w", name, err)
@@ -154,7 +160,15 @@ func createLayout(tx *bbolt.Tx) error {
 		if err := checkLayout(tx); err != nil {
 			return err
 		}
-		return indexReservedDigests(tx)
+		if err := indexReservedDigests(tx); err != nil {
+			return err
+		}
+		if !current {
+			if err := recount(tx); err != nil {
+				return err
+			}
+		}
+		return sealStats(tx)
 	}
 	if err := tx.ForEach(func(name []byte, _ *bbolt.Bucket) error {
 		return fmt.Errorf("bucket %q but no schema version: not a taglock ledger: %w", name, storage.ErrCorrupt)
@@ -166,7 +180,10 @@ func createLayout(tx *bbolt.Tx) error {
 			return fmt.Errorf("create bucket %s: %w", name, err)
 		}
 	}
-	return tx.Bucket(bucketMeta).Put(keyVersion, []byte(schemaVersion))
+	if err := tx.Bucket(bucketMeta).Put(keyVersion, []byte(schemaVersion)); err != nil {
+		return err
+	}
+	return sealStats(tx)
 }
 
 // checkLayout verifies that every bucket exists and the version is known.

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 
 	digest "github.com/opencontainers/go-digest"
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -69,6 +70,12 @@ func (l *Ledger) Binding(ctx context.Context, repo, tag string) (storage.Binding
 
 // Bindings implements storage.Ledger from one revision.
 func (l *Ledger) Bindings(ctx context.Context, repo string) ([]storage.Binding, error) {
+	return l.BindingsAfter(ctx, repo, "", 0)
+}
+
+// BindingsAfter implements storage.Ledger from one revision, reading from
+// the key after repo:after.
+func (l *Ledger) BindingsAfter(ctx context.Context, repo, after string, limit int) ([]storage.Binding, error) {
 	ctx, cancel, err := l.bounded(ctx)
 	if err != nil {
 		return nil, err
@@ -76,8 +83,12 @@ func (l *Ledger) Bindings(ctx context.Context, repo string) ([]storage.Binding, 
 	defer cancel()
 	var out []storage.Binding
 	p := l.k.prefix("b", repo)
+	start := p
+	if after != "" {
+		start = l.k.binding(repo, after) + "\x00" // the first key past repo:after
+	}
 	var recs []bindingRecord
-	rev, err := l.scan(ctx, p, end(p), 0, false, func(kv *mvccpb.KeyValue) error {
+	rev, err := l.scanN(ctx, start, end(p), 0, false, limit, func(kv *mvccpb.KeyValue) error {
 		rec, err := decodeBinding(kv)
 		recs = append(recs, rec)
 		return err
@@ -94,9 +105,14 @@ func (l *Ledger) Bindings(ctx context.Context, repo string) ([]storage.Binding, 
 	return out, nil
 }
 
-// Repositories implements storage.Ledger from the repo/ keys, one per
-// repository with a binding.
+// Repositories implements storage.Ledger.
 func (l *Ledger) Repositories(ctx context.Context) ([]string, error) {
+	return l.RepositoriesAfter(ctx, "", 0)
+}
+
+// RepositoriesAfter implements storage.Ledger from the repo/ keys, one per
+// repository with a binding.
+func (l *Ledger) RepositoriesAfter(ctx context.Context, after string, limit int) ([]string, error) {
 	ctx, cancel, err := l.bounded(ctx)
 	if err != nil {
 		return nil, err
@@ -104,7 +120,11 @@ func (l *Ledger) Repositories(ctx context.Context) ([]string, error) {
 	defer cancel()
 	var out []string
 	p := l.k.prefix("repo")
-	_, err = l.scan(ctx, p, end(p), 0, true, func(kv *mvccpb.KeyValue) error {
+	start := p
+	if after != "" {
+		start = l.k.repo(after) + "\x00" // the first key past after's
+	}
+	_, err = l.scanN(ctx, start, end(p), 0, true, limit, func(kv *mvccpb.KeyValue) error {
 		out = append(out, string(kv.Key[len(p):]))
 		return nil
 	})
@@ -112,6 +132,38 @@ func (l *Ledger) Repositories(ctx context.Context) ([]string, error) {
 		return nil, err
 	}
 	return out, nil
+}
+
+// Counts implements storage.Ledger by reading every binding of the ledger,
+// or of repo, at one revision: this backend keeps no counts in its writes
+// (see the package doc), so a count of the whole ledger costs a read of
+// every binding. The read takes many round trips, each bounded by the
+// request timeout.
+func (l *Ledger) Counts(ctx context.Context, repo string) (storage.Counts, error) {
+	if err := ctx.Err(); err != nil {
+		return storage.Counts{}, err
+	}
+	p := l.k.prefix("b")
+	if repo != "" {
+		p = l.k.prefix("b", repo)
+	}
+	var c storage.Counts
+	last, section := "", len(l.k.prefix("b"))
+	_, err := l.scan(ctx, p, end(p), 0, false, func(kv *mvccpb.KeyValue) error {
+		repo, _, _ := strings.Cut(string(kv.Key[section:]), keys.Sep)
+		if !c.AddJSON(kv.Value) {
+			return fmt.Errorf("binding %q: %w", kv.Key, storage.ErrCorrupt)
+		}
+		if repo != last {
+			last = repo
+			c.Repositories++
+		}
+		return nil
+	})
+	if err != nil {
+		return storage.Counts{}, err
+	}
+	return c, nil
 }
 
 // Referencing implements storage.Ledger with the ref/ index: it reads the

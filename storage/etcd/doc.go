@@ -130,6 +130,17 @@
 // events and their index entries point at each other; reservations and
 // their holder entries agree; and the sequence is not behind any event.
 //
+// # Counts
+//
+// This backend keeps no counts in its writes: a counter every write
+// updated would be one key that every push of every replica compares and
+// rewrites, and a replica of an older version, during a rolling upgrade,
+// would write bindings without it. [Ledger.Counts] reads every binding
+// instead (of the whole ledger, or of one repository) at one revision, in
+// pages each bounded by the request timeout: a few seconds for a million
+// bindings. serve counts the whole ledger for taglock_tags and the web page
+// in the background, at most every 30 s (see internal/server).
+//
 // # Caveats
 //
 // Export and Check read one revision across many requests: if the cluster

@@ -345,21 +345,31 @@ func numberAfter(events []storage.Event, last uint64) ([]storage.Event, error) {
 	return out, nil
 }
 
-// History implements storage.Ledger with the evt/ and evr/ indexes, whose
-// keys sort newest first.
+// History implements storage.Ledger.
 func (l *Ledger) History(ctx context.Context, repo, tag string, limit int) ([]storage.Event, error) {
+	return l.HistoryBefore(ctx, repo, tag, 0, limit)
+}
+
+// HistoryBefore implements storage.Ledger with the evt/ and evr/ indexes,
+// whose keys sort newest first.
+func (l *Ledger) HistoryBefore(ctx context.Context, repo, tag string, before uint64, limit int) ([]storage.Event, error) {
 	p := l.k.prefix("evr", repo)
 	if tag != "" {
 		p = l.k.prefix("evt", repo, tag)
 	}
-	return l.eventsByIndex(ctx, p, limit)
+	return l.eventsByIndex(ctx, p, before, limit)
 }
 
-// Recent implements storage.Ledger: by kind with the evk/ index, and for
-// any kind from the newest sequence numbers down.
+// Recent implements storage.Ledger.
 func (l *Ledger) Recent(ctx context.Context, kind storage.EventKind, limit int) ([]storage.Event, error) {
+	return l.RecentBefore(ctx, kind, 0, limit)
+}
+
+// RecentBefore implements storage.Ledger: by kind with the evk/ index, and
+// for any kind from the newest sequence numbers down.
+func (l *Ledger) RecentBefore(ctx context.Context, kind storage.EventKind, before uint64, limit int) ([]storage.Event, error) {
 	if kind != "" {
-		return l.eventsByIndex(ctx, l.k.prefix("evk", string(kind)), limit)
+		return l.eventsByIndex(ctx, l.k.prefix("evk", string(kind)), before, limit)
 	}
 	ctx, cancel, err := l.bounded(ctx)
 	if err != nil {
@@ -375,6 +385,9 @@ func (l *Ledger) Recent(ctx context.Context, kind storage.EventKind, limit int) 
 		return nil, err
 	}
 	rev, top := resp.Header.Revision, s.last
+	if before > 0 {
+		top = min(top, before-1)
+	}
 	// Sequence numbers are dense but for explicit jumps: read windows
 	// below the last, each twice as deep, until limit events are found.
 	var out []storage.Event
@@ -403,14 +416,20 @@ func (l *Ledger) Recent(ctx context.Context, kind storage.EventKind, limit int) 
 	return out, nil
 }
 
-// eventsByIndex reads the newest limit entries of an index prefix p and the
-// events they point at.
-func (l *Ledger) eventsByIndex(ctx context.Context, p string, limit int) ([]storage.Event, error) {
+// eventsByIndex reads the newest limit entries (all when limit <= 0) of an
+// index whose keys are p+inverted(seq), from the first event before before
+// (from the newest when before is 0), and loads their events at the same
+// revision.
+func (l *Ledger) eventsByIndex(ctx context.Context, p string, before uint64, limit int) ([]storage.Event, error) {
 	ctx, cancel, err := l.bounded(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer cancel()
+	start := p
+	if before > 0 {
+		start = p + inverted(before-1) // keys sort newest first
+	}
 	var seqs []uint64
 	opts := []clientv3.OpOption{clientv3.WithRange(end(p)), clientv3.WithKeysOnly()}
 	if limit > 0 {
@@ -418,7 +437,7 @@ func (l *Ledger) eventsByIndex(ctx context.Context, p string, limit int) ([]stor
 	}
 	var rev int64
 	if limit > 0 {
-		resp, err := l.kv.Get(ctx, p, opts...)
+		resp, err := l.kv.Get(ctx, start, opts...)
 		if err != nil {
 			return nil, err
 		}
@@ -431,7 +450,7 @@ func (l *Ledger) eventsByIndex(ctx context.Context, p string, limit int) ([]stor
 			seqs = append(seqs, seq)
 		}
 	} else {
-		rev, err = l.scan(ctx, p, end(p), 0, true, func(kv *mvccpb.KeyValue) error {
+		rev, err = l.scan(ctx, start, end(p), 0, true, func(kv *mvccpb.KeyValue) error {
 			seq, ok := invertedSeq(kv.Key)
 			if !ok || len(kv.Key) != len(p)+8 {
 				return fmt.Errorf("index key %q: %w", kv.Key, storage.ErrCorrupt)

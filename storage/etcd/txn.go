@@ -113,9 +113,19 @@ func (l *Ledger) read(ctx context.Context, rev int64, gets []get) ([][]*mvccpb.K
 // in pages, calling fn for each, and returns the revision read. Each page
 // is bounded by the request timeout.
 func (l *Ledger) scan(ctx context.Context, start, end string, rev int64, keysOnly bool, fn func(*mvccpb.KeyValue) error) (int64, error) {
-	const page = 500
+	return l.scanN(ctx, start, end, rev, keysOnly, 0, fn)
+}
+
+// scanN is scan of the first limit keys at most (every key when limit <=
+// 0).
+func (l *Ledger) scanN(ctx context.Context, start, end string, rev int64, keysOnly bool, limit int, fn func(*mvccpb.KeyValue) error) (int64, error) {
+	const maxPage = 500
 	for {
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(page)}
+		page := maxPage
+		if limit > 0 {
+			page = min(page, limit)
+		}
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(int64(page))}
 		if rev > 0 {
 			opts = append(opts, clientv3.WithRev(rev))
 		}
@@ -134,6 +144,11 @@ func (l *Ledger) scan(ctx context.Context, start, end string, rev int64, keysOnl
 		for _, kv := range resp.Kvs {
 			if err := fn(kv); err != nil {
 				return rev, err
+			}
+		}
+		if limit > 0 {
+			if limit -= len(resp.Kvs); limit <= 0 {
+				return rev, nil
 			}
 		}
 		if !resp.More || len(resp.Kvs) == 0 {

@@ -2,7 +2,8 @@
 // the manner of Distribution's storage driver test suites: one set of
 // expectations about bindings, tombstones, the closure index, reservations,
 // history, manifests, pulls, export and import, backup and integrity
-// checks, and the races several ledgers sharing one store must survive.
+// checks, counts and pages, and the races several ledgers sharing one store
+// must survive.
 //
 // Every backend runs it unmodified. What only one backend can be asked
 // (restoring its backup format, damaging its storage for Check, file locks)
@@ -93,6 +94,9 @@ func RunConformance(t *testing.T, open Opener, opts ...Option) {
 		{"CanceledContext", testCanceledContext},
 		{"LargeManifests", testLargeManifests},
 		{"ManyTags", testManyTags},
+		{"Counts", testCounts},
+		{"CountsConcurrent", testCountsConcurrent},
+		{"Pages", testPages},
 		{"CommitOfAVanishedReservation", replicas(testCommitVanished)},
 		{"ReplicasRaceForATag", replicas(testReplicasRaceForATag)},
 		{"ReplicasRacePushAndDelete", replicas(testReplicasRacePushAndDelete)},

@@ -81,12 +81,16 @@ type Process struct {
 	Name string
 	Addr string // host:port it listens on
 	Pid  int
-	cmd  *exec.Cmd
-	mu   sync.Mutex
-	out  []string
-	done chan struct{} // closed once it has exited
-	err  error         // Wait's result, valid after done
-	once sync.Once
+	// Started is when the process was started, Listened when its output
+	// named the address (zero when found from its sockets) and Ready when
+	// Ready first answered 200.
+	Started, Listened, Ready time.Time
+	cmd                      *exec.Cmd
+	mu                       sync.Mutex
+	out                      []string
+	done                     chan struct{} // closed once it has exited
+	err                      error         // Wait's result, valid after done
+	once                     sync.Once
 }
 
 // Start runs s, finds its address and waits until it answers. The process
@@ -103,12 +107,17 @@ func Start(t testing.TB, s Spec) *Process {
 		t.Fatal(err)
 	}
 	p.cmd.Stdout, p.cmd.Stderr = pw, pw
+	p.Started = time.Now()
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", s.Name, err)
 	}
 	pw.Close()
 	p.Pid = p.cmd.Process.Pid
-	logged := make(chan string, 1)
+	type found struct {
+		addr string
+		at   time.Time
+	}
+	logged := make(chan found, 1)
 	var scanned sync.WaitGroup
 	scanned.Go(func() {
 		sc := bufio.NewScanner(pr)
@@ -123,7 +132,7 @@ func Start(t testing.TB, s Spec) *Process {
 			}
 			if a, ok := s.AddrFrom(line); ok {
 				select {
-				case logged <- a:
+				case logged <- found{a, time.Now()}:
 				default:
 				}
 			}
@@ -146,7 +155,8 @@ func Start(t testing.TB, s Spec) *Process {
 	deadline := time.Now().Add(StartTimeout)
 	for p.Addr == "" {
 		select {
-		case p.Addr = <-logged:
+		case f := <-logged:
+			p.Addr, p.Listened = f.addr, f.at
 			continue
 		case <-p.done:
 			t.Fatalf("%s exited before it listened (%v):\n%s", s.Name, p.err, p.Tail(60))
@@ -177,6 +187,7 @@ func Start(t testing.TB, s Spec) *Process {
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
+				p.Ready = time.Now()
 				return p
 			}
 			last = resp.Status
