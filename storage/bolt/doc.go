@@ -32,10 +32,14 @@
 //	manifests       repo\x00digest -> Manifest
 //	pulls           repo\x00digest -> last pull, big-endian int64 Unix
 //	                nanoseconds
+//	jobs            name -> job state value (raw bytes; JobStates)
 //
 // [Ledger.Check] runs bbolt's own page checks and verifies that every index
 // entry above points at a record that has it and that every record's index
 // entries exist.
+//
+// [Ledger.WatchBindings] delivers the bindings this process writes: no
+// other process can write the file while it holds it.
 //
 // # Backup and restore
 //

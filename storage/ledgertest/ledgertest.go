@@ -92,6 +92,8 @@ func RunConformance(t *testing.T, open Opener, opts ...Option) {
 		{"CanceledContext", testCanceledContext},
 		{"LargeManifests", testLargeManifests},
 		{"ManyTags", testManyTags},
+		{"JobStates", testJobStates},
+		{"WatchBindings", replicas(testWatchBindings)},
 		{"CommitOfAVanishedReservation", replicas(testCommitVanished)},
 		{"ReplicasRaceForATag", replicas(testReplicasRaceForATag)},
 		{"ReplicasRacePushAndDelete", replicas(testReplicasRacePushAndDelete)},
