@@ -81,6 +81,13 @@ type Options struct {
 	// Owner names this process in the reservations it makes. Default: a
 	// random name.
 	Owner string
+	// SettledElsewhere reports whether the reservations made by owner,
+	// another process sharing the ledger, are another process's to
+	// settle, so that this one's settler leaves them alone (see
+	// Settle). nil: none is, and this process settles every reservation
+	// no request of its own is working on, as the only process on a
+	// ledger must.
+	SettledElsewhere func(owner string) bool
 	// Auth authenticates clients; nil turns authentication and access
 	// rules off, and every request is allowed.
 	Auth Authenticator
@@ -124,6 +131,7 @@ type Server struct {
 	uploads     chan struct{} // one token per upload in flight; nil: no cap
 	margin      time.Duration
 	owner       string
+	elsewhere   func(owner string) bool
 	inflight    sync.Map      // reservation ID -> struct{}: reservations requests of this process are still working on
 	creds       sync.Map      // reservation ID -> Authorization of the request in flight, for the settler
 	settleCreds sync.Map      // reservation ID -> Authorization the settler asks the upstream with
@@ -135,7 +143,7 @@ type Server struct {
 func New(o Options) *Server {
 	s := &Server{up: o.Upstream, ledger: o.Ledger, im: o.Immutability, promo: o.Promotion, pin: o.PinOnRead, log: o.Log, metrics: o.Metrics,
 		now: o.Now, wait: o.ReserveWait, timeout: o.LookupTimeout, auth: o.Auth, access: o.Access,
-		pulls: o.Pulls, gate: o.Gate, maxManifest: o.MaxManifestSize, margin: o.SettleMargin, owner: o.Owner, kick: make(chan struct{}, 1)}
+		pulls: o.Pulls, gate: o.Gate, maxManifest: o.MaxManifestSize, margin: o.SettleMargin, owner: o.Owner, elsewhere: o.SettledElsewhere, kick: make(chan struct{}, 1)}
 	if s.auth != nil {
 		s.access.Enabled = true
 	}

@@ -31,9 +31,9 @@ const DefaultSettleMargin = 30 * time.Second
 // errInDoubt means a reservation's outcome is not known yet.
 var errInDoubt = errors.New("outcome not known yet")
 
-// Reconcile tries once to settle every pending reservation that no request
-// of this process is working on, and returns the first error; reservations
-// whose outcome is still in doubt are not errors.
+// Reconcile tries once to settle every pending reservation that is this
+// process's to settle (see ours), and returns the first error;
+// reservations whose outcome is still in doubt are not errors.
 func (s *Server) Reconcile(ctx context.Context) error {
 	pending, err := s.ledger.Reservations(ctx)
 	if err != nil {
@@ -41,7 +41,7 @@ func (s *Server) Reconcile(ctx context.Context) error {
 	}
 	var firstErr error
 	for _, res := range pending {
-		if _, busy := s.inflight.Load(res.ID); busy {
+		if !s.ours(res) {
 			continue
 		}
 		if err := s.settle(ctx, res); err != nil && !errors.Is(err, errInDoubt) && firstErr == nil {
@@ -53,7 +53,8 @@ func (s *Server) Reconcile(ctx context.Context) error {
 
 // Settle runs the settler until ctx ends: at once, then whenever a request
 // hands over a reservation and every interval while any is pending. Each
-// reservation is retried with a backoff from interval up to 10s.
+// reservation is retried with a backoff from interval up to 10s. It
+// settles the reservations that are this process's to settle (see ours).
 func (s *Server) Settle(ctx context.Context, interval time.Duration) {
 	if interval <= 0 {
 		interval = time.Second
@@ -71,7 +72,7 @@ func (s *Server) Settle(ctx context.Context, interval time.Duration) {
 		live := map[string]bool{}
 		for _, res := range pending {
 			live[res.ID] = true
-			if _, busy := s.inflight.Load(res.ID); busy || now.Before(next[res.ID]) {
+			if !s.ours(res) || now.Before(next[res.ID]) {
 				continue
 			}
 			err := s.settle(ctx, res)
@@ -97,6 +98,18 @@ func (s *Server) Settle(ctx context.Context, interval time.Duration) {
 		case <-s.kick:
 		}
 	}
+}
+
+// ours reports whether the settler should settle res: no request of this
+// process is working on it, and it is not another process's to settle
+// (Options.SettledElsewhere). With several processes on one ledger, each
+// settles its own reservations, for which it may hold the client's
+// credentials, and one of them settles those of processes that died.
+func (s *Server) ours(res storage.Reservation) bool {
+	if _, busy := s.inflight.Load(res.ID); busy {
+		return false
+	}
+	return res.Owner == s.owner || s.elsewhere == nil || !s.elsewhere(res.Owner)
 }
 
 // done ends a request's claim on reservation id: the settler may take it
