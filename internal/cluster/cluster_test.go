@@ -1,0 +1,175 @@
+package cluster_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/taglock/taglock/internal/cluster"
+	"github.com/taglock/taglock/storage/etcd/etcdtest"
+)
+
+var (
+	shared   *etcdtest.Cluster
+	prefixes atomic.Int64
+)
+
+func TestMain(m *testing.M) { os.Exit(runMain(m)) }
+
+func runMain(m *testing.M) int {
+	c, mt, err := etcdtest.StartMain(1)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer mt.Close()
+	shared = c
+	return m.Run()
+}
+
+// replica joins the cluster under prefix as owner, with a client of its
+// own, as a separate process would; kill closes that client without
+// leaving, as a crash does.
+type replica struct {
+	*cluster.Cluster
+	client *clientv3.Client
+}
+
+func join(t *testing.T, prefix, owner string) *replica {
+	t.Helper()
+	client, err := clientv3.New(clientv3.Config{Endpoints: shared.Endpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := cluster.Join(context.Background(), cluster.Options{Client: client, Prefix: prefix, Owner: owner, TTL: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &replica{Cluster: c, client: client}
+	t.Cleanup(func() { r.Close(); _ = client.Close() })
+	return r
+}
+
+func (r *replica) kill() { _ = r.client.Close() }
+
+func newPrefix() string { return fmt.Sprintf("/cluster/%d/", prefixes.Add(1)) }
+
+// waitFor polls cond every 50ms until it holds or within fails the test,
+// and returns how long it took.
+func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for !cond() {
+		if time.Since(start) > within {
+			t.Fatalf("%s: not within %s", what, within)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+func leaders(rs ...*replica) int {
+	n := 0
+	for _, r := range rs {
+		if r.Leading() {
+			n++
+		}
+	}
+	return n
+}
+
+func TestOneReplicaLeadsAndAnotherTakesOverWhenItLeaves(t *testing.T) {
+	// Of three replicas exactly one leads; every one sees the others
+	// alive; when the leader leaves (a clean shutdown), another leads at
+	// once and the leaver is no longer alive.
+	t.Parallel()
+	p := newPrefix()
+	rs := []*replica{join(t, p, "a"), join(t, p, "b"), join(t, p, "c")}
+	waitFor(t, 5*time.Second, "one leader", func() bool { return leaders(rs...) == 1 })
+	for _, r := range rs {
+		for _, o := range []string{"a", "b", "c"} {
+			if !r.Alive(o) {
+				t.Errorf("a replica does not see %s alive", o)
+			}
+		}
+		if r.Alive("nobody") {
+			t.Error("a replica that never joined is alive")
+		}
+	}
+	var leader int
+	for i, r := range rs {
+		if r.Leading() {
+			leader = i
+		}
+	}
+	rs[leader].Close()
+	rest := append(append([]*replica{}, rs[:leader]...), rs[leader+1:]...)
+	took := waitFor(t, 3*time.Second, "a new leader after the leader left", func() bool { return leaders(rest...) == 1 })
+	t.Logf("takeover after a clean leave: %s", took)
+	gone := string(rune('a' + leader))
+	waitFor(t, 3*time.Second, "the leaver seen dead", func() bool { return !rest[0].Alive(gone) })
+}
+
+func TestAKilledLeaderIsReplacedWithinTheLeaseTTL(t *testing.T) {
+	// A leader that dies without leaving is replaced once its lease
+	// expires, within the TTL (2s here) and a little, and is then seen
+	// dead; the others never both lead.
+	t.Parallel()
+	p := newPrefix()
+	a := join(t, p, "a")
+	waitFor(t, 5*time.Second, "a leads", a.Leading)
+	b := join(t, p, "b")
+	if b.Leading() {
+		t.Fatal("b leads while a does")
+	}
+	a.kill()
+	start := time.Now()
+	waitFor(t, 5*time.Second, "b leads", b.Leading)
+	took := time.Since(start)
+	t.Logf("takeover after a kill, TTL 2s: %s", took)
+	if took > 4*time.Second {
+		t.Errorf("takeover took %s, want within the 2s TTL and a little", took)
+	}
+	waitFor(t, 3*time.Second, "a seen dead", func() bool { return !b.Alive("a") })
+}
+
+func TestTryLockIsHeldByOneReplica(t *testing.T) {
+	// A lock held by one replica is refused to another with ErrLocked
+	// until released, and a dead holder's lock goes with its lease.
+	t.Parallel()
+	p := newPrefix()
+	a, b := join(t, p, "a"), join(t, p, "b")
+	ctx := context.Background()
+	unlock, err := a.TryLock(ctx, "retention")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.TryLock(ctx, "retention"); !errors.Is(err, cluster.ErrLocked) {
+		t.Fatalf("second TryLock: %v, want ErrLocked", err)
+	}
+	unlock()
+	unlockB, err := b.TryLock(ctx, "retention")
+	if err != nil {
+		t.Fatalf("TryLock after release: %v", err)
+	}
+	unlockB()
+
+	if _, err := a.TryLock(ctx, "other"); err != nil {
+		t.Fatal(err)
+	}
+	a.kill()
+	waitFor(t, 5*time.Second, "the dead holder's lock freed", func() bool {
+		u, err := b.TryLock(ctx, "other")
+		if err == nil {
+			u()
+		}
+		return err == nil
+	})
+}
