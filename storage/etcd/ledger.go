@@ -197,6 +197,11 @@ func (l *Ledger) Close() error {
 // transaction and the follow-up failed. Each is also logged.
 func (l *Ledger) LostEvents() uint64 { return l.lost.Load() }
 
+// Client is the etcd client the ledger uses, for what shares the cluster
+// with it (the replicas' leases, package cluster); closing the ledger
+// closes it when Open dialled it.
+func (l *Ledger) Client() *clientv3.Client { return l.c }
+
 // Prefix is the key prefix the ledger lives under.
 func (l *Ledger) Prefix() string { return string(l.k) }
 
