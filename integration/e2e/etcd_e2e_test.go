@@ -147,7 +147,7 @@ func TestServeOnEtcd34(t *testing.T) {
 
 	etcdConf := filepath.Join(t.TempDir(), "etcd.yaml")
 	data := t.TempDir()
-	conf := fmt.Sprintf("data: %s\nledger:\n  backend: etcd\n  endpoints: [%s]\n  prefix: /moved/\n  request_timeout: 2s\n", data, endpoint)
+	conf := fmt.Sprintf("data: %s\nledger:\n  backend: etcd\n  endpoints: [%s]\n  prefix: /moved/\n  request_timeout: 2s\nembedded:\n  unsafe_local_storage_for_tests: true\n", data, endpoint)
 	if err := os.WriteFile(etcdConf, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -56,6 +56,9 @@ type Config struct {
 	// Ledger says where the ledger is kept: a bbolt file in Data
 	// (default) or an etcd cluster.
 	Ledger Ledger `yaml:"ledger"`
+	// Embedded configures the registry taglock runs when upstream.url is
+	// empty: its storage driver and upload secret.
+	Embedded Embedded `yaml:"embedded"`
 }
 
 // Admin is the `admin:` section: the Unix socket on which serve answers the

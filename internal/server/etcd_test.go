@@ -21,6 +21,7 @@ func TestServeOnEtcd(t *testing.T) {
 	_, base := mustStart(t, func(c *config.Config) {
 		c.Ledger.Backend, c.Ledger.Endpoints = config.BackendEtcd, cluster.Endpoints()
 		c.Ledger.RequestTimeout = config.Duration(time.Second)
+		c.Embedded.UnsafeLocalStorageForTests = true // one replica
 	})
 	if code, _ := push(t, base, "team/app", "1.0", "one"); code != http.StatusCreated {
 		t.Fatalf("push 1.0: %d", code)

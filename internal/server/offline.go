@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"net/url"
-	"path/filepath"
 
 	"github.com/rs/zerolog"
 
@@ -28,7 +27,7 @@ func NewOffline(ctx context.Context, cfg config.Config, ledger proxy.Ledger, log
 	o := &Offline{}
 	var up proxy.Upstream
 	if cfg.Upstream.URL == "" {
-		reg, err := embedded.New(ctx, embedded.Options{Root: filepath.Join(cfg.Data, "registry"), Log: log})
+		reg, err := embedded.New(ctx, embeddedOptions(cfg, log))
 		if err != nil {
 			return nil, err
 		}

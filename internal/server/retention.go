@@ -63,6 +63,10 @@ func (p *retentionParts) start(cfg config.Config, ledger storage.Ledger, px *pro
 	if p.gate != nil {
 		gate, dir := p.gate, RegistryStorage(cfg.Data)
 		o.GC = func(ctx context.Context) (retention.GCResult, error) {
+			if d := cfg.Embedded.StorageDriver(); d != "filesystem" {
+				return retention.GCResult{Deferred: true, Reason: "taglock collects garbage on filesystem storage only; " +
+					"the embedded registry stores on " + d + ": reclaim its space with the object store's own tools"}, nil
+			}
 			release, err := gate.Hold(ctx)
 			if errors.Is(err, proxy.ErrWritesInFlight) {
 				// Never collect while a write could land blobs: the

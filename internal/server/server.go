@@ -103,7 +103,7 @@ func StartWith(ctx context.Context, cfg config.Config, log zerolog.Logger, hooks
 		return nil, err
 	}
 	if cfg.Upstream.URL == "" {
-		s.registry, err = embedded.New(ctx, embedded.Options{Root: filepath.Join(cfg.Data, "registry"), Log: log})
+		s.registry, err = embedded.New(ctx, embeddedOptions(cfg, log))
 		if err != nil {
 			return nil, err
 		}
@@ -226,6 +226,12 @@ func StartWith(ctx context.Context, cfg config.Config, log zerolog.Logger, hooks
 	go func() { s.done <- serve(s.http, s.ln) }()
 	s.admin.start(sock, log)
 	return s, nil
+}
+
+// embeddedOptions are the embedded registry's options from cfg.
+func embeddedOptions(cfg config.Config, log zerolog.Logger) embedded.Options {
+	return embedded.Options{Root: filepath.Join(cfg.Data, "registry"), Storage: cfg.Embedded.Storage,
+		SecretFile: cfg.Embedded.SecretFile, Log: log}
 }
 
 // ledgerRoutes mounts the web page and the ledger's read API on the TCP
