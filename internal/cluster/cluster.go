@@ -79,6 +79,10 @@ type Options struct {
 	// Log receives leadership changes and lost leases. Default
 	// zerolog.Nop().
 	Log zerolog.Logger
+	// Observer joins without taking part, as a command run by hand
+	// does: no liveness key and no candidacy, only locks and the view of
+	// who is alive. Default false.
+	Observer bool
 }
 
 // Cluster is this replica's membership. Its methods are safe for
@@ -145,9 +149,11 @@ func (c *Cluster) open(ctx context.Context) (*concurrency.Session, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := c.o.Client.Put(ctx, c.liveKey(c.o.Owner), time.Now().UTC().Format(time.RFC3339), clientv3.WithLease(sess.Lease())); err != nil {
-		_ = sess.Close()
-		return nil, err
+	if !c.o.Observer {
+		if _, err := c.o.Client.Put(ctx, c.liveKey(c.o.Owner), time.Now().UTC().Format(time.RFC3339), clientv3.WithLease(sess.Lease())); err != nil {
+			_, _ = c.o.Client.Revoke(ctx, lease.ID)
+			return nil, err
+		}
 	}
 	c.mu.Lock()
 	c.sess = sess
@@ -198,7 +204,12 @@ func (c *Cluster) serve(sess *concurrency.Session) {
 		}
 	}()
 	el := concurrency.NewElection(sess, c.electionKey())
-	err := el.Campaign(ctx, c.o.Owner)
+	var err error
+	if c.o.Observer {
+		<-ctx.Done()
+	} else {
+		err = el.Campaign(ctx, c.o.Owner)
+	}
 	if err == nil && ctx.Err() == nil {
 		term, end := context.WithCancel(ctx)
 		c.mu.Lock()

@@ -101,13 +101,16 @@ func Open(ctx context.Context, cfg config.Config, o Options) (storage.Ledger, er
 // bolt backend one process holds the ledger, so there is nothing to join:
 // Join returns nil, and that process is the only replica and runs every
 // job.
-func Join(ctx context.Context, cfg config.Config, l storage.Ledger, owner string, log zerolog.Logger) (*cluster.Cluster, error) {
+//
+// A command run by hand joins with observer set: it takes locks and sees
+// who is alive, but is not counted alive and never runs the jobs.
+func Join(ctx context.Context, cfg config.Config, l storage.Ledger, owner string, observer bool, log zerolog.Logger) (*cluster.Cluster, error) {
 	el, ok := l.(*etcd.Ledger)
 	if !ok {
 		return nil, nil
 	}
 	c, err := cluster.Join(ctx, cluster.Options{Client: el.Client(), Prefix: el.Prefix(), Owner: owner,
-		TTL: cfg.Ledger.LeaseTTL.Std(), RequestTimeout: cfg.Ledger.RequestTimeout.Std(), Log: log})
+		TTL: cfg.Ledger.LeaseTTL.Std(), RequestTimeout: cfg.Ledger.RequestTimeout.Std(), Log: log, Observer: observer})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", Describe(cfg), err)
 	}

@@ -54,6 +54,7 @@ type Server struct {
 	done     chan error
 	insight  *insight // audit file, scheduled verify
 	ret      *retentionParts
+	jobs     jobs // where the work that must run once runs
 
 	stopSettler context.CancelFunc
 	settlerDone chan struct{}
@@ -102,6 +103,16 @@ func StartWith(ctx context.Context, cfg config.Config, log zerolog.Logger, hooks
 	case err != nil:
 		return nil, err
 	}
+	owner := newOwner()
+	c, err := ledger.Join(ctx, cfg, s.ledger, owner, false, log)
+	if err != nil {
+		return nil, err
+	}
+	s.jobs = jobs{c}
+	if c != nil && cfg.Upstream.URL == "" && cfg.Embedded.SecretFile == "" {
+		log.Warn().Msg("embedded.secret_file is not set: each replica signs uploads with a secret of its own, " +
+			"so an upload must go through one replica from start to end (a load balancer with session affinity)")
+	}
 	if cfg.Upstream.URL == "" {
 		s.registry, err = embedded.New(ctx, embeddedOptions(cfg, log))
 		if err != nil {
@@ -139,28 +150,31 @@ func StartWith(ctx context.Context, cfg config.Config, log zerolog.Logger, hooks
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := proxy.NewMetrics(reg)
 	metrics.WatchLedger(s.ledger, 0)
+	s.jobs.register(reg)
 	if s.insight, err = newInsight(cfg, log); err != nil {
 		return nil, err
 	}
-	s.ret = newRetentionParts(cfg, s.ledger, log)
+	s.ret = newRetentionParts(cfg, s.ledger, s.jobs, log)
 	s.proxy = proxy.New(proxy.Options{
-		Pulls:           s.ret.pulls,
-		Gate:            s.ret.gate,
-		Upstream:        metrics.Upstream(s.up),
-		Ledger:          timedLedger{s.ledger, metrics},
-		Immutability:    im,
-		Promotion:       promo,
-		PinOnRead:       cfg.Immutability.PinOnRead,
-		Log:             log,
-		Metrics:         metrics,
-		Audit:           s.insight.auditLogger(),
-		LookupTimeout:   cfg.Upstream.Timeout.Std(),
-		SettleMargin:    cfg.Upstream.SettleMargin.Std(),
-		ReserveWait:     hooks.ReserveWait,
-		Auth:            authn,
-		Access:          access,
-		MaxUploads:      cfg.Limits.MaxConcurrentUploads,
-		MaxManifestSize: int64(cfg.Limits.MaxManifestSize),
+		Pulls:            s.ret.pulls,
+		Gate:             s.ret.gate,
+		Upstream:         metrics.Upstream(s.up),
+		Ledger:           timedLedger{s.ledger, metrics},
+		Immutability:     im,
+		Promotion:        promo,
+		PinOnRead:        cfg.Immutability.PinOnRead,
+		Log:              log,
+		Metrics:          metrics,
+		Audit:            s.insight.auditLogger(),
+		LookupTimeout:    cfg.Upstream.Timeout.Std(),
+		SettleMargin:     cfg.Upstream.SettleMargin.Std(),
+		Owner:            owner,
+		SettledElsewhere: s.jobs.settledElsewhere(),
+		ReserveWait:      hooks.ReserveWait,
+		Auth:             authn,
+		Access:           access,
+		MaxUploads:       cfg.Limits.MaxConcurrentUploads,
+		MaxManifestSize:  int64(cfg.Limits.MaxManifestSize),
 	})
 	if err := s.proxy.Reconcile(ctx); err != nil {
 		// Unsettled reservations stay and keep their tags held; pushes
@@ -222,7 +236,7 @@ func StartWith(ctx context.Context, cfg config.Config, log zerolog.Logger, hooks
 	// Logged whatever the level: scripts read the bound address from it.
 	log.Log().Str("level", "info").Str("addr", s.ln.Addr().String()).Str("mode", mode).Str("data", cfg.Data).
 		Str("admin_socket", s.admin.path).Msg("listening")
-	s.insight.start(s.proxy, metrics)
+	s.insight.start(s.proxy, metrics, s.jobs)
 	go func() { s.done <- serve(s.http, s.ln) }()
 	s.admin.start(sock, log)
 	return s, nil
@@ -333,6 +347,7 @@ func (s *Server) closeAll() {
 	}
 	s.insight.close()
 	s.ret.stop()
+	s.jobs.close()
 	if s.registry != nil {
 		_ = s.registry.Shutdown()
 	}
