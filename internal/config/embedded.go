@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"slices"
 	"strings"
 )
@@ -64,10 +65,20 @@ func (e Embedded) validate(c Config, add func(path, format string, args ...any))
 			add("embedded.storage", "driver %q is not one of %s", name, strings.Join(StorageDrivers, ", "))
 		}
 	}
-	if c.Ledger.Backend == BackendEtcd && e.StorageDriver() == "filesystem" && !e.UnsafeLocalStorageForTests {
-		add("embedded.storage", "the embedded registry keeps blobs on this machine's disk (filesystem storage), "+
-			"which other replicas sharing the etcd ledger cannot see, so an image pushed through one replica would lack its blobs on another. "+
-			"Give embedded.storage a shared driver (s3, gcs or azure) or put the registry elsewhere (upstream.url). "+
-			"For tests on one machine only, embedded.unsafe_local_storage_for_tests: true overrides this")
+}
+
+// SharedStorage returns an error saying what to do when the configuration
+// runs a replica on the etcd ledger with the embedded registry on local
+// filesystem storage, which the other replicas cannot see, unless
+// embedded.unsafe_local_storage_for_tests is set. serve refuses to start
+// on it. It is not part of Validate, since serve's --upstream flag changes
+// upstream.url after the file is loaded.
+func (c Config) SharedStorage() error {
+	if c.Ledger.Backend != BackendEtcd || c.Upstream.URL != "" || c.Embedded.StorageDriver() != "filesystem" || c.Embedded.UnsafeLocalStorageForTests {
+		return nil
 	}
+	return errors.New("embedded.storage: the embedded registry keeps blobs on this machine's disk (filesystem storage), " +
+		"which other replicas sharing the etcd ledger cannot see, so an image pushed through one replica would lack its blobs on another. " +
+		"Give embedded.storage a shared driver (s3, gcs or azure) or put the registry elsewhere (upstream.url). " +
+		"For tests on one machine only, embedded.unsafe_local_storage_for_tests: true overrides this")
 }

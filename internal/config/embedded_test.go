@@ -7,7 +7,8 @@ import (
 
 func TestEmbeddedStorageWithEtcd(t *testing.T) {
 	// A replica on the etcd ledger with the embedded registry on local
-	// filesystem storage is refused, saying what to do instead, unless
+	// filesystem storage is refused (by SharedStorage, which serve checks
+	// at start), saying what to do instead, unless
 	// the tests-only override is set; a shared driver, or an upstream,
 	// is accepted; the section is refused with an upstream.
 	t.Parallel()
@@ -29,6 +30,9 @@ func TestEmbeddedStorageWithEtcd(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg, err := Parse("t.yaml", strings.NewReader(tc.yaml))
+			if err == nil {
+				err = cfg.SharedStorage()
+			}
 			switch {
 			case tc.want == "" && err != nil:
 				t.Fatalf("refused: %v", err)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
+	"github.com/rs/zerolog"
 
 	"github.com/taglock/taglock/internal/config"
 	"github.com/taglock/taglock/storage"
@@ -134,4 +135,27 @@ func TestReplicasOnEtcdShareTheJobs(t *testing.T) {
 			t.Fatal("the other replica did not take the jobs over after the leader stopped")
 		}
 	}
+}
+
+// TestEtcdReplicaOnLocalStorageIsRefused ensures that serve refuses to
+// start a replica on the etcd ledger whose embedded registry would keep
+// blobs on local disk, saying what to do, and starts it with the
+// tests-only override.
+func TestEtcdReplicaOnLocalStorageIsRefused(t *testing.T) {
+	t.Parallel()
+	cluster := etcdtest.Start(t, 1)
+	cfg := config.Default()
+	cfg.Listen, cfg.Data = "127.0.0.1:0", t.TempDir()
+	cfg.Ledger.Backend, cfg.Ledger.Endpoints = config.BackendEtcd, cluster.Endpoints()
+	_, err := Start(context.Background(), cfg, zerolog.Nop())
+	if err == nil || !strings.Contains(err.Error(), "other replicas sharing the etcd ledger cannot see") ||
+		!strings.Contains(err.Error(), "embedded.unsafe_local_storage_for_tests") {
+		t.Fatalf("Start with local storage on etcd: %v, want a refusal naming the override", err)
+	}
+	cfg.Embedded.UnsafeLocalStorageForTests = true
+	srv, err := Start(context.Background(), cfg, zerolog.Nop())
+	if err != nil {
+		t.Fatalf("Start with the override: %v", err)
+	}
+	_ = srv.Shutdown(context.Background())
 }

@@ -88,6 +88,9 @@ func StartWith(ctx context.Context, cfg config.Config, log zerolog.Logger, hooks
 			s.closeAll()
 		}
 	}()
+	if err := cfg.SharedStorage(); err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(cfg.Data, 0o750); err != nil {
 		return nil, fmt.Errorf("data directory: %w", err)
 	}
