@@ -26,106 +26,11 @@ import (
 	"github.com/taglock/taglock/integration/internal/proc"
 )
 
-// etcdCluster is a cluster of etcd server processes (ETCD_BIN, Debian's
-// etcd 3.4) on loopback ports chosen when the test runs, with their data
-// in the test's temporary directory. Members can be stopped and started
-// again, to take quorum away and give it back.
-type etcdCluster struct {
-	t       *testing.T
-	bin     string
-	members []*etcdMember
-	initial string
-}
-
-type etcdMember struct {
-	name, dir, client, peer string
-	srv                     *etcdServer
-}
-
-// startEtcdCluster starts n members and waits until the cluster has a
-// leader.
-func startEtcdCluster(t *testing.T, n int) *etcdCluster {
-	t.Helper()
-	c := &etcdCluster{t: t, bin: proc.Tool(t, "ETCD_BIN")}
-	var initial []string
-	for i := range n {
-		m := &etcdMember{name: fmt.Sprintf("m%d", i), dir: filepath.Join(t.TempDir(), fmt.Sprintf("m%d", i)),
-			client: freePort(t), peer: freePort(t)}
-		c.members = append(c.members, m)
-		initial = append(initial, m.name+"=http://"+m.peer)
-	}
-	c.initial = strings.Join(initial, ",")
-	for i := range c.members {
-		c.start(i)
-	}
-	for i := range c.members {
-		c.waitHealthy(i)
-	}
-	return c
-}
-
-// start runs member i (again, on the same ports and data).
-func (c *etcdCluster) start(i int) {
-	c.t.Helper()
-	m := c.members[i]
-	e := &etcdServer{out: &bytes.Buffer{}, done: make(chan struct{})}
-	e.cmd = exec.Command(c.bin, "--name", m.name, "--data-dir", m.dir,
-		"--listen-client-urls", "http://"+m.client, "--advertise-client-urls", "http://"+m.client,
-		"--listen-peer-urls", "http://"+m.peer, "--initial-advertise-peer-urls", "http://"+m.peer,
-		"--initial-cluster", c.initial, "--initial-cluster-state", "new", "--initial-cluster-token", "taglock-e2e",
-		"--heartbeat-interval", "100", "--election-timeout", "1000")
-	e.cmd.Env = proc.Environ()
-	e.cmd.Stdout, e.cmd.Stderr = e.out, e.out
-	if err := e.cmd.Start(); err != nil {
-		c.t.Fatal(err)
-	}
-	go func() { _ = e.cmd.Wait(); close(e.done) }()
-	c.t.Cleanup(e.stop)
-	m.srv = e
-}
-
-// stop ends member i (SIGTERM, as an operator or a node drain would).
-func (c *etcdCluster) stop(i int) { c.members[i].srv.stop() }
-
-// waitHealthy waits until member i reports a healthy cluster (it has a
-// leader).
-func (c *etcdCluster) waitHealthy(i int) {
-	c.t.Helper()
-	m := c.members[i]
-	deadline := time.Now().Add(proc.StartTimeout)
-	for {
-		resp, err := http.Get("http://" + m.client + "/health")
-		if err == nil {
-			body, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK && strings.Contains(string(body), `"true"`) {
-				return
-			}
-		}
-		select {
-		case <-m.srv.done:
-			c.t.Fatalf("etcd member %s exited:\n%s", m.name, m.srv.out)
-		case <-time.After(100 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			c.t.Fatalf("etcd member %s not healthy within %s", m.name, proc.StartTimeout)
-		}
-	}
-}
-
-func (c *etcdCluster) endpoints() []string {
-	var out []string
-	for _, m := range c.members {
-		out = append(out, "http://"+m.client)
-	}
-	return out
-}
-
 // haStack is three taglock replicas on one etcd ledger in front of one
 // Distribution registry.
 type haStack struct {
 	t        *testing.T
-	etcd     *etcdCluster
+	etcd     *proc.EtcdCluster
 	reg      *process
 	config   string // the replicas' YAML, also for the ledger commands
 	confFile string
@@ -153,8 +58,8 @@ upstream:
 // registry as that replica's upstream (a slow link).
 func startHA(t *testing.T, extra string, upstream func(i int, registry string) string) *haStack {
 	t.Helper()
-	s := &haStack{t: t, etcd: startEtcdCluster(t, 3), reg: proc.StartRegistry(t, "error")}
-	s.config = haConfig(s.etcd.endpoints(), extra)
+	s := &haStack{t: t, etcd: proc.StartEtcdCluster(t, 3), reg: proc.StartRegistry(t, "error")}
+	s.config = haConfig(s.etcd.Endpoints(), extra)
 	s.confFile = filepath.Join(t.TempDir(), "taglock.yaml")
 	if err := os.WriteFile(s.confFile, []byte(s.config), 0o600); err != nil {
 		t.Fatal(err)
@@ -567,7 +472,7 @@ func TestQuorumLossFailsClosedAndRecovers(t *testing.T) {
 	}
 
 	began := time.Now()
-	s.etcd.stop(0)
+	s.etcd.Stop(0)
 	for i := range 3 {
 		if st, body := push(i, tags[1+i]); st != http.StatusCreated {
 			t.Errorf("push through replica %d with one etcd member of three down: %d %s", i, st, body)
@@ -575,7 +480,7 @@ func TestQuorumLossFailsClosedAndRecovers(t *testing.T) {
 	}
 
 	t.Logf("%s: pushes through the 3 replicas with one member down done", time.Since(began).Round(10*time.Millisecond))
-	s.etcd.stop(1)
+	s.etcd.Stop(1)
 	t.Logf("%s: second member stopped", time.Since(began).Round(10*time.Millisecond))
 	for i := range 3 {
 		start := time.Now()
@@ -599,8 +504,8 @@ func TestQuorumLossFailsClosedAndRecovers(t *testing.T) {
 
 	t.Logf("%s: every replica checked without quorum", time.Since(began).Round(10*time.Millisecond))
 	restored := time.Now()
-	s.etcd.start(0)
-	s.etcd.start(1)
+	s.etcd.Start(0)
+	s.etcd.Start(1)
 	for i := range 3 {
 		deadline := time.Now().Add(30 * time.Second)
 		for {
