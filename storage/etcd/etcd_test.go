@@ -362,3 +362,51 @@ func TestFailsClosedWhileUnreachable(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+func TestWatchOutlivesTheClusterGoingAway(t *testing.T) {
+	// A binding watch keeps delivering across its cluster going away and
+	// coming back: a binding written after the member restarts arrives on
+	// the same channel (after a Reset when the watch had to start again),
+	// with nobody watching again.
+	t.Parallel()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c := etcdtest.Start(t, 1)
+	l, err := etcd.Open(ctx, etcd.Options{Endpoints: c.Endpoints(), RequestTimeout: 500 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	ch, err := l.WatchBindings(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Member(0).Stop()
+	time.Sleep(time.Second)
+	c.Member(0).Restart(t)
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		err := l.Put(ctx, []storage.Binding{ledgertest.NewBinding("r", "after", "x")}, nil)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Put once etcd is back: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	timeout := time.After(15 * time.Second)
+	for {
+		select {
+		case change, ok := <-ch:
+			if !ok {
+				t.Fatal("the watch ended")
+			}
+			if change.Repo == "r" && change.Tag == "after" {
+				return
+			}
+		case <-timeout:
+			t.Fatal("the binding written after the restart was not delivered")
+		}
+	}
+}
