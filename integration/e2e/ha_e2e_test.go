@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -45,7 +46,7 @@ func haConfig(endpoints []string, extra string) string {
   backend: etcd
   endpoints: [%s]
   prefix: /ha/
-  request_timeout: 2s
+  request_timeout: 3s
   lease_ttl: 2s
 upstream:
   timeout: 3s
@@ -313,23 +314,34 @@ func TestReplicasAgreeOnConflictingPushes(t *testing.T) {
 	}
 	t.Logf("answers by status: %v", statuses)
 	s.waitNoneReserved(30 * time.Second)
+	// On a busy machine a push whose commit timed out after the registry
+	// took it is answered 503 and settled afterwards: its tag may have no
+	// 201 at all, but it must end bound like every other.
+	unanswered := 0
 	for _, tag := range tags {
-		if len(winners[tag]) != 1 {
-			t.Errorf("%s: %d digests were accepted (%v), want exactly one", tag, len(winners[tag]), winners[tag])
+		if len(winners[tag]) > 1 {
+			t.Errorf("%s: %d digests were accepted (%v), want at most one", tag, len(winners[tag]), winners[tag])
 			continue
 		}
-		var win string
-		for d := range winners[tag] {
-			win = d
+		held := resolve(t, s.reg.Addr, repo, tag)
+		if len(winners[tag]) == 0 {
+			unanswered++
+			if !slices.Contains(digests[tag], held) {
+				t.Errorf("%s: no push was accepted, and the registry holds %q, none of the candidates", tag, held)
+			}
+			winners[tag] = map[string]bool{held: true}
 		}
-		if got := resolve(t, s.reg.Addr, repo, tag); got != win {
-			t.Errorf("%s: the registry holds %s, the push accepted was %s", tag, got, win)
+		if !winners[tag][held] {
+			t.Errorf("%s: the registry holds %s, the push accepted was %v", tag, held, winners[tag])
 		}
 		for i, r := range s.replicas {
-			if got := boundDigest(t, r.Addr, repo, tag); got != win {
-				t.Errorf("%s: replica %d reports %q, want %s", tag, i, got, win)
+			if got := boundDigest(t, r.Addr, repo, tag); got != held {
+				t.Errorf("%s: replica %d reports %q, the registry holds %s", tag, i, got, held)
 			}
 		}
+	}
+	if unanswered > 0 {
+		t.Logf("%d tags had every push answered 503 (settled afterwards to what the registry took)", unanswered)
 	}
 	// Everyone refuses other content naming the winner, and takes the
 	// winner again.
