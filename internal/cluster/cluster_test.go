@@ -16,22 +16,17 @@ import (
 	"github.com/taglock/taglock/storage/etcd/etcdtest"
 )
 
+// shared is the etcd cluster the tests share, each under a prefix of its
+// own; it starts with the first test (see etcdtest.Lazy).
 var (
-	shared   *etcdtest.Cluster
+	shared   = etcdtest.NewLazy(1)
 	prefixes atomic.Int64
 )
 
-func TestMain(m *testing.M) { os.Exit(runMain(m)) }
-
-func runMain(m *testing.M) int {
-	c, mt, err := etcdtest.StartMain(1)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer mt.Close()
-	shared = c
-	return m.Run()
+func TestMain(m *testing.M) {
+	code := m.Run()
+	shared.Close()
+	os.Exit(code)
 }
 
 // replica joins the cluster under prefix as owner, with a client of its
@@ -44,7 +39,7 @@ type replica struct {
 
 func join(t *testing.T, prefix, owner string) *replica {
 	t.Helper()
-	client, err := clientv3.New(clientv3.Config{Endpoints: shared.Endpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	client, err := clientv3.New(clientv3.Config{Endpoints: shared.Get(t).Endpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		t.Fatal(err)
 	}

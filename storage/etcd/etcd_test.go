@@ -150,14 +150,14 @@ func TestCheckFindsDamage(t *testing.T) {
 				ops = tc.damage(p)
 			} else {
 				// The binding's own generation, read from its record.
-				resp, err := client.Get(ctx, p+"b/app\x00v1")
+				resp, err := sharedClient(t).Get(ctx, p+"b/app\x00v1")
 				if err != nil {
 					t.Fatal(err)
 				}
 				gen := strings.Split(strings.Split(string(resp.Kvs[0].Value), `"gen":"`)[1], `"`)[0]
 				ops = []clientv3.Op{clientv3.OpPut(p+"ref/app\x00"+string(ledgertest.Digest("arm64"))+"\x00v1\x00"+gen, "")}
 			}
-			if _, err := client.Txn(ctx).Then(ops...).Commit(); err != nil {
+			if _, err := sharedClient(t).Txn(ctx).Then(ops...).Commit(); err != nil {
 				t.Fatal(err)
 			}
 			problems, err := l.Check(ctx)
@@ -185,13 +185,13 @@ func TestPrefixesAreSeparateLedgers(t *testing.T) {
 		t.Errorf("Reserve under another prefix: %v", err)
 	}
 	p := newPrefix()
-	if _, err := client.Put(ctx, p+"meta/version", "2"); err != nil {
+	if _, err := sharedClient(t).Put(ctx, p+"meta/version", "2"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := etcd.Open(ctx, etcd.Options{Client: client, Prefix: p}); !errors.Is(err, storage.ErrCorrupt) {
+	if _, err := etcd.Open(ctx, etcd.Options{Client: sharedClient(t), Prefix: p}); !errors.Is(err, storage.ErrCorrupt) {
 		t.Errorf("Open of a version 2 ledger: err = %v, want ErrCorrupt", err)
 	}
-	if _, err := etcd.Open(ctx, etcd.Options{Client: client, Prefix: "/no-slash"}); err == nil {
+	if _, err := etcd.Open(ctx, etcd.Options{Client: sharedClient(t), Prefix: "/no-slash"}); err == nil {
 		t.Error("Open with a prefix not ending in / succeeded")
 	}
 	ro := openAt(t, newPrefix(), etcd.Options{ReadOnly: true})

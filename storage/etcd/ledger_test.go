@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -17,32 +18,36 @@ import (
 	"github.com/taglock/taglock/storage/ledgertest"
 )
 
-// shared is the cluster most tests use, each under a prefix of its own.
+// shared is the cluster most tests use, each under a prefix of its own,
+// and sharedClient a client of it.
 var (
-	shared   *etcdtest.Cluster
-	client   *clientv3.Client
-	prefixes atomic.Int64
+	shared     = etcdtest.NewLazy(1)
+	clientOnce sync.Once
+	client     *clientv3.Client
+	clientErr  error
+	prefixes   atomic.Int64
 )
 
 func TestMain(m *testing.M) {
-	os.Exit(runMain(m))
+	code := m.Run()
+	if client != nil {
+		_ = client.Close()
+	}
+	shared.Close()
+	os.Exit(code)
 }
 
-func runMain(m *testing.M) int {
-	c, mt, err := etcdtest.StartMain(1)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+// sharedClient returns a client of the shared cluster.
+func sharedClient(t testing.TB) *clientv3.Client {
+	t.Helper()
+	eps := shared.Get(t).Endpoints()
+	clientOnce.Do(func() {
+		client, clientErr = clientv3.New(clientv3.Config{Endpoints: eps, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	})
+	if clientErr != nil {
+		t.Fatal(clientErr)
 	}
-	defer mt.Close()
-	shared = c
-	client, err = clientv3.New(clientv3.Config{Endpoints: shared.Endpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer client.Close()
-	return m.Run()
+	return client
 }
 
 // newPrefix returns a key prefix no other test uses.
@@ -52,7 +57,7 @@ func newPrefix() string { return fmt.Sprintf("/test/%d/", prefixes.Add(1)) }
 // when the test ends.
 func openAt(t testing.TB, prefix string, o etcd.Options) *etcd.Ledger {
 	t.Helper()
-	o.Client, o.Prefix = client, prefix
+	o.Client, o.Prefix = sharedClient(t), prefix
 	l, err := etcd.Open(context.Background(), o)
 	if err != nil {
 		t.Fatalf("Open: %v", err)
@@ -72,7 +77,7 @@ func TestConformance(t *testing.T) {
 		p := newPrefix()
 		out := make([]storage.Ledger, n)
 		for i := range out {
-			l, err := etcd.Open(context.Background(), etcd.Options{Endpoints: shared.Endpoints(), Prefix: p})
+			l, err := etcd.Open(context.Background(), etcd.Options{Endpoints: shared.Get(t).Endpoints(), Prefix: p})
 			if err != nil {
 				t.Fatal(err)
 			}
