@@ -42,6 +42,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -289,17 +291,14 @@ func (c *Cluster) Alive(owner string) bool {
 	return c.liveErr != nil || c.live[owner]
 }
 
-// Members returns the owners of the live replicas, this one included.
+// Members returns the owners of the live replicas, sorted: this one
+// included, unless it is an observer.
 func (c *Cluster) Members(ctx context.Context) ([]string, error) {
 	live, err := c.readLiveCtx(ctx)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]string, 0, len(live))
-	for o := range live {
-		out = append(out, o)
-	}
-	return out, nil
+	return slices.Sorted(maps.Keys(live)), nil
 }
 
 func (c *Cluster) readLive() (map[string]bool, error) { return c.readLiveCtx(c.ctx) }

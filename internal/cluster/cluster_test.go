@@ -39,11 +39,18 @@ type replica struct {
 
 func join(t *testing.T, prefix, owner string) *replica {
 	t.Helper()
+	return joinWith(t, cluster.Options{Prefix: prefix, Owner: owner})
+}
+
+// joinWith is join with options; Client and TTL are filled in.
+func joinWith(t *testing.T, o cluster.Options) *replica {
+	t.Helper()
 	client, err := clientv3.New(clientv3.Config{Endpoints: shared.Get(t).Endpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := cluster.Join(context.Background(), cluster.Options{Client: client, Prefix: prefix, Owner: owner, TTL: 2 * time.Second})
+	o.Client, o.TTL = client, 2*time.Second
+	c, err := cluster.Join(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,4 +174,34 @@ func TestTryLockIsHeldByOneReplica(t *testing.T) {
 		}
 		return err == nil
 	})
+}
+
+func TestAnObserverTakesLocksButNeverLeadsNorCountsAlive(t *testing.T) {
+	// A command run by hand joins as an observer: it can take the
+	// retention lock a replica would otherwise take, but it is not among
+	// the live members and never becomes the leader, even alone.
+	t.Parallel()
+	p := newPrefix()
+	obs := joinWith(t, cluster.Options{Prefix: p, Owner: "command", Observer: true})
+	ctx := context.Background()
+	time.Sleep(500 * time.Millisecond)
+	if obs.Leading() {
+		t.Fatal("an observer alone leads")
+	}
+	if members, err := obs.Members(ctx); err != nil || len(members) != 0 {
+		t.Errorf("members with an observer only = %v, %v; want none", members, err)
+	}
+	unlock, err := obs.TryLock(ctx, "retention")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := join(t, p, "a")
+	waitFor(t, 5*time.Second, "the replica leads", a.Leading)
+	if _, err := a.TryLock(ctx, "retention"); !errors.Is(err, cluster.ErrLocked) {
+		t.Errorf("the replica's TryLock while the observer holds the lock: %v, want ErrLocked", err)
+	}
+	unlock()
+	if members, _ := a.Members(ctx); len(members) != 1 || members[0] != "a" {
+		t.Errorf("members = %v, want [a]", members)
+	}
 }

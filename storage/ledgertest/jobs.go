@@ -16,7 +16,7 @@ func testJobStates(t *testing.T, open Opener) {
 	// Job state is stored, listed by name prefix, replaced and deleted; a
 	// batch with one invalid name or value writes nothing; a batch larger
 	// than one transaction is written whole; and none of it appears in
-	// the ledger's export.
+	// the ledger's export, nor troubles its Check.
 	ctx := context.Background()
 	l := open(t)
 	if got, err := l.JobStates(ctx, ""); err != nil || len(got) != 0 {
@@ -67,6 +67,9 @@ func testJobStates(t *testing.T, open Opener) {
 		t.Errorf("the largest value came back with %d bytes, want %d", len(got["big"]), storage.MaxJobStateSize)
 	}
 
+	if problems, err := l.Check(ctx); err != nil {
+		t.Errorf("Check with job state stored: %v %q", err, problems)
+	}
 	var after bytes.Buffer
 	if err := l.Export(ctx, &after); err != nil {
 		t.Fatal(err)
