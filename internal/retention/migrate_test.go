@@ -5,8 +5,11 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/taglock/taglock/storage/bolt"
+	"github.com/taglock/taglock/storage/etcd"
+	"github.com/taglock/taglock/storage/etcd/etcdtest"
 )
 
 func TestStateFilesMoveIntoTheLedgerOnce(t *testing.T) {
@@ -71,3 +74,37 @@ func TestStateFilesMoveIntoTheLedgerOnce(t *testing.T) {
 }
 
 const zeros = "0000000000000000000000000000000000000000000000000000000000000000"
+
+func TestAnotherReplicaResumesTheJournal(t *testing.T) {
+	// With the ledger on etcd, the journal one replica's runner leaves
+	// (it died mid-run) is what another replica's runner finds, with the
+	// first-seen times: nothing of a run stays on the machine that ran it.
+	t.Parallel()
+	ctx := context.Background()
+	c := etcdtest.Start(t, 1)
+	open := func() *etcd.Ledger {
+		l, err := etcd.Open(ctx, etcd.Options{Endpoints: c.Endpoints(), Prefix: "/resume/"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = l.Close() })
+		return l
+	}
+	a, b := New(Options{Ledger: open()}), New(Options{Ledger: open()})
+	j := &journal{Policy: "p", Pending: []Deletion{{Repo: "team/app", Tag: "old", Digest: "sha256:" + zeros}}}
+	if err := a.saveJournal(ctx, j); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]time.Time{"team/app@sha256:a": time.Date(2026, 10, 1, 0, 0, 0, 0, time.UTC)}
+	if err := a.saveSeen(ctx, nil, seen); err != nil {
+		t.Fatal(err)
+	}
+	pending, err := b.Pending(ctx)
+	if err != nil || len(pending) != 1 || pending[0].Tag != "old" {
+		t.Fatalf("the other replica's pending deletions = %+v, %v; want the journal's", pending, err)
+	}
+	got, err := b.loadSeen(ctx)
+	if err != nil || !got["team/app@sha256:a"].Equal(seen["team/app@sha256:a"]) {
+		t.Errorf("the other replica's first-seen times = %v, %v", got, err)
+	}
+}
