@@ -27,5 +27,5 @@ test-short: ## unit and in-process integration tests only (no tools, no Docker)
 bench: ## benchmarks: taglock against the same upstream direct
 	bash scripts/bench.sh
 
-deps: ## install the test tools (apt packages, crane, oras, regctl, registry, conformance)
+deps: ## install the test tools (apt packages, crane, oras, regctl, registry, conformance, helm)
 	bash scripts/install-deps.sh

@@ -312,7 +312,7 @@ func TestRetentionLimitAndResume(t *testing.T) {
 	if err == nil || len(first.Deletions) != 3 {
 		t.Fatalf("interrupted apply: %d deletions, err %v; want 3 and an error", len(first.Deletions), err)
 	}
-	pending, err := runner.Pending()
+	pending, err := runner.Pending(context.Background())
 	if err != nil || len(pending) != want.Totals.Deletions()-3 {
 		t.Fatalf("pending after interruption: %d (%v), want %d\nplanned: %+v\napplied plan: %+v\npending: %+v",
 			len(pending), err, want.Totals.Deletions()-3, want.Plans, first.Report.Plans, pending)
@@ -327,7 +327,7 @@ func TestRetentionLimitAndResume(t *testing.T) {
 	if n := second.Report.Totals.Deletions(); n != 0 {
 		t.Errorf("after resuming, a fresh plan still deletes %d", n)
 	}
-	if p, _ := runner.Pending(); len(p) != 0 {
+	if p, _ := runner.Pending(context.Background()); len(p) != 0 {
 		t.Errorf("state left after a finished run: %v", p)
 	}
 	for _, tag := range s.expectedKept(6) {

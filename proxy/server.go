@@ -81,6 +81,13 @@ type Options struct {
 	// Owner names this process in the reservations it makes. Default: a
 	// random name.
 	Owner string
+	// SettledElsewhere reports whether the reservations made by owner,
+	// another process sharing the ledger, are another process's to
+	// settle, so that this one's settler leaves them alone (see
+	// Reservations.Run). nil: none is, and this process settles every reservation
+	// no request of its own is working on, as the only process on a
+	// ledger must.
+	SettledElsewhere func(owner string) bool
 	// Auth authenticates clients; nil turns authentication and access
 	// rules off, and every request is allowed.
 	Auth authn.Authenticator
@@ -221,7 +228,7 @@ func newParts(o Options) parts {
 	p.audit = auditor{audit: *o.Audit, log: o.Log, metrics: o.Metrics, ledger: o.Ledger, now: o.Now}
 	p.adopter = adopter{ledger: o.Ledger, read: p.read, states: p.states, graphs: p.graphs, audit: p.audit, log: o.Log, now: o.Now}
 	p.reservations = &Reservations{ledger: o.Ledger, read: p.read, states: p.states, audit: p.audit, log: o.Log, now: o.Now,
-		wait: o.ReserveWait, timeout: o.LookupTimeout, margin: o.SettleMargin, owner: o.Owner, kick: make(chan struct{}, 1)}
+		wait: o.ReserveWait, timeout: o.LookupTimeout, margin: o.SettleMargin, owner: o.Owner, elsewhere: o.SettledElsewhere, kick: make(chan struct{}, 1)}
 	p.drift = &Drift{upstream: o.Upstream, read: p.read, ledger: o.Ledger, states: p.states, adopter: p.adopter,
 		reservations: p.reservations, audit: p.audit, log: o.Log, now: o.Now, timeout: o.LookupTimeout}
 	return p

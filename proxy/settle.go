@@ -32,6 +32,9 @@ type Reservations struct {
 	margin time.Duration
 	// owner names this process in its reservations.
 	owner string
+	// elsewhere reports whether another live process settles the
+	// reservations of an owner (Options.SettledElsewhere); nil: none does.
+	elsewhere func(owner string) bool
 
 	inflight    sync.Map      // reservation ID -> struct{}: reservations requests of this process are still working on
 	creds       sync.Map      // reservation ID -> Authorization of the request in flight, for the settler
@@ -59,8 +62,8 @@ const DefaultSettleMargin = 30 * time.Second
 // errInDoubt means a reservation's outcome is not known yet.
 var errInDoubt = errors.New("outcome not known yet")
 
-// Reconcile tries once to settle every pending reservation that no request
-// of this process is working on, and returns the first error; reservations
+// Reconcile tries once to settle every pending reservation that is this
+// process's to settle (see ours), and returns the first error; reservations
 // whose outcome is still in doubt are not errors.
 func (s *Reservations) Reconcile(ctx context.Context) error {
 	noted := s.unrecordedIDs()
@@ -71,7 +74,7 @@ func (s *Reservations) Reconcile(ctx context.Context) error {
 	s.forgetSettled(noted, pending)
 	var firstErr error
 	for _, res := range pending {
-		if _, busy := s.inflight.Load(res.ID); busy {
+		if !s.ours(res) {
 			continue
 		}
 		if err := s.settle(ctx, res); err != nil && !errors.Is(err, errInDoubt) && firstErr == nil {
@@ -83,7 +86,8 @@ func (s *Reservations) Reconcile(ctx context.Context) error {
 
 // Run runs the settler until ctx ends: at once, then whenever a request
 // hands over a reservation and every interval while any is pending. Each
-// reservation is retried with a backoff from interval up to 10s.
+// reservation is retried with a backoff from interval up to 10s. It
+// settles the reservations that are this process's to settle (see ours).
 func (s *Reservations) Run(ctx context.Context, interval time.Duration) {
 	if interval <= 0 {
 		interval = time.Second
@@ -105,7 +109,7 @@ func (s *Reservations) Run(ctx context.Context, interval time.Duration) {
 		live := map[string]bool{}
 		for _, res := range pending {
 			live[res.ID] = true
-			if _, busy := s.inflight.Load(res.ID); busy || now.Before(next[res.ID]) {
+			if !s.ours(res) || now.Before(next[res.ID]) {
 				continue
 			}
 			err := s.settle(ctx, res)
@@ -170,6 +174,18 @@ func (s *Reservations) forgetSettled(n noted, pending []storage.Reservation) {
 			s.settleCreds.Delete(id) // settled elsewhere: not needed, and not to be kept
 		}
 	}
+}
+
+// ours reports whether the settler should settle res: no request of this
+// process is working on it, and it is not another process's to settle
+// (Options.SettledElsewhere). With several processes on one ledger, each
+// settles its own reservations, for which it may hold the client's
+// credentials, and one of them settles those of processes that died.
+func (s *Reservations) ours(res storage.Reservation) bool {
+	if _, busy := s.inflight.Load(res.ID); busy {
+		return false
+	}
+	return res.Owner == s.owner || s.elsewhere == nil || !s.elsewhere(res.Owner)
 }
 
 // done ends a request's claim on reservation id: the settler may take it

@@ -9,6 +9,7 @@
 #     crane, oras, regctl   the real OCI clients the end-to-end tests drive
 #     registry              CNCF Distribution, the separate upstream for upstream mode
 #     conformance           the OCI conformance program, at the version pinned in go.mod
+#     helm                  renders and lints the Helm chart (configs/helm/taglock)
 #
 # Usage: scripts/install-deps.sh [--no-apt]
 #   --no-apt  skip the Debian packages (for a machine where you manage them yourself)
@@ -55,15 +56,16 @@ declare -A mods=(
   [oras]=oras.land/oras/cmd/oras@v1.3.6
   [regctl]=github.com/regclient/regclient/cmd/regctl@v0.11.7
   [registry]=github.com/distribution/distribution/v3/cmd/registry@v3.1.2
+  [helm]=helm.sh/helm/v3/cmd/helm@v3.21.4
 )
-for bin in crane oras regctl registry; do
+for bin in crane oras regctl registry helm; do
   mod=${mods[$bin]}
   stamp=$TAGLOCK_TOOLS/.$bin.version
   if [[ -x $TAGLOCK_TOOLS/$bin && -f $stamp && $(cat "$stamp") == "$mod" ]]; then
     continue
   fi
   note=""
-  [[ $bin == registry ]] && note=" (about 2 min on a cold cache)"
+  [[ $bin == registry || $bin == helm ]] && note=" (about 2 min on a cold cache)"
   log "go install $mod$note"
   GOBIN=$TAGLOCK_TOOLS go install "$mod"
   echo "$mod" >"$stamp"

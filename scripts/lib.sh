@@ -4,7 +4,7 @@
 
 # Repository root, whatever the caller's working directory.
 TAGLOCK_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-# Where install-deps.sh puts the Go-built tools (crane, oras, regctl, registry, conformance).
+# Where install-deps.sh puts the Go-built tools (crane, oras, regctl, registry, conformance, helm).
 TAGLOCK_TOOLS=${TAGLOCK_TOOLS:-$HOME/.cache/taglock/tools}
 # Where the taglock binary is built.
 TAGLOCK_BIN_DIR=${TAGLOCK_BIN_DIR:-$TAGLOCK_ROOT/bin}
@@ -40,9 +40,10 @@ export_tool_env() {
   SKOPEO=$(command -v skopeo || true)
   DOCKER=$(command -v docker || true)
   ETCD_BIN=$(command -v etcd || true)
-  export TAGLOCK_BIN REGISTRY_BIN CONFORMANCE_BIN CRANE ORAS REGCTL SKOPEO DOCKER ETCD_BIN
+  HELM_BIN=$TAGLOCK_TOOLS/helm
+  export TAGLOCK_BIN REGISTRY_BIN CONFORMANCE_BIN CRANE ORAS REGCTL SKOPEO DOCKER ETCD_BIN HELM_BIN
   local name missing=0
-  for name in TAGLOCK_BIN REGISTRY_BIN CONFORMANCE_BIN CRANE ORAS REGCTL SKOPEO DOCKER ETCD_BIN; do
+  for name in TAGLOCK_BIN REGISTRY_BIN CONFORMANCE_BIN CRANE ORAS REGCTL SKOPEO DOCKER ETCD_BIN HELM_BIN; do
     if [[ -z ${!name} || ! -x ${!name} ]]; then
       printf 'error: %s: no executable at "%s" (run scripts/install-deps.sh and make build)\n' "$name" "${!name}" >&2
       missing=1

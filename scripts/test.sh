@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Runs taglock's whole test suite on this machine, installing what it lacks:
 #
-#   1. scripts/install-deps.sh   skopeo, docker.io, etcd-server, crane, oras, regctl, registry, conformance
+#   1. scripts/install-deps.sh   skopeo, docker.io, etcd-server, crane, oras, regctl, registry, conformance, helm
 #   2. gofmt -l and go vet       (go vet also with -tags e2e, and -tags bench, which
 #                                compiles the benchmarks that `make bench` runs)
+#      helm lint and template    the chart in configs/helm/taglock with every values file
+#                                (the e2e test TestHelmChart checks what it renders)
 #   3. go build ./cmd/taglock    into bin/taglock, the binary the end-to-end tests run
 #   4. a private Docker daemon   root only: its own socket, data and exec roots in a
 #                                temporary directory, no bridge, no iptables; stopped on exit
@@ -93,6 +95,18 @@ go_vet() {
   go vet ./... && go vet -tags e2e ./integration/e2e/... && go vet -tags bench ./integration/bench/...
 }
 
+# helm_chart lints and renders the Helm chart with its defaults and with
+# each values-*.yaml beside them.
+helm_chart() {
+  local helm=$TAGLOCK_TOOLS/helm chart=configs/helm/taglock f
+  "$helm" lint --strict "$chart" >/dev/null || return 1
+  "$helm" template taglock "$chart" >/dev/null || return 1
+  for f in "$chart"/values-*.yaml; do
+    "$helm" lint --strict "$chart" -f "$f" >/dev/null || { echo "helm lint failed with $f" >&2; return 1; }
+    "$helm" template taglock "$chart" -f "$f" >/dev/null || { echo "helm template failed with $f" >&2; return 1; }
+  done
+}
+
 build() {
   go build -o "$workdir/testreport" ./scripts/testreport || return 1
   mkdir -p "$TAGLOCK_BIN_DIR"
@@ -136,6 +150,7 @@ if ! step "install dependencies" "$TAGLOCK_ROOT/scripts/install-deps.sh"; then
 fi
 step "gofmt" check_gofmt || true
 step "go vet" go_vet || true
+step "helm lint and template (configs/helm/taglock)" helm_chart || true
 built=1
 step "build taglock" build || built=0
 dockerd_ok=1

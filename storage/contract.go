@@ -202,6 +202,36 @@ type Ledger interface {
 	// wrapping ErrCorrupt. Other errors mean the check could not run.
 	Check(ctx context.Context) ([]string, error)
 
+	// JobStates returns the job state whose names start with prefix, by
+	// name, from one consistent state. Job state is what taglock's own
+	// scheduled jobs (retention) remember between runs, so that whichever
+	// process runs a job next resumes it: opaque values under names the
+	// jobs choose. It is not part of the ledger's records: Export, Import,
+	// Backup's export and Check leave it out.
+	JobStates(ctx context.Context, prefix string) (map[string][]byte, error)
+	// PutJobStates stores each value under its name, replacing what was
+	// there; a nil value deletes the name (deleting an absent one is not
+	// an error). Names must be valid (see ValidJobStateName) and values
+	// at most MaxJobStateSize bytes, or the whole call fails with an
+	// error wrapping ErrInvalid and writes nothing. Each value is written
+	// atomically; a backend may write a large batch in several parts,
+	// each atomic, as RecordPulls does.
+	PutJobStates(ctx context.Context, values map[string][]byte) error
+
+	// WatchBindings delivers on the returned channel the repo:tag of every
+	// binding written after WatchBindings returns, by any Put, Commit,
+	// CommitDelete or Import, so a cache of bindings can drop what
+	// changed. A backend shared by several processes (etcd) delivers
+	// every process's writes; one held by a single process (the bolt
+	// file) delivers that process's. A change is delivered after its
+	// write is durable, at least once, and in order for one tag. When the
+	// backend may have missed changes (the consumer fell behind, the
+	// backend lost its watch for a while) it delivers a change with Reset
+	// set instead: everything may have changed. The channel is closed
+	// when ctx ends or the ledger is closed; a consumer must keep reading
+	// it until then.
+	WatchBindings(ctx context.Context) (<-chan BindingChange, error)
+
 	// Close releases what the ledger holds (a file lock, connections).
 	// Closing a closed ledger is not an error.
 	Close() error

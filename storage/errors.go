@@ -44,6 +44,9 @@ var (
 	// ErrReadOnly means a write was attempted on a ledger opened
 	// read-only.
 	ErrReadOnly = errors.New("ledger is read-only")
+
+	// ErrClosed means the ledger was closed before the call.
+	ErrClosed = errors.New("ledger is closed")
 )
 
 // BusyError is the error Reserve returns (wrapped) when another pending

@@ -64,7 +64,7 @@ func TestLedgerMovesToEtcdAndBack(t *testing.T) {
 	cluster := etcdtest.Start(t, 1)
 	boltConf := writeConfig(t, filepath.Join(t.TempDir(), "data"), "")
 	etcdConf := writeConfig(t, filepath.Join(t.TempDir(), "unused"),
-		fmt.Sprintf("ledger:\n  backend: etcd\n  endpoints: [%s]\n  prefix: /moved/\n", cluster.Endpoints()[0]))
+		fmt.Sprintf("ledger:\n  backend: etcd\n  endpoints: [%s]\n  prefix: /moved/\nembedded:\n  unsafe_local_storage_for_tests: true\n", cluster.Endpoints()[0]))
 	backConf := writeConfig(t, filepath.Join(t.TempDir(), "back"), "")
 
 	cfg, err := config.Load(boltConf)

@@ -13,6 +13,8 @@ import (
 	"golang.org/x/term"
 
 	"github.com/taglock/taglock/internal/admin"
+	"github.com/taglock/taglock/internal/cluster"
+	"github.com/taglock/taglock/internal/ledger"
 	"github.com/taglock/taglock/internal/retention"
 	"github.com/taglock/taglock/internal/server"
 )
@@ -94,7 +96,38 @@ func (g *globals) openRetention(ctx context.Context) (*session, retentionService
 		audit := svc.Audit
 		o := retention.Options{Policy: pol, Immutability: im, Ledger: s.store, Upstream: s.tools, Dir: server.RetentionDir(s.cfg.Data),
 			Log: log, Audit: &audit}
-		if s.cfg.Upstream.URL == "" {
+		// On an etcd ledger, replicas of serve elsewhere share it: take
+		// their retention lock, and collect no garbage while any runs.
+		c, err := ledger.Join(ctx, s.cfg, s.store, "taglock-retention-command", true, log)
+		if err != nil {
+			s.close()
+			return nil, nil, err
+		}
+		if c != nil {
+			closeSession := s.close
+			s.close = func() { c.Close(); closeSession() }
+			o.Lock = func(ctx context.Context) (func(), error) {
+				unlock, err := c.TryLock(ctx, "retention")
+				if errors.Is(err, cluster.ErrLocked) {
+					return nil, fmt.Errorf("%w (on a replica of serve)", retention.ErrRunning)
+				}
+				return unlock, err
+			}
+		}
+		if s.cfg.Upstream.URL == "" && c != nil {
+			dir := server.RegistryStorage(s.cfg.Data)
+			o.GC = func(ctx context.Context) (retention.GCResult, error) {
+				switch members, err := c.Members(ctx); {
+				case err != nil:
+					return retention.GCResult{}, err
+				case len(members) > 0:
+					return retention.GCResult{Deferred: true, Reason: fmt.Sprintf("%d replicas of serve share the registry's storage and may be writing to it", len(members))}, nil
+				case s.cfg.Embedded.StorageDriver() != "filesystem":
+					return retention.GCResult{Deferred: true, Reason: "taglock collects garbage on filesystem storage only"}, nil
+				}
+				return retention.CollectGarbage(ctx, dir, nil)
+			}
+		} else if s.cfg.Upstream.URL == "" {
 			// No serve runs on this data directory (this process holds
 			// the ledger), so nothing writes while the sweep runs.
 			dir := server.RegistryStorage(s.cfg.Data)

@@ -21,7 +21,6 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
@@ -49,16 +48,17 @@ type ledgerDump struct {
 	reservations int
 }
 
-// exportLedger runs `taglock ledger export` against the data directory (the
-// admin socket while serve runs) and reads the lines of repo.
-func exportLedger(t *testing.T, data, repo string) ledgerDump {
+// exportLedger runs `taglock ledger export` with args (--data DIR: the
+// admin socket while serve runs; -c CONFIG for an etcd ledger) and reads
+// the lines of repo.
+func exportLedger(t *testing.T, args []string, repo string) ledgerDump {
 	t.Helper()
 	// Not through run: the export is long and would flood the log.
 	ctx, cancel := context.WithTimeout(t.Context(), cmdTimeout)
 	defer cancel()
-	outb, err := exec.CommandContext(ctx, proc.Tool(t, "TAGLOCK_BIN"), "ledger", "export", "--data", data).Output()
+	outb, err := exec.CommandContext(ctx, proc.Tool(t, "TAGLOCK_BIN"), append([]string{"ledger", "export"}, args...)...).Output()
 	if err != nil {
-		t.Fatalf("taglock ledger export --data %s: %v", data, err)
+		t.Fatalf("taglock ledger export %v: %v", args, err)
 	}
 	out := string(outb)
 	d := ledgerDump{bindings: map[string]string{}, modes: map[string]string{}}
@@ -86,6 +86,98 @@ func exportLedger(t *testing.T, data, repo string) ledgerDump {
 	return d
 }
 
+// pushStorm is a storm of conflicting and identical pushes to a few tags
+// of one repository: immutable v1-v4 and mutable m1, m2, three candidate
+// images each, their blobs already on the registry. It remembers the
+// digest a client was first told each immutable tag took.
+type pushStorm struct {
+	repo      string
+	tags      []string
+	raws      map[string][][]byte
+	mediaType string
+	client    *http.Client
+
+	// first[tag] is the digest a client was first told an immutable tag
+	// took (201); it must never change.
+	mu                        sync.Mutex
+	first                     map[string]string
+	accepted, refused, others atomic.Int64
+}
+
+// crashConfig is the config of the crash loops: short timeouts so that
+// in-doubt pushes settle within seconds, and mutable m* tags.
+const crashConfig = "upstream:\n  timeout: 2s\n  settle_margin: 1s\n" + crashRules
+
+// crashRules makes the m* tags of the crash loops mutable.
+const crashRules = "immutability:\n  rules:\n    - tags: [\"m*\"]\n      mode: mutable\n"
+
+func newPushStorm(t *testing.T, registry, repo string) *pushStorm {
+	t.Helper()
+	s := &pushStorm{repo: repo, tags: []string{"v1", "v2", "v3", "v4", "m1", "m2"}, raws: map[string][][]byte{}, first: map[string]string{},
+		client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}}
+	for _, tag := range s.tags {
+		for range 3 {
+			img, err := random.Image(128, 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			d, _ := img.Digest()
+			ref, _ := name.ParseReference(registry+"/"+repo+"@"+d.String(), name.Insecure)
+			if err := remote.Write(ref, img, remote.WithContext(t.Context())); err != nil {
+				t.Fatalf("seed the registry: %v", err)
+			}
+			raw, _ := img.RawManifest()
+			mt, _ := img.MediaType()
+			s.mediaType = string(mt)
+			s.raws[tag] = append(s.raws[tag], raw)
+		}
+	}
+	return s
+}
+
+// run pushes from 8 workers, each push through a random one of addrs,
+// until ctx ends.
+func (s *pushStorm) run(ctx context.Context, t *testing.T, addrs ...string) {
+	digestOf := func(raw []byte) string { return fmt.Sprintf("sha256:%x", sha256.Sum256(raw)) }
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(w), uint64(time.Now().UnixNano())))
+			for ctx.Err() == nil {
+				tag := s.tags[rng.IntN(len(s.tags))]
+				raw := s.raws[tag][rng.IntN(3)]
+				addr := addrs[rng.IntN(len(addrs))]
+				req, _ := http.NewRequestWithContext(ctx, http.MethodPut, "http://"+addr+"/v2/"+s.repo+"/manifests/"+tag, bytes.NewReader(raw))
+				req.Header.Set("Content-Type", s.mediaType)
+				resp, err := s.client.Do(req)
+				if err != nil {
+					continue
+				}
+				resp.Body.Close()
+				switch resp.StatusCode {
+				case http.StatusCreated:
+					s.accepted.Add(1)
+					if !strings.HasPrefix(tag, "m") {
+						s.mu.Lock()
+						d := digestOf(raw)
+						if f, ok := s.first[tag]; !ok {
+							s.first[tag] = d
+						} else if f != d {
+							t.Errorf("immutable %s:%s accepted %s after it had accepted %s", s.repo, tag, d, f)
+						}
+						s.mu.Unlock()
+					}
+				case http.StatusForbidden:
+					s.refused.Add(1)
+				default:
+					s.others.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
+
 // TestCrashLoop runs the built binary under a storm of conflicting and
 // identical pushes to a few tags and SIGKILLs it at random moments, again
 // and again. After every restart, once the outcomes are settled, every
@@ -97,113 +189,39 @@ func TestCrashLoop(t *testing.T) {
 	kills := crashKills(t)
 	reg := proc.StartRegistry(t, "error")
 	data := t.TempDir()
-	config := "upstream:\n  timeout: 2s\n  settle_margin: 1s\nimmutability:\n  rules:\n    - tags: [\"m*\"]\n      mode: mutable\n"
-	const repo = "crash/app"
-	tags := []string{"v1", "v2", "v3", "v4", "m1", "m2"}
-
-	// Candidate images per tag, their blobs already on the registry.
-	cands := map[string][]v1.Image{}
-	raws := map[string][][]byte{}
-	var mediaType string
-	for _, tag := range tags {
-		for range 3 {
-			img, err := random.Image(128, 1)
-			if err != nil {
-				t.Fatal(err)
-			}
-			d, _ := img.Digest()
-			ref, _ := name.ParseReference(reg.Addr+"/"+repo+"@"+d.String(), name.Insecure)
-			if err := remote.Write(ref, img, remote.WithContext(t.Context())); err != nil {
-				t.Fatalf("seed the registry: %v", err)
-			}
-			raw, _ := img.RawManifest()
-			mt, _ := img.MediaType()
-			mediaType = string(mt)
-			cands[tag] = append(cands[tag], img)
-			raws[tag] = append(raws[tag], raw)
-		}
-	}
-	digestOf := func(raw []byte) string { return fmt.Sprintf("sha256:%x", sha256.Sum256(raw)) }
-
-	// first[tag] is the digest a client was first told an immutable tag
-	// took (201); it must never change.
-	var (
-		mu       sync.Mutex
-		first    = map[string]string{}
-		accepted atomic.Int64
-		refused  atomic.Int64
-		other    atomic.Int64
-	)
-	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-	storm := func(ctx context.Context, addr string) {
-		var wg sync.WaitGroup
-		for w := range 8 {
-			wg.Go(func() {
-				rng := rand.New(rand.NewPCG(uint64(w), uint64(time.Now().UnixNano())))
-				for ctx.Err() == nil {
-					tag := tags[rng.IntN(len(tags))]
-					raw := raws[tag][rng.IntN(3)]
-					req, _ := http.NewRequestWithContext(ctx, http.MethodPut, "http://"+addr+"/v2/"+repo+"/manifests/"+tag, bytes.NewReader(raw))
-					req.Header.Set("Content-Type", mediaType)
-					resp, err := client.Do(req)
-					if err != nil {
-						continue
-					}
-					resp.Body.Close()
-					switch resp.StatusCode {
-					case http.StatusCreated:
-						accepted.Add(1)
-						if !strings.HasPrefix(tag, "m") {
-							mu.Lock()
-							d := digestOf(raw)
-							if f, ok := first[tag]; !ok {
-								first[tag] = d
-							} else if f != d {
-								t.Errorf("immutable %s:%s accepted %s after it had accepted %s", repo, tag, d, f)
-							}
-							mu.Unlock()
-						}
-					case http.StatusForbidden:
-						refused.Add(1)
-					default:
-						other.Add(1)
-					}
-				}
-			})
-		}
-		wg.Wait()
-	}
+	s := newPushStorm(t, reg.Addr, "crash/app")
+	export := []string{"--data", data}
 
 	rng := rand.New(rand.NewPCG(1, uint64(time.Now().UnixNano())))
 	for kill := 1; kill <= kills; kill++ {
-		tl := startTaglock(t, serveOptions{upstream: "http://" + reg.Addr, data: data, config: config})
-		check(t, kill, tl, data, repo, reg.Addr, tags, &mu, first)
+		tl := startTaglock(t, serveOptions{upstream: "http://" + reg.Addr, data: data, config: crashConfig})
+		check(t, kill, export, reg.Addr, s)
 		ctx, cancel := context.WithCancel(t.Context())
 		done := make(chan struct{})
-		go func() { storm(ctx, tl.Addr); close(done) }()
+		go func() { s.run(ctx, t, tl.Addr); close(done) }()
 		time.Sleep(time.Duration(50+rng.IntN(600)) * time.Millisecond)
 		tl.Kill(t)
 		cancel()
 		<-done
 	}
-	tl := startTaglock(t, serveOptions{upstream: "http://" + reg.Addr, data: data, config: config})
-	check(t, kills+1, tl, data, repo, reg.Addr, tags, &mu, first)
+	startTaglock(t, serveOptions{upstream: "http://" + reg.Addr, data: data, config: crashConfig})
+	check(t, kills+1, export, reg.Addr, s)
 	t.Logf("%d kills survived; %d pushes accepted, %d refused, %d other answers; %d immutable tags bound, none moved",
-		kills, accepted.Load(), refused.Load(), other.Load(), len(first))
-	if accepted.Load() == 0 {
+		kills, s.accepted.Load(), s.refused.Load(), s.others.Load(), len(s.first))
+	if s.accepted.Load() == 0 {
 		t.Error("no push was ever accepted: the storm never ran")
 	}
 }
 
-// check waits until the restarted taglock has settled every reservation,
-// then compares the ledger with the registry and with what clients were
-// told.
-func check(t *testing.T, round int, tl *taglock, data, repo, registry string, tags []string, mu *sync.Mutex, first map[string]string) {
+// check waits until every reservation is settled, then compares the
+// ledger (read by `taglock ledger export` with export) with the registry
+// and with what clients were told.
+func check(t *testing.T, round int, export []string, registry string, s *pushStorm) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	var d ledgerDump
 	for {
-		d = exportLedger(t, data, repo)
+		d = exportLedger(t, export, s.repo)
 		if d.reservations == 0 {
 			break
 		}
@@ -212,9 +230,10 @@ func check(t *testing.T, round int, tl *taglock, data, repo, registry string, ta
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	for _, tag := range tags {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	repo, first := s.repo, s.first
+	for _, tag := range s.tags {
 		got, err := lookup(t, registry, repo, tag)
 		bound, ok := d.bindings[tag]
 		switch {

@@ -149,7 +149,7 @@ func TestServeOnEtcd34(t *testing.T) {
 	// immutable tag is then answered from the ledger and the registry both.
 	etcdConf := filepath.Join(t.TempDir(), "etcd.yaml")
 	data := boltTL.Data
-	conf := fmt.Sprintf("data: %s\nledger:\n  backend: etcd\n  endpoints: [%s]\n  prefix: /moved/\n  request_timeout: 2s\n", data, endpoint)
+	conf := fmt.Sprintf("data: %s\nledger:\n  backend: etcd\n  endpoints: [%s]\n  prefix: /moved/\n  request_timeout: 2s\nembedded:\n  unsafe_local_storage_for_tests: true\n", data, endpoint)
 	if err := os.WriteFile(etcdConf, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -336,7 +336,7 @@ func exportLedgerRepos(t *testing.T, data string, repos ...string) ledgerDump {
 	t.Helper()
 	d := ledgerDump{bindings: map[string]string{}, modes: map[string]string{}}
 	for _, repo := range repos {
-		one := exportLedger(t, data, repo)
+		one := exportLedger(t, []string{"--data", data}, repo)
 		d.reservations = one.reservations
 		for tag, digest := range one.bindings {
 			d.bindings[repo+":"+tag] = digest

@@ -59,6 +59,9 @@ type Config struct {
 	// Ledger says where the ledger is kept: a bbolt file in Data
 	// (default) or an etcd cluster.
 	Ledger Ledger `yaml:"ledger"`
+	// Embedded configures the registry taglock runs when upstream.url is
+	// empty: its storage driver and upload secret.
+	Embedded Embedded `yaml:"embedded"`
 }
 
 // Cache is the `cache:` section: GET and HEAD of a manifest by immutable

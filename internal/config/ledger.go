@@ -37,6 +37,13 @@ type Ledger struct {
 	// it (etcd unreachable, or without quorum) the call fails and the
 	// request that needed it gets 503. Default 5s.
 	RequestTimeout Duration `yaml:"request_timeout"`
+	// LeaseTTL is how long the lease each replica holds in etcd lives
+	// without being renewed: its liveness key and its place in the
+	// election of the replica that runs the scheduled jobs go with it. A
+	// replica that dies is seen dead, its reservations are settled by
+	// another and its jobs are taken over, within LeaseTTL. Whole
+	// seconds, at least 2s. Default 10s.
+	LeaseTTL Duration `yaml:"lease_ttl"`
 	// TLS configures the client's TLS; needed with https endpoints that
 	// the system roots do not verify, or that want a client certificate.
 	TLS LedgerTLS `yaml:"tls"`
@@ -64,6 +71,7 @@ func defaultLedger() Ledger {
 		Prefix:         "/taglock/",
 		DialTimeout:    Duration(5 * time.Second),
 		RequestTimeout: Duration(5 * time.Second),
+		LeaseTTL:       Duration(10 * time.Second),
 	}
 }
 
@@ -80,6 +88,7 @@ func (l Ledger) validate(add func(path, format string, args ...any)) {
 			{"prefix", l.Prefix != def.Prefix},
 			{"dial_timeout", l.DialTimeout != def.DialTimeout},
 			{"request_timeout", l.RequestTimeout != def.RequestTimeout},
+			{"lease_ttl", l.LeaseTTL != def.LeaseTTL},
 			{"tls", l.TLS != LedgerTLS{}},
 			{"username", l.Username != ""},
 			{"password", l.Password != ""},
@@ -119,6 +128,9 @@ func (l Ledger) validate(add func(path, format string, args ...any)) {
 	}
 	if l.RequestTimeout <= 0 {
 		add("ledger.request_timeout", "must be positive")
+	}
+	if l.LeaseTTL < Duration(2*time.Second) || l.LeaseTTL%Duration(time.Second) != 0 {
+		add("ledger.lease_ttl", "must be whole seconds, at least 2s, got %s", l.LeaseTTL.Std())
 	}
 	if (l.TLS.Cert == "") != (l.TLS.Key == "") {
 		add("ledger.tls", "cert and key must be given together")

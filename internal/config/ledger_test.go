@@ -25,15 +25,18 @@ func TestLedgerSection(t *testing.T) {
   endpoints: [https://etcd-0:2379, https://etcd-1:2379]
   prefix: /prod/taglock/
   request_timeout: 2s
+  lease_ttl: 4s
   tls: {ca: /etc/etcd/ca.pem, cert: c.pem, key: c.key}
   username: taglock
   password_file: /run/secrets/etcd
+upstream:
+  url: https://registry.example.com
 `))
 	if err != nil {
 		t.Fatal(err)
 	}
 	l := cfg.Ledger
-	if l.Backend != BackendEtcd || len(l.Endpoints) != 2 || l.Prefix != "/prod/taglock/" || l.RequestTimeout.Std() != 2*time.Second ||
+	if l.Backend != BackendEtcd || len(l.Endpoints) != 2 || l.Prefix != "/prod/taglock/" || l.RequestTimeout.Std() != 2*time.Second || l.LeaseTTL.Std() != 4*time.Second ||
 		l.DialTimeout.Std() != 5*time.Second || l.TLS.CA != "/etc/etcd/ca.pem" || l.Username != "taglock" || l.PasswordFile != "/run/secrets/etcd" {
 		t.Errorf("ledger = %+v", l)
 	}
@@ -52,6 +55,7 @@ func TestLedgerSection(t *testing.T) {
 		{"password without a user", "ledger:\n  backend: etcd\n  endpoints: [http://e:2379]\n  password: x\n", []string{"ledger.username: required"}},
 		{"both passwords", "ledger:\n  backend: etcd\n  endpoints: [http://e:2379]\n  username: u\n  password: x\n  password_file: f\n", []string{"ledger.password: give password or"}},
 		{"zero timeout", "ledger:\n  backend: etcd\n  endpoints: [http://e:2379]\n  request_timeout: 0\n", []string{"t.yaml:4: ledger.request_timeout: must be positive"}},
+		{"lease ttl", "ledger:\n  backend: etcd\n  endpoints: [http://e:2379]\n  lease_ttl: 1500ms\n", []string{"t.yaml:4: ledger.lease_ttl: must be whole seconds, at least 2s"}},
 		{"etcd settings with bolt", "ledger:\n  endpoints: [http://e:2379]\n  username: u\n",
 			[]string{"t.yaml:2: ledger.endpoints: is for backend etcd", "t.yaml:3: ledger.username: is for backend etcd"}},
 		{"unknown key", "ledger:\n  backend: etcd\n  endpoint: http://e:2379\n", []string{"t.yaml:3: unknown key \"endpoint\""}},

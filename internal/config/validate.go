@@ -217,6 +217,7 @@ func (c Config) Validate() []FieldError {
 	c.Limits.validate(c.Upstream.URL == "", add)
 	c.Cache.validate(add)
 	c.Ledger.validate(add)
+	c.Embedded.validate(c, add)
 	return errs
 }
 

@@ -20,6 +20,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/taglock/taglock/internal/cluster"
 	"github.com/taglock/taglock/internal/config"
 	"github.com/taglock/taglock/storage"
 	"github.com/taglock/taglock/storage/bolt"
@@ -92,6 +93,28 @@ func Open(ctx context.Context, cfg config.Config, o Options) (storage.Ledger, er
 		return nil, fmt.Errorf("%s: %w", Describe(cfg), err)
 	}
 	return l, nil
+}
+
+// Join makes this process a member of the replicas sharing the ledger l,
+// opened by Open from cfg, under the name owner (its reservations' Owner):
+// an etcd ledger's replicas coordinate through package cluster. With the
+// bolt backend one process holds the ledger, so there is nothing to join:
+// Join returns nil, and that process is the only replica and runs every
+// job.
+//
+// A command run by hand joins with observer set: it takes locks and sees
+// who is alive, but is not counted alive and never runs the jobs.
+func Join(ctx context.Context, cfg config.Config, l storage.Ledger, owner string, observer bool, log zerolog.Logger) (*cluster.Cluster, error) {
+	el, ok := l.(*etcd.Ledger)
+	if !ok {
+		return nil, nil
+	}
+	c, err := cluster.Join(ctx, cluster.Options{Client: el.Client(), Prefix: el.Prefix(), Owner: owner,
+		TTL: cfg.Ledger.LeaseTTL.Std(), RequestTimeout: cfg.Ledger.RequestTimeout.Std(), Log: log, Observer: observer})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", Describe(cfg), err)
+	}
+	return c, nil
 }
 
 // clientTLS builds the etcd client's TLS configuration: nil unless an

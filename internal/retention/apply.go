@@ -7,8 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
+	"strings"
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
@@ -116,11 +115,18 @@ func (r *Runner) Apply(ctx context.Context, o ApplyOptions) (res Result, err err
 	default:
 		return res, ErrRunning
 	}
+	if r.lock != nil {
+		unlock, err := r.lock(ctx)
+		if err != nil {
+			return res, err
+		}
+		defer unlock()
+	}
 	start := r.now()
 	defer func() { r.metrics.observe(start, res, err) }()
 	res.Deletions = []Deletion{}
 
-	if j, err := r.loadJournal(); err != nil {
+	if j, err := r.loadJournal(ctx); err != nil {
 		return res, err
 	} else if j != nil && len(j.Pending) > 0 {
 		switch fp := r.fingerprint(); {
@@ -132,7 +138,7 @@ func (r *Runner) Apply(ctx context.Context, o ApplyOptions) (res Result, err err
 				Msg("retention: the configuration changed since the interrupted run; its remaining deletions are dropped and a fresh plan decides")
 			r.audit.Warn().Str("event", "retention-resume-dropped").Int("pending", len(j.Pending)).Time("started", j.Started).
 				Msg("retention: an interrupted run's remaining deletions were dropped: the configuration changed")
-			if err := r.removeJournal(); err != nil {
+			if err := r.removeJournal(ctx); err != nil {
 				return res, err
 			}
 		case r.pol.MaxDeletions > 0 && len(j.Pending) > r.pol.MaxDeletions:
@@ -179,7 +185,13 @@ func (r *Runner) Apply(ctx context.Context, o ApplyOptions) (res Result, err err
 	if err := r.run(ctx, j, &res, o); err != nil {
 		return res, err
 	}
-	if r.gc != nil && (res.Deleted > 0 || r.gcOwed()) {
+	owed := false
+	if r.gc != nil && res.Deleted == 0 {
+		if owed, err = r.gcOwed(ctx); err != nil {
+			return res, err
+		}
+	}
+	if r.gc != nil && (res.Deleted > 0 || owed) {
 		gc, err := r.collect(ctx)
 		if err != nil {
 			return res, fmt.Errorf("garbage collection: %w", err)
@@ -191,14 +203,15 @@ func (r *Runner) Apply(ctx context.Context, o ApplyOptions) (res Result, err err
 	return res, nil
 }
 
-// run does the pending deletions of j in order, keeping the journal on
-// disk up to date so that an interruption loses nothing.
+// run does the pending deletions of j in order, keeping the journal in
+// the ledger up to date so that an interruption loses nothing, whichever
+// replica runs retention next.
 func (r *Runner) run(ctx context.Context, j *journal, res *Result, o ApplyOptions) error {
 	total := len(j.Pending)
 	if total == 0 {
 		return nil
 	}
-	if err := r.saveJournal(j); err != nil {
+	if err := r.saveJournal(ctx, j); err != nil {
 		return err
 	}
 	for i := 0; len(j.Pending) > 0; i++ {
@@ -210,7 +223,7 @@ func (r *Runner) run(ctx context.Context, j *journal, res *Result, o ApplyOption
 			return err // the journal still holds d: the next run does it
 		}
 		j.Pending = j.Pending[1:]
-		if err := r.saveJournal(j); err != nil {
+		if err := r.saveJournal(ctx, j); err != nil {
 			return err
 		}
 		res.Deletions = append(res.Deletions, d)
@@ -226,7 +239,7 @@ func (r *Runner) run(ctx context.Context, j *journal, res *Result, o ApplyOption
 			o.Progress(Progress{Done: i + 1, Total: total, Last: d})
 		}
 	}
-	return r.removeJournal()
+	return r.removeJournal(ctx)
 }
 
 // deleteOne runs one deletion and sets its outcome. The error is for what
@@ -335,87 +348,86 @@ func (r *Runner) auditDeletion(d *Deletion) {
 		Msg("retention " + what + " " + d.Outcome)
 }
 
-func (r *Runner) loadJournal() (*journal, error) {
-	b, err := os.ReadFile(r.journalPath())
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
+func (r *Runner) loadJournal(ctx context.Context) (*journal, error) {
+	if err := r.migrate(ctx); err != nil {
+		return nil, err
 	}
+	st, err := r.ledger.JobStates(ctx, stateJournal)
 	if err != nil {
 		return nil, fmt.Errorf("retention state: %w", err)
 	}
+	b, ok := st[stateJournal]
+	if !ok {
+		return nil, nil
+	}
 	var j journal
 	if err := json.Unmarshal(b, &j); err != nil {
-		return nil, fmt.Errorf("retention state %s: %w", r.journalPath(), err)
+		return nil, fmt.Errorf("retention state %s: %w", stateJournal, err)
 	}
 	return &j, nil
 }
 
-func (r *Runner) saveJournal(j *journal) error {
-	return writeFileAtomic(r.journalPath(), j)
+func (r *Runner) saveJournal(ctx context.Context, j *journal) error {
+	b, err := json.Marshal(j)
+	if err != nil {
+		return err
+	}
+	if err := r.ledger.PutJobStates(ctx, map[string][]byte{stateJournal: b}); err != nil {
+		return fmt.Errorf("retention state: %w", err)
+	}
+	return nil
 }
 
-func (r *Runner) removeJournal() error {
-	if err := os.Remove(r.journalPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
+func (r *Runner) removeJournal(ctx context.Context) error {
+	if err := r.ledger.PutJobStates(ctx, map[string][]byte{stateJournal: nil}); err != nil {
 		return fmt.Errorf("retention state: %w", err)
 	}
 	return nil
 }
 
 // Pending returns the deletions an interrupted run left, nil when none.
-func (r *Runner) Pending() ([]Deletion, error) {
-	j, err := r.loadJournal()
+func (r *Runner) Pending(ctx context.Context) ([]Deletion, error) {
+	j, err := r.loadJournal(ctx)
 	if err != nil || j == nil {
 		return nil, err
 	}
 	return j.Pending, nil
 }
 
-func (r *Runner) loadSeen() (map[string]time.Time, error) {
-	seen := map[string]time.Time{}
-	b, err := os.ReadFile(r.seenPath())
-	if errors.Is(err, os.ErrNotExist) {
-		return seen, nil
+// loadSeen returns the first-seen times of untagged manifests, by
+// "repo@digest".
+func (r *Runner) loadSeen(ctx context.Context) (map[string]time.Time, error) {
+	if err := r.migrate(ctx); err != nil {
+		return nil, err
 	}
+	st, err := r.ledger.JobStates(ctx, stateSeen)
 	if err != nil {
 		return nil, fmt.Errorf("retention first-seen times: %w", err)
 	}
-	if err := json.Unmarshal(b, &seen); err != nil {
-		return nil, fmt.Errorf("retention first-seen times %s: %w", r.seenPath(), err)
+	seen := make(map[string]time.Time, len(st))
+	for k, v := range st {
+		t, err := time.Parse(time.RFC3339Nano, string(v))
+		if err != nil {
+			return nil, fmt.Errorf("retention first-seen time %s: %w", k, err)
+		}
+		seen[strings.TrimPrefix(k, stateSeen)] = t
 	}
 	return seen, nil
 }
 
-func (r *Runner) saveSeen(seen map[string]time.Time) error {
-	return writeFileAtomic(r.seenPath(), seen)
-}
-
-// writeFileAtomic writes v as JSON to path through a temporary file and a
-// rename, so a crash leaves the old or the new content.
-func writeFileAtomic(path string, v any) error {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return err
+// saveSeen records the first-seen times in seen that old lacks.
+func (r *Runner) saveSeen(ctx context.Context, old, seen map[string]time.Time) error {
+	add := map[string][]byte{}
+	for k, t := range seen {
+		if _, ok := old[k]; !ok {
+			add[stateSeen+k] = []byte(t.UTC().Format(time.RFC3339Nano))
+		}
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
-		return fmt.Errorf("retention state: %w", err)
+	if len(add) == 0 {
+		return nil
 	}
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
-	if err != nil {
-		return fmt.Errorf("retention state: %w", err)
-	}
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		return fmt.Errorf("retention state: %w", err)
+	if err := r.ledger.PutJobStates(ctx, add); err != nil {
+		return fmt.Errorf("retention first-seen times: %w", err)
 	}
 	return nil
 }

@@ -7,8 +7,10 @@
 // tags first, one DELETE manifests/<tag> each, then digests in the plan's
 // delete order, each re-checked just before its delete so that a push that
 // landed after the plan is never undone. Deleted tags stay in the ledger as
-// tombstones. The remaining deletions of a run are kept in a state file,
-// so an interrupted run resumes where it stopped. In embedded mode it then
+// tombstones. The remaining deletions of a run, and when untagged
+// manifests were first seen, are kept in the ledger's job state
+// (storage.Ledger.JobStates), so an interrupted run resumes where it
+// stopped, in whichever process runs retention next. In embedded mode it then
 // reclaims blob storage with a mark and sweep that runs while the proxy
 // holds writes.
 //

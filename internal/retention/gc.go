@@ -5,8 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/distribution/distribution/v3"
 	dstorage "github.com/distribution/distribution/v3/registry/storage"
@@ -36,16 +36,16 @@ type GCResult struct {
 }
 
 // collect runs garbage collection after a run. A collection deferred or
-// failed is remembered in Dir as owed, so the next run collects even if it
+// failed is remembered in the ledger as owed, so the next run collects even if it
 // deletes nothing; one that ran clears the debt.
 func (r *Runner) collect(ctx context.Context) (GCResult, error) {
 	gc, err := r.gc(ctx)
 	if err == nil && !gc.Deferred {
 		r.audit.Info().Str("event", "retention-gc").Int64("bytes_freed", gc.BytesFreed).Int("blobs_deleted", gc.BlobsDeleted).
 			Msg("retention: reclaimed blob storage")
-		return gc, r.oweGC(false)
+		return gc, r.oweGC(ctx, false)
 	}
-	if oerr := r.oweGC(true); err == nil {
+	if oerr := r.oweGC(ctx, true); err == nil {
 		err = oerr
 	}
 	if err != nil {
@@ -57,23 +57,26 @@ func (r *Runner) collect(ctx context.Context) (GCResult, error) {
 }
 
 // gcOwed reports whether an earlier run deferred or failed its collection.
-func (r *Runner) gcOwed() bool {
-	_, err := os.Stat(r.gcOwedPath())
-	return err == nil
+func (r *Runner) gcOwed(ctx context.Context) (bool, error) {
+	st, err := r.ledger.JobStates(ctx, stateGCOwed)
+	if err != nil {
+		return false, fmt.Errorf("retention state: %w", err)
+	}
+	_, owed := st[stateGCOwed]
+	return owed, nil
 }
 
 // oweGC records or clears an owed collection.
-func (r *Runner) oweGC(owed bool) error {
+func (r *Runner) oweGC(ctx context.Context, owed bool) error {
+	var v []byte
 	if owed {
-		return writeFileAtomic(r.gcOwedPath(), r.now().UTC())
+		v = []byte(r.now().UTC().Format(time.RFC3339Nano))
 	}
-	if err := os.Remove(r.gcOwedPath()); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := r.ledger.PutJobStates(ctx, map[string][]byte{stateGCOwed: v}); err != nil {
 		return fmt.Errorf("retention state: %w", err)
 	}
 	return nil
 }
-
-func (r *Runner) gcOwedPath() string { return filepath.Join(r.dir, "gc-owed.json") }
 
 // CollectGarbage runs a mark and sweep over the embedded registry's
 // filesystem storage rooted at dir (the driver's rootdirectory), like

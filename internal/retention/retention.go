@@ -4,8 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
+	"maps"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
@@ -34,6 +35,8 @@ type Ledger interface {
 	PutManifest(ctx context.Context, m storage.Manifest) error
 	LastPulls(ctx context.Context, repo string) (map[digest.Digest]time.Time, error)
 	Put(ctx context.Context, bindings []storage.Binding, events []storage.Event) error
+	JobStates(ctx context.Context, prefix string) (map[string][]byte, error)
+	PutJobStates(ctx context.Context, values map[string][]byte) error
 }
 
 var _ Ledger = storage.Ledger(nil)
@@ -62,9 +65,16 @@ type Options struct {
 	// Ledger and Upstream are required.
 	Ledger   Ledger
 	Upstream Upstream
-	// Dir holds the state of interrupted runs and first-seen times.
-	// Required.
+	// Dir is where retention kept its state before it moved into the
+	// ledger (apply.json, first-seen.json, gc-owed.json). Files found
+	// there are moved into the ledger's job state once, and renamed with
+	// a .migrated suffix. Default "": none to migrate.
 	Dir string
+	// Lock, when set, is taken for the whole of each Apply, so that one
+	// run at a time applies retention across every process sharing the
+	// ledger; it fails, wrapping ErrRunning, when another holds it.
+	// Default nil: runs are one at a time within this process only.
+	Lock func(ctx context.Context) (unlock func(), err error)
 	// GC reclaims blob storage after a run that deleted something; nil
 	// reclaims nothing (a remote upstream runs its own).
 	GC GCFunc
@@ -91,12 +101,15 @@ type Runner struct {
 	metrics *Metrics
 	now     func() time.Time
 	busy    chan struct{}
+	lock    func(ctx context.Context) (func(), error)
+
+	migrated atomic.Bool
 }
 
 // New returns a Runner.
 func New(o Options) *Runner {
 	r := &Runner{pol: o.Policy, im: o.Immutability, ledger: o.Ledger, up: o.Upstream, dir: o.Dir, gc: o.GC,
-		log: o.Log, audit: o.Log, metrics: o.Metrics, now: o.Now, busy: make(chan struct{}, 1)}
+		log: o.Log, audit: o.Log, metrics: o.Metrics, now: o.Now, busy: make(chan struct{}, 1), lock: o.Lock}
 	if o.Audit != nil {
 		r.audit = *o.Audit
 	}
@@ -132,10 +145,11 @@ func (r *Runner) Plan(ctx context.Context) (Report, error) {
 	if err != nil {
 		return rep, err
 	}
-	seen, err := r.loadSeen()
+	seen, err := r.loadSeen(ctx)
 	if err != nil {
 		return rep, err
 	}
+	old := maps.Clone(seen)
 	var states []policy.RepoState
 	for _, repo := range repos {
 		st, err := r.repoState(ctx, repo, now, seen)
@@ -144,7 +158,7 @@ func (r *Runner) Plan(ctx context.Context) (Report, error) {
 		}
 		states = append(states, st)
 	}
-	if err := r.saveSeen(seen); err != nil {
+	if err := r.saveSeen(ctx, old, seen); err != nil {
 		return rep, err
 	}
 	rep.Plans, rep.Totals = r.pol.Plan(now, states)
@@ -178,5 +192,14 @@ func (r *Runner) repositories(ctx context.Context) ([]string, error) {
 	return out, nil
 }
 
-func (r *Runner) journalPath() string { return filepath.Join(r.dir, "apply.json") }
-func (r *Runner) seenPath() string    { return filepath.Join(r.dir, "first-seen.json") }
+// Retention's job state in the ledger (storage.Ledger.JobStates).
+const (
+	// stateJournal holds the journal of a run: what it still has to
+	// delete (JSON).
+	stateJournal = "retention/journal"
+	// stateSeen+"repo@digest" holds when an untagged manifest was first
+	// seen (RFC 3339).
+	stateSeen = "retention/first-seen/"
+	// stateGCOwed is present while a garbage collection is owed.
+	stateGCOwed = "retention/gc-owed"
+)

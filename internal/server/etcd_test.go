@@ -1,12 +1,18 @@
 package server
 
 import (
+	"context"
+	"errors"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
+	digest "github.com/opencontainers/go-digest"
+	"github.com/rs/zerolog"
+
 	"github.com/taglock/taglock/internal/config"
+	"github.com/taglock/taglock/storage"
 	"github.com/taglock/taglock/storage/etcd/etcdtest"
 )
 
@@ -21,6 +27,7 @@ func TestServeOnEtcd(t *testing.T) {
 	_, base := mustStart(t, func(c *config.Config) {
 		c.Ledger.Backend, c.Ledger.Endpoints = config.BackendEtcd, cluster.Endpoints()
 		c.Ledger.RequestTimeout = config.Duration(time.Second)
+		c.Embedded.UnsafeLocalStorageForTests = true // one replica
 	})
 	if code, _ := push(t, base, "team/app", "1.0", "one"); code != http.StatusCreated {
 		t.Fatalf("push 1.0: %d", code)
@@ -66,4 +73,89 @@ func TestServeOnEtcd(t *testing.T) {
 	if code, _ := push(t, base, "team/app", "2.0", "three"); code != http.StatusCreated {
 		t.Errorf("push with etcd back: %d", code)
 	}
+}
+
+// leads reports whether the taglock at base runs the jobs, from its
+// taglock_cluster_leader metric.
+func leads(t *testing.T, base string) bool {
+	t.Helper()
+	_, body := do(t, http.MethodGet, base+"/metrics", "", nil)
+	return strings.Contains(string(body), "\ntaglock_cluster_leader 1\n")
+}
+
+// TestReplicasOnEtcdShareTheJobs ensures that of two replicas on one etcd
+// ledger exactly one runs the jobs, that it settles a reservation a dead
+// replica left (no live replica owns it), and that when it stops the other
+// takes the jobs over.
+func TestReplicasOnEtcdShareTheJobs(t *testing.T) {
+	t.Parallel()
+	cluster := etcdtest.Start(t, 1)
+	edit := func(c *config.Config) {
+		c.Ledger.Backend, c.Ledger.Endpoints = config.BackendEtcd, cluster.Endpoints()
+		c.Ledger.LeaseTTL = config.Duration(2 * time.Second)
+		c.Upstream.SettleMargin = config.Duration(time.Second)
+		c.Embedded.UnsafeLocalStorageForTests = true // the test pushes nothing
+	}
+	a, baseA := startOnly(t, edit)
+	defer func() { _ = a.Shutdown(context.Background()) }()
+	b, baseB := startOnly(t, edit)
+	defer func() { _ = b.Shutdown(context.Background()) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for leads(t, baseA) == leads(t, baseB) {
+		if time.Now().After(deadline) {
+			t.Fatalf("not exactly one leader: a %v, b %v", leads(t, baseA), leads(t, baseB))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	leader, other := a, baseB
+	if !leads(t, baseA) {
+		leader, other = b, baseA
+	}
+
+	ctx := context.Background()
+	res, err := leader.Ledger().Reserve(ctx, storage.Reservation{Repo: "team/app", Tags: []string{"1.0"}, Digest: digest.FromString("x"),
+		Owner: "a-replica-that-died", Deadline: time.Now().Add(-time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if _, err := leader.Ledger().Reservation(ctx, res.ID); errors.Is(err, storage.ErrNotFound) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the dead replica's reservation was not settled")
+		}
+	}
+
+	if err := leader.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); !leads(t, other); time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the other replica did not take the jobs over after the leader stopped")
+		}
+	}
+}
+
+// TestEtcdReplicaOnLocalStorageIsRefused ensures that serve refuses to
+// start a replica on the etcd ledger whose embedded registry would keep
+// blobs on local disk, saying what to do, and starts it with the
+// tests-only override.
+func TestEtcdReplicaOnLocalStorageIsRefused(t *testing.T) {
+	t.Parallel()
+	cluster := etcdtest.Start(t, 1)
+	cfg := config.Default()
+	cfg.Listen, cfg.Data = "127.0.0.1:0", t.TempDir()
+	cfg.Ledger.Backend, cfg.Ledger.Endpoints = config.BackendEtcd, cluster.Endpoints()
+	_, err := Start(context.Background(), cfg, zerolog.Nop())
+	if err == nil || !strings.Contains(err.Error(), "other replicas sharing the etcd ledger cannot see") ||
+		!strings.Contains(err.Error(), "embedded.unsafe_local_storage_for_tests") {
+		t.Fatalf("Start with local storage on etcd: %v, want a refusal naming the override", err)
+	}
+	cfg.Embedded.UnsafeLocalStorageForTests = true
+	srv, err := Start(context.Background(), cfg, zerolog.Nop())
+	if err != nil {
+		t.Fatalf("Start with the override: %v", err)
+	}
+	_ = srv.Shutdown(context.Background())
 }

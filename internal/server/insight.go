@@ -32,12 +32,13 @@ func newInsight(cfg config.Config, log zerolog.Logger) (*insight, error) {
 // auditLogger is the logger for proxy.Options.Audit.
 func (in *insight) auditLogger() *zerolog.Logger { return &in.audit }
 
-// start begins the scheduled verify, if one is configured.
-func (in *insight) start(tools *proxy.Drift, metrics *proxy.Metrics) {
+// start begins the scheduled verify, if one is configured. It runs on the
+// replica that runs the jobs (j).
+func (in *insight) start(tools *proxy.Drift, metrics *proxy.Metrics, j jobs) {
 	if in.cfg.Verify.Schedule <= 0 {
 		return
 	}
-	in.verify = &verifier{tools: tools, metrics: metrics, audit: in.audit, log: in.log, every: in.cfg.Verify.Schedule.Std()}
+	in.verify = &verifier{tools: tools, metrics: metrics, audit: in.audit, log: in.log, every: in.cfg.Verify.Schedule.Std(), jobs: j}
 	in.verify.start()
 }
 

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"time"
 
@@ -35,12 +36,13 @@ type retentionParts struct {
 	runner *retention.Runner
 	cancel context.CancelFunc
 	done   chan struct{}
+	jobs   jobs // scheduled runs and GC happen on the replica that runs the jobs
 }
 
 // newRetentionParts starts pull tracking and, in embedded mode, the write
 // gate; they go into the proxy's options.
-func newRetentionParts(cfg config.Config, ledger storage.Ledger, log zerolog.Logger) *retentionParts {
-	p := &retentionParts{pulls: proxy.NewPullTracker(ledger, proxy.PullTrackerOptions{Log: log})}
+func newRetentionParts(cfg config.Config, ledger storage.Ledger, j jobs, log zerolog.Logger) *retentionParts {
+	p := &retentionParts{pulls: proxy.NewPullTracker(ledger, proxy.PullTrackerOptions{Log: log}), jobs: j}
 	if cfg.Upstream.URL == "" {
 		p.gate = proxy.NewWriteGate(proxy.GateOptions{Drain: cfg.Limits.GCDrainTimeout.Std(), Wait: cfg.Limits.GCWriteWait.Std()})
 	}
@@ -59,10 +61,23 @@ func (p *retentionParts) start(cfg config.Config, ledger storage.Ledger, px *pro
 		return err
 	}
 	o := retention.Options{Policy: pol, Immutability: im, Ledger: ledger, Upstream: px, Dir: RetentionDir(cfg.Data),
-		Log: log, Audit: audit, Metrics: retention.NewMetrics(reg)}
+		Log: log, Audit: audit, Metrics: retention.NewMetrics(reg), Lock: p.jobs.lock()}
 	if p.gate != nil {
 		gate, dir := p.gate, RegistryStorage(cfg.Data)
 		o.GC = func(ctx context.Context) (retention.GCResult, error) {
+			if n, err := p.jobs.others(ctx); err != nil || n > 0 {
+				// This gate holds this replica's writes only.
+				why := fmt.Sprintf("%d other replicas share the registry's storage and may be writing to it; "+
+					"taglock collects garbage only with one replica running (scale to one and run taglock retention apply)", n)
+				if err != nil {
+					why = "cannot tell whether other replicas are writing: " + err.Error()
+				}
+				return retention.GCResult{Deferred: true, Reason: why}, nil
+			}
+			if d := cfg.Embedded.StorageDriver(); d != "filesystem" {
+				return retention.GCResult{Deferred: true, Reason: "taglock collects garbage on filesystem storage only; " +
+					"the embedded registry stores on " + d + ": reclaim its space with the object store's own tools"}, nil
+			}
 			release, err := gate.Hold(ctx)
 			if errors.Is(err, proxy.ErrWritesInFlight) {
 				// Never collect while a write could land blobs: the
@@ -93,10 +108,13 @@ func (p *retentionParts) start(cfg config.Config, ledger storage.Ledger, px *pro
 			case <-t.C:
 			}
 			// Failures are in the run's log lines and metrics; the
-			// next tick tries again.
-			if _, err := p.runner.Apply(ctx, retention.ApplyOptions{}); err != nil && ctx.Err() == nil {
-				log.Error().Err(err).Msg("scheduled retention run failed")
-			}
+			// next tick tries again. Only the replica that runs the
+			// jobs applies the schedule.
+			p.jobs.during(ctx, func(ctx context.Context) {
+				if _, err := p.runner.Apply(ctx, retention.ApplyOptions{}); err != nil && ctx.Err() == nil {
+					log.Error().Err(err).Msg("scheduled retention run failed")
+				}
+			})
 		}
 	}()
 	return nil

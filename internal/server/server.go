@@ -21,6 +21,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -53,6 +54,7 @@ type Server struct {
 	insight  *insight // audit file, scheduled verify
 	ret      *retentionParts
 	counts   *countCache // the whole ledger's counts, for the metrics and the web page
+	jobs     jobs        // where the work that must run once runs
 
 	stopSettler context.CancelFunc
 	settlerDone chan struct{}
@@ -86,6 +88,9 @@ func StartWith(ctx context.Context, cfg config.Config, log zerolog.Logger, hooks
 			s.closeAll()
 		}
 	}()
+	if err := cfg.SharedStorage(); err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(cfg.Data, 0o750); err != nil {
 		return nil, fmt.Errorf("data directory: %w", err)
 	}
@@ -100,6 +105,16 @@ func StartWith(ctx context.Context, cfg config.Config, log zerolog.Logger, hooks
 			"or import a `taglock ledger export` into a new data directory", err, LedgerPath(cfg.Data))
 	case err != nil:
 		return nil, err
+	}
+	owner := newOwner()
+	c, err := ledger.Join(ctx, cfg, s.ledger, owner, false, log)
+	if err != nil {
+		return nil, err
+	}
+	s.jobs = jobs{c}
+	if c != nil && cfg.Upstream.URL == "" && cfg.Embedded.SecretFile == "" {
+		log.Warn().Msg("embedded.secret_file is not set: each replica signs uploads with a secret of its own, " +
+			"so an upload must go through one replica from start to end (a load balancer with session affinity)")
 	}
 	if s.up, s.registry, err = openUpstream(ctx, cfg, log); err != nil {
 		return nil, err
@@ -129,29 +144,32 @@ func StartWith(ctx context.Context, cfg config.Config, log zerolog.Logger, hooks
 	if lc, ok := s.ledger.(proxy.LostEventsCounter); ok {
 		metrics.WatchLostEvents(lc)
 	}
+	s.jobs.register(reg)
 	if s.insight, err = newInsight(cfg, log); err != nil {
 		return nil, err
 	}
-	s.ret = newRetentionParts(cfg, s.ledger, log)
+	s.ret = newRetentionParts(cfg, s.ledger, s.jobs, log)
 	s.proxy = proxy.New(proxy.Options{
-		Pulls:           s.ret.pulls,
-		Gate:            s.ret.gate,
-		Upstream:        metrics.Upstream(s.up),
-		Ledger:          timedLedger{s.ledger, metrics},
-		Immutability:    im,
-		Promotion:       promo,
-		PinOnRead:       cfg.Immutability.PinOnRead,
-		Log:             log,
-		Metrics:         metrics,
-		Audit:           s.insight.auditLogger(),
-		LookupTimeout:   cfg.Upstream.Timeout.Std(),
-		SettleMargin:    cfg.Upstream.SettleMargin.Std(),
-		ReserveWait:     hooks.ReserveWait,
-		Auth:            authn,
-		Access:          access,
-		MaxUploads:      cfg.Limits.MaxConcurrentUploads,
-		MaxManifestSize: int64(cfg.Limits.MaxManifestSize),
-		Cache:           cacheOptions(cfg),
+		Pulls:            s.ret.pulls,
+		Gate:             s.ret.gate,
+		Upstream:         metrics.Upstream(s.up),
+		Ledger:           timedLedger{s.ledger, metrics},
+		Immutability:     im,
+		Promotion:        promo,
+		PinOnRead:        cfg.Immutability.PinOnRead,
+		Log:              log,
+		Metrics:          metrics,
+		Audit:            s.insight.auditLogger(),
+		LookupTimeout:    cfg.Upstream.Timeout.Std(),
+		SettleMargin:     cfg.Upstream.SettleMargin.Std(),
+		Owner:            owner,
+		SettledElsewhere: s.jobs.settledElsewhere(),
+		ReserveWait:      hooks.ReserveWait,
+		Auth:             authn,
+		Access:           access,
+		MaxUploads:       cfg.Limits.MaxConcurrentUploads,
+		MaxManifestSize:  int64(cfg.Limits.MaxManifestSize),
+		Cache:            cacheOptions(cfg),
 	})
 	if err := s.proxy.Reservations().Reconcile(ctx); err != nil {
 		// Unsettled reservations stay and keep their tags held; pushes
@@ -213,10 +231,16 @@ func StartWith(ctx context.Context, cfg config.Config, log zerolog.Logger, hooks
 	// Logged whatever the level: scripts read the bound address from it.
 	log.Log().Str("level", "info").Str("addr", s.ln.Addr().String()).Str("mode", mode).Str("data", cfg.Data).
 		Str("admin_socket", s.admin.path).Msg("listening")
-	s.insight.start(s.proxy.Drift(), metrics)
+	s.insight.start(s.proxy.Drift(), metrics, s.jobs)
 	go func() { s.done <- serve(s.http, s.ln) }()
 	s.admin.start(sock, log)
 	return s, nil
+}
+
+// embeddedOptions are the embedded registry's options from cfg.
+func embeddedOptions(cfg config.Config, log zerolog.Logger) embedded.Options {
+	return embedded.Options{Root: filepath.Join(cfg.Data, "registry"), Storage: cfg.Embedded.Storage,
+		SecretFile: cfg.Embedded.SecretFile, Log: log}
 }
 
 // ledgerRoutes mounts the web page and the ledger's read API on the TCP
@@ -321,6 +345,7 @@ func (s *Server) closeAll() {
 	if s.counts != nil {
 		s.counts.close()
 	}
+	s.jobs.close()
 	if s.registry != nil {
 		_ = s.registry.Shutdown()
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/url"
-	"path/filepath"
 
 	"github.com/rs/zerolog"
 
@@ -19,7 +18,7 @@ import (
 // credentials. serve and the offline commands both start it here.
 func openUpstream(ctx context.Context, cfg config.Config, log zerolog.Logger) (proxy.Upstream, *embedded.Registry, error) {
 	if cfg.Upstream.URL == "" {
-		reg, err := embedded.New(ctx, embedded.Options{Root: filepath.Join(cfg.Data, "registry"), Log: log})
+		reg, err := embedded.New(ctx, embeddedOptions(cfg, log))
 		if err != nil {
 			return nil, nil, err
 		}

@@ -22,6 +22,7 @@ type verifier struct {
 	audit   zerolog.Logger
 	log     zerolog.Logger
 	every   time.Duration
+	jobs    jobs // verify runs on the replica that runs the jobs
 
 	mu   sync.Mutex
 	last *admin.DriftRun
@@ -30,7 +31,8 @@ type verifier struct {
 	done   chan struct{}
 }
 
-// start runs a first verify at once, then one every v.every, until stop.
+// start runs a first verify at once, then one every v.every, until stop,
+// whenever this replica runs the jobs; the others skip their turns.
 func (v *verifier) start() {
 	ctx, cancel := context.WithCancel(context.Background())
 	v.cancel, v.done = cancel, make(chan struct{})
@@ -39,7 +41,7 @@ func (v *verifier) start() {
 		t := time.NewTicker(v.every)
 		defer t.Stop()
 		for {
-			v.run(ctx)
+			v.jobs.during(ctx, v.run)
 			select {
 			case <-ctx.Done():
 				return

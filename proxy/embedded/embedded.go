@@ -2,12 +2,14 @@
 // when no upstream is configured.
 //
 // It owns the registry's configuration (filesystem storage under the data
-// directory, deletes enabled, redirects off, a persistent upload secret)
-// and routes Distribution's logrus output into zerolog. It must not make
+// directory, or the storage driver the caller names, such as S3 that
+// several replicas share; deletes enabled, redirects off, a persistent
+// upload secret) and routes Distribution's logrus output into zerolog. It must not make
 // policy decisions: every request reaches it through package proxy.
 package embedded
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -16,14 +18,16 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 
 	"github.com/distribution/distribution/v3/configuration"
 	"github.com/distribution/distribution/v3/registry/handlers"
-	_ "github.com/distribution/distribution/v3/registry/storage/driver/filesystem" // the only driver taglock embeds
+	_ "github.com/distribution/distribution/v3/registry/storage/driver/filesystem" // the default
 	"github.com/rs/zerolog"
 	"github.com/sirupsen/logrus"
+	"go.yaml.in/yaml/v3"
 )
 
 // Registry is an embedded Distribution registry.
@@ -34,8 +38,20 @@ type Registry struct {
 
 // Options configures New.
 type Options struct {
-	// Root is the storage directory. Required.
+	// Root is the local directory: the filesystem storage under
+	// Root/data, unless Storage names another driver, and the upload
+	// secret. Required.
 	Root string
+	// Storage, when set, is Distribution's storage driver section: one
+	// driver name of Drivers and its parameters, passed as they are,
+	// such as {"s3": {"region": "eu-west-1", "bucket": "registry"}}.
+	// Default nil: filesystem under Root/data.
+	Storage map[string]map[string]any
+	// SecretFile is a file holding the secret that signs upload state.
+	// Replicas behind one load balancer must share it, so that an upload
+	// started on one continues on another. Default "": Root/http.secret,
+	// created with a random secret when missing.
+	SecretFile string
 	// Log receives Distribution's own log lines. Its request logging,
 	// which includes every answer with an error code such as a 404 for a
 	// blob a client checks before uploading it, goes to debug (taglock
@@ -52,33 +68,19 @@ func New(ctx context.Context, o Options) (r *Registry, err error) {
 	if err := os.MkdirAll(o.Root, 0o750); err != nil {
 		return nil, fmt.Errorf("embedded registry: %w", err)
 	}
-	secret, err := loadSecret(filepath.Join(o.Root, "http.secret"))
+	secretFile := o.SecretFile
+	if secretFile == "" {
+		secretFile = filepath.Join(o.Root, "http.secret")
+	}
+	secret, err := loadSecret(secretFile, o.SecretFile == "")
 	if err != nil {
 		return nil, err
 	}
-	cfg, err := configuration.Parse(strings.NewReader(fmt.Sprintf(`
-version: 0.1
-log:
-  level: warn
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: %q
-  delete:
-    enabled: true
-  redirect:
-    disable: true
-  maintenance:
-    uploadpurging:
-      enabled: true
-      age: 168h
-      interval: 24h
-      dryrun: false
-http:
-  addr: 127.0.0.1:0
-  secret: %q
-`, filepath.Join(o.Root, "data"), secret)))
+	doc, err := configYAML(o, secret)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := configuration.Parse(bytes.NewReader(doc))
 	if err != nil {
 		return nil, fmt.Errorf("embedded registry: config: %w", err)
 	}
@@ -105,15 +107,59 @@ func (r *Registry) Root() string { return r.root }
 // Shutdown stops the registry's background work.
 func (r *Registry) Shutdown() error { return r.app.Shutdown() }
 
+// configYAML is the registry's configuration document.
+func configYAML(o Options, secret string) ([]byte, error) {
+	storage := map[string]any{
+		"delete":   map[string]any{"enabled": true},
+		"redirect": map[string]any{"disable": true},
+		"maintenance": map[string]any{"uploadpurging": map[string]any{
+			"enabled": true, "age": "168h", "interval": "24h", "dryrun": false}},
+	}
+	switch len(o.Storage) {
+	case 0:
+		storage["filesystem"] = map[string]any{"rootdirectory": filepath.Join(o.Root, "data")}
+	case 1:
+		for name, params := range o.Storage {
+			if !slices.Contains(Drivers, name) {
+				return nil, fmt.Errorf("embedded registry: storage driver %q is not one of %s", name, strings.Join(Drivers, ", "))
+			}
+			if params == nil {
+				params = map[string]any{}
+			}
+			storage[name] = params
+		}
+	default:
+		return nil, fmt.Errorf("embedded registry: storage names %d drivers, want one", len(o.Storage))
+	}
+	return yaml.Marshal(map[string]any{
+		"version": "0.1",
+		"log":     map[string]any{"level": "warn", "accesslog": map[string]any{"disabled": true}},
+		"storage": storage,
+		"http":    map[string]any{"addr": "127.0.0.1:0", "secret": secret},
+	})
+}
+
+// Driver is the storage driver o configures: "filesystem" by default.
+func (o Options) Driver() string {
+	for name := range o.Storage {
+		return name
+	}
+	return "filesystem"
+}
+
 // loadSecret keeps the secret that signs upload state across restarts, so an
-// upload in progress survives one.
-func loadSecret(path string) (string, error) {
+// upload in progress survives one. A missing or short secret is generated
+// when create is set, and is an error otherwise (a file the operator gave).
+func loadSecret(path string, create bool) (string, error) {
 	b, err := os.ReadFile(path)
 	if err == nil && len(strings.TrimSpace(string(b))) >= 32 {
 		return strings.TrimSpace(string(b)), nil
 	}
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return "", fmt.Errorf("embedded registry: secret: %w", err)
+	}
+	if !create {
+		return "", fmt.Errorf("embedded registry: secret file %s must hold a secret of at least 32 characters", path)
 	}
 	var raw [32]byte
 	if _, err := rand.Read(raw[:]); err != nil {

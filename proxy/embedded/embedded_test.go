@@ -1,8 +1,10 @@
 package embedded
 
 import (
+	"bytes"
 	"testing"
 
+	"github.com/distribution/distribution/v3/configuration"
 	"github.com/rs/zerolog"
 	"github.com/sirupsen/logrus"
 )
@@ -29,6 +31,37 @@ func TestLevel(t *testing.T) {
 		e := &logrus.Entry{Level: tt.level, Message: tt.msg, Data: tt.data}
 		if got := level(e); got != tt.want {
 			t.Errorf("%s: level %s, want %s", tt.name, got, tt.want)
+		}
+	}
+}
+
+// TestStorageSectionIsPassedToDistribution ensures that a storage driver
+// section given in Options reaches Distribution's configuration as it is,
+// next to the settings taglock needs (deletes on, redirects off), that the
+// default is filesystem storage under Root, and that an unknown driver or
+// two drivers are refused.
+func TestStorageSectionIsPassedToDistribution(t *testing.T) {
+	t.Parallel()
+	doc, err := configYAML(Options{Root: "/r", Storage: map[string]map[string]any{"s3": {"region": "eu-west-1", "bucket": "b"}}}, "secret")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := configuration.Parse(bytes.NewReader(doc))
+	if err != nil {
+		t.Fatalf("%v\n%s", err, doc)
+	}
+	if cfg.Storage.Type() != "s3" || cfg.Storage.Parameters()["bucket"] != "b" || cfg.Storage["delete"]["enabled"] != true ||
+		cfg.Storage["redirect"]["disable"] != true {
+		t.Errorf("storage = %+v", cfg.Storage)
+	}
+	doc, _ = configYAML(Options{Root: "/r"}, "secret")
+	if cfg, err := configuration.Parse(bytes.NewReader(doc)); err != nil || cfg.Storage.Type() != "filesystem" ||
+		cfg.Storage.Parameters()["rootdirectory"] != "/r/data" {
+		t.Errorf("default storage = %+v, %v", cfg.Storage, err)
+	}
+	for _, bad := range []map[string]map[string]any{{"inmemory": nil}, {"s3": nil, "gcs": nil}} {
+		if _, err := configYAML(Options{Root: "/r", Storage: bad}, "secret"); err == nil {
+			t.Errorf("storage %v accepted", bad)
 		}
 	}
 }

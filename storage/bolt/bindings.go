@@ -128,7 +128,7 @@ func (l *Ledger) Put(ctx context.Context, bindings []storage.Binding, events []s
 	}
 	return l.update(ctx, func(tx *bbolt.Tx) error {
 		for _, b := range bindings {
-			if err := putBinding(tx, b); err != nil {
+			if err := l.putBinding(tx, b); err != nil {
 				return err
 			}
 		}
@@ -156,8 +156,10 @@ func decodeBinding(k, v []byte) (storage.Binding, error) {
 }
 
 // putBinding replaces the binding of b.Repo:b.Tag and rewrites its index
-// entries and the counts. b must have been normalized.
-func putBinding(tx *bbolt.Tx, b storage.Binding) error {
+// entries and the counts, and tells the watchers once the transaction
+// commits. b must have been normalized.
+func (l *Ledger) putBinding(tx *bbolt.Tx, b storage.Binding) error {
+	tx.OnCommit(func() { l.feed.publish(storage.BindingChange{Repo: b.Repo, Tag: b.Tag}) })
 	old, ok, err := getBinding(tx, b.Repo, b.Tag)
 	if err != nil {
 		return err

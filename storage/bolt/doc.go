@@ -37,6 +37,7 @@
 //	                warn, deleted); "txid" -> the bbolt transaction that
 //	                last kept them, big-endian uint64
 //	repo_stats      repo -> the counts of repo, as "total"
+//	jobs            name -> job state value (raw bytes; JobStates)
 //
 // [Ledger.Check] runs bbolt's own page checks and verifies that every index
 // entry above points at a record that has it, that every record's index
@@ -55,6 +56,9 @@
 // it needs without decoding the rest: under a second for a million bindings
 // whose pages are cached, plus reading them from disk when they are not
 // (docs/benchmarks.md).
+//
+// [Ledger.WatchBindings] delivers the bindings this process writes: no
+// other process can write the file while it holds it.
 //
 // # Backup and restore
 //

@@ -127,7 +127,7 @@ func (t importTarget) WriteImport(ctx context.Context, records []storage.ImportR
 			return err
 		}
 		for _, rec := range records {
-			if err := importRecord(tx, rec); err != nil {
+			if err := t.l.importRecord(tx, rec); err != nil {
 				return fmt.Errorf("import record %d: %w", rec.N, err)
 			}
 		}
@@ -136,10 +136,10 @@ func (t importTarget) WriteImport(ctx context.Context, records []storage.ImportR
 }
 
 // importRecord stores one import record.
-func importRecord(tx *bbolt.Tx, rec storage.ImportRecord) error {
+func (l *Ledger) importRecord(tx *bbolt.Tx, rec storage.ImportRecord) error {
 	switch {
 	case rec.Binding != nil:
-		return putBinding(tx, *rec.Binding)
+		return l.putBinding(tx, *rec.Binding)
 	case rec.Manifest != nil:
 		return putManifest(tx, *rec.Manifest)
 	case rec.Pull != nil:

@@ -35,18 +35,19 @@ var (
 	bucketPulls        = []byte("pulls")
 	bucketStats        = []byte("stats")
 	bucketRepoStats    = []byte("repo_stats")
+	bucketJobs         = []byte("jobs")
 
 	allBuckets = [][]byte{
 		bucketMeta, bucketBindings, bucketBindingRefs,
 		bucketEvents, bucketEventsByTag, bucketEventsByRepo, bucketEventsByKind,
-		bucketReservations, bucketReservedTags, bucketReservedDigs, bucketManifests, bucketPulls,
+		bucketReservations, bucketReservedTags, bucketReservedDigs, bucketManifests, bucketPulls, bucketJobs,
 		bucketStats, bucketRepoStats,
 	}
 
 	// addedBuckets are buckets later versions added to schema 1. Opening a
 	// file read-write creates them (and fills their indexes); a read-only
 	// open of an older file reads as if they were empty.
-	addedBuckets = [][]byte{bucketReservedDigs, bucketStats, bucketRepoStats}
+	addedBuckets = [][]byte{bucketReservedDigs, bucketStats, bucketRepoStats, bucketJobs}
 
 	keyVersion = []byte("version")
 )
@@ -85,6 +86,7 @@ type Ledger struct {
 	path     string
 	now      func() time.Time
 	readOnly bool
+	feed     *feed // WatchBindings
 }
 
 var _ storage.Ledger = (*Ledger)(nil)
@@ -129,7 +131,7 @@ func Open(path string, opts Options) (*Ledger, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open ledger %s: %w", path, err)
 	}
-	l := &Ledger{db: db, writes: &group{db: db, seal: sealStats}, path: path, now: now, readOnly: opts.ReadOnly}
+	l := &Ledger{db: db, writes: &group{db: db, seal: sealStats}, path: path, now: now, readOnly: opts.ReadOnly, feed: newFeed()}
 	if opts.ReadOnly {
 		err = db.View(checkLayout)
 	} else {
@@ -202,6 +204,7 @@ func checkLayout(tx *bbolt.Tx) error {
 // Close releases the file lock and closes the ledger. It waits for running
 // transactions to finish. Closing a closed ledger is not an error.
 func (l *Ledger) Close() error {
+	l.feed.close()
 	if err := l.db.Close(); err != nil {
 		return fmt.Errorf("close ledger %s: %w", l.path, err)
 	}

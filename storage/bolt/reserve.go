@@ -92,7 +92,7 @@ func (l *Ledger) Commit(ctx context.Context, reservationID string, bindings []st
 			return fmt.Errorf("commit reservation %s: a delete is settled with CommitDelete: %w", reservationID, storage.ErrInvalid)
 		}
 		for _, b := range bindings {
-			if err := putBinding(tx, b); err != nil {
+			if err := l.putBinding(tx, b); err != nil {
 				return err
 			}
 		}
@@ -150,7 +150,7 @@ func (l *Ledger) CommitDelete(ctx context.Context, reservationID string, ev stor
 			if !b.Deleted {
 				b.Deleted, b.DeletedAt = true, at.UTC()
 			}
-			if err := putBinding(tx, b); err != nil {
+			if err := l.putBinding(tx, b); err != nil {
 				return err
 			}
 			e := ev

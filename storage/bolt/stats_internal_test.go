@@ -32,7 +32,7 @@ func TestCountsOfAGroupWithAFailedWrite(t *testing.T) {
 		first <- l.update(ctx, func(tx *bbolt.Tx) error {
 			close(entered)
 			<-release
-			return putBinding(tx, ledgertest.NewBinding("app", "first", "first"))
+			return l.putBinding(tx, ledgertest.NewBinding("app", "first", "first"))
 		})
 	}()
 	<-entered
@@ -46,7 +46,7 @@ func TestCountsOfAGroupWithAFailedWrite(t *testing.T) {
 	}
 	wg.Go(func() {
 		errs[3] = l.update(ctx, func(tx *bbolt.Tx) error {
-			if err := putBinding(tx, ledgertest.NewBinding("other", "bad", "bad")); err != nil {
+			if err := l.putBinding(tx, ledgertest.NewBinding("other", "bad", "bad")); err != nil {
 				return err
 			}
 			return refused

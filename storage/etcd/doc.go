@@ -43,6 +43,7 @@
 //	                                  (a push, a delete by digest)
 //	mf/repo\x00digest              -> Manifest
 //	pull/repo\x00digest            -> last pull, big-endian Unix nanoseconds
+//	job/name                       -> job state value (raw bytes; JobStates)
 //
 // # Reservations
 //

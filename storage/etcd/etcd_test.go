@@ -150,14 +150,14 @@ func TestCheckFindsDamage(t *testing.T) {
 				ops = tc.damage(p)
 			} else {
 				// The binding's own generation, read from its record.
-				resp, err := client.Get(ctx, p+"b/app\x00v1")
+				resp, err := sharedClient(t).Get(ctx, p+"b/app\x00v1")
 				if err != nil {
 					t.Fatal(err)
 				}
 				gen := strings.Split(strings.Split(string(resp.Kvs[0].Value), `"gen":"`)[1], `"`)[0]
 				ops = []clientv3.Op{clientv3.OpPut(p+"ref/app\x00"+string(ledgertest.Digest("arm64"))+"\x00v1\x00"+gen, "")}
 			}
-			if _, err := client.Txn(ctx).Then(ops...).Commit(); err != nil {
+			if _, err := sharedClient(t).Txn(ctx).Then(ops...).Commit(); err != nil {
 				t.Fatal(err)
 			}
 			problems, err := l.Check(ctx)
@@ -185,13 +185,13 @@ func TestPrefixesAreSeparateLedgers(t *testing.T) {
 		t.Errorf("Reserve under another prefix: %v", err)
 	}
 	p := newPrefix()
-	if _, err := client.Put(ctx, p+"meta/version", "2"); err != nil {
+	if _, err := sharedClient(t).Put(ctx, p+"meta/version", "2"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := etcd.Open(ctx, etcd.Options{Client: client, Prefix: p}); !errors.Is(err, storage.ErrCorrupt) {
+	if _, err := etcd.Open(ctx, etcd.Options{Client: sharedClient(t), Prefix: p}); !errors.Is(err, storage.ErrCorrupt) {
 		t.Errorf("Open of a version 2 ledger: err = %v, want ErrCorrupt", err)
 	}
-	if _, err := etcd.Open(ctx, etcd.Options{Client: client, Prefix: "/no-slash"}); err == nil {
+	if _, err := etcd.Open(ctx, etcd.Options{Client: sharedClient(t), Prefix: "/no-slash"}); err == nil {
 		t.Error("Open with a prefix not ending in / succeeded")
 	}
 	ro := openAt(t, newPrefix(), etcd.Options{ReadOnly: true})
@@ -360,5 +360,53 @@ func TestFailsClosedWhileUnreachable(t *testing.T) {
 			t.Fatalf("Reserve once etcd is back: %v", err)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func TestWatchOutlivesTheClusterGoingAway(t *testing.T) {
+	// A binding watch keeps delivering across its cluster going away and
+	// coming back: a binding written after the member restarts arrives on
+	// the same channel (after a Reset when the watch had to start again),
+	// with nobody watching again.
+	t.Parallel()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c := etcdtest.Start(t, 1)
+	l, err := etcd.Open(ctx, etcd.Options{Endpoints: c.Endpoints(), RequestTimeout: 500 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	ch, err := l.WatchBindings(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Member(0).Stop()
+	time.Sleep(time.Second)
+	c.Member(0).Restart(t)
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		err := l.Put(ctx, []storage.Binding{ledgertest.NewBinding("r", "after", "x")}, nil)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Put once etcd is back: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	timeout := time.After(15 * time.Second)
+	for {
+		select {
+		case change, ok := <-ch:
+			if !ok {
+				t.Fatal("the watch ended")
+			}
+			if change.Repo == "r" && change.Tag == "after" {
+				return
+			}
+		case <-timeout:
+			t.Fatal("the binding written after the restart was not delivered")
+		}
 	}
 }

@@ -56,6 +56,10 @@ func (k keyspace) reservedDigests(repo, kind, id string) string {
 func (k keyspace) manifest(repo, d string) string { return k.key("mf", repo, d) }
 func (k keyspace) pull(repo, d string) string     { return k.key("pull", repo, d) }
 
+// job is the key of job state name, or the prefix of the names starting
+// with name: names contain no NUL and are used as they are.
+func (k keyspace) job(name string) string { return string(k) + "job/" + name }
+
 // inverted encodes seq so that later events sort first: etcd ranges read
 // keys in ascending order only (a descending sort makes the server read
 // the whole range), so newest-first indexes store MaxUint64-seq.

@@ -83,6 +83,8 @@ type Ledger struct {
 	appends  *appender
 	lost     atomic.Uint64
 	closed   atomic.Bool
+	life     context.Context // ends at Close
+	endLife  context.CancelFunc
 }
 
 var _ storage.Ledger = (*Ledger)(nil)
@@ -109,6 +111,7 @@ func Open(ctx context.Context, o Options) (*Ledger, error) {
 		o.Now = time.Now
 	}
 	l := &Ledger{c: o.Client, k: keyspace(o.Prefix), timeout: o.RequestTimeout, now: o.Now, readOnly: o.ReadOnly, log: o.Log}
+	l.life, l.endLife = context.WithCancel(context.Background())
 	if l.c == nil {
 		if len(o.Endpoints) == 0 {
 			return nil, errors.New("etcd ledger: no endpoints")
@@ -179,7 +182,11 @@ func (l *Ledger) openLayout(ctx context.Context) error {
 // Close closes the client, unless Options.Client gave it. Closing a closed
 // ledger is not an error.
 func (l *Ledger) Close() error {
-	if l.closed.Swap(true) || !l.ownsC {
+	if l.closed.Swap(true) {
+		return nil
+	}
+	l.endLife()
+	if !l.ownsC {
 		return nil
 	}
 	return l.c.Close()
@@ -189,6 +196,11 @@ func (l *Ledger) Close() error {
 // the bindings they describe, because the write was too large for one
 // transaction and the follow-up failed. Each is also logged.
 func (l *Ledger) LostEvents() uint64 { return l.lost.Load() }
+
+// Client is the etcd client the ledger uses, for what shares the cluster
+// with it (the replicas' leases, package cluster); closing the ledger
+// closes it when Open dialled it.
+func (l *Ledger) Client() *clientv3.Client { return l.c }
 
 // Prefix is the key prefix the ledger lives under.
 func (l *Ledger) Prefix() string { return string(l.k) }

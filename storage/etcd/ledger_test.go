@@ -18,50 +18,36 @@ import (
 	"github.com/taglock/taglock/storage/ledgertest"
 )
 
-// The cluster most tests share, each under a prefix of its own. It starts
-// with the first test that needs it, not before m.Run: the embedded etcd
-// server's goroutines read globals that the testing package still writes
-// while it starts, which the race detector rightly reports.
+// shared is the cluster most tests use, each under a prefix of its own,
+// and sharedClient a client of it.
 var (
-	sharedOnce sync.Once
-	sharedErr  error
-	shared     *etcdtest.Cluster
+	shared     = etcdtest.NewLazy(1)
+	clientOnce sync.Once
 	client     *clientv3.Client
-	closeMain  func()
+	clientErr  error
 	prefixes   atomic.Int64
 )
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if closeMain != nil {
-		closeMain()
+	if client != nil {
+		_ = client.Close()
 	}
+	shared.Close()
 	os.Exit(code)
 }
 
-// sharedCluster starts the shared cluster and its client once, or fails
-// the test.
-func sharedCluster(t testing.TB) (*etcdtest.Cluster, *clientv3.Client) {
+// sharedClient returns a client of the shared cluster.
+func sharedClient(t testing.TB) *clientv3.Client {
 	t.Helper()
-	sharedOnce.Do(func() {
-		c, mt, err := etcdtest.StartMain(1)
-		if err != nil {
-			sharedErr = err
-			return
-		}
-		cl, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-		if err != nil {
-			mt.Close()
-			sharedErr = err
-			return
-		}
-		shared, client = c, cl
-		closeMain = func() { _ = cl.Close(); mt.Close() }
+	eps := shared.Get(t).Endpoints()
+	clientOnce.Do(func() {
+		client, clientErr = clientv3.New(clientv3.Config{Endpoints: eps, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	})
-	if sharedErr != nil {
-		t.Fatalf("start the shared etcd cluster: %v", sharedErr)
+	if clientErr != nil {
+		t.Fatal(clientErr)
 	}
-	return shared, client
+	return client
 }
 
 // newPrefix returns a key prefix no other test uses.
@@ -71,8 +57,7 @@ func newPrefix() string { return fmt.Sprintf("/test/%d/", prefixes.Add(1)) }
 // when the test ends.
 func openAt(t testing.TB, prefix string, o etcd.Options) *etcd.Ledger {
 	t.Helper()
-	_, cl := sharedCluster(t)
-	o.Client, o.Prefix = cl, prefix
+	o.Client, o.Prefix = sharedClient(t), prefix
 	l, err := etcd.Open(context.Background(), o)
 	if err != nil {
 		t.Fatalf("Open: %v", err)
@@ -92,7 +77,7 @@ func TestConformance(t *testing.T) {
 		p := newPrefix()
 		out := make([]storage.Ledger, n)
 		for i := range out {
-			l, err := etcd.Open(context.Background(), etcd.Options{Endpoints: must(sharedCluster(t)).Endpoints(), Prefix: p})
+			l, err := etcd.Open(context.Background(), etcd.Options{Endpoints: shared.Get(t).Endpoints(), Prefix: p})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -102,6 +87,3 @@ func TestConformance(t *testing.T) {
 		return out
 	}))
 }
-
-// must returns the cluster of a sharedCluster call.
-func must(c *etcdtest.Cluster, _ *clientv3.Client) *etcdtest.Cluster { return c }

@@ -97,6 +97,8 @@ func RunConformance(t *testing.T, open Opener, opts ...Option) {
 		{"Counts", testCounts},
 		{"CountsConcurrent", testCountsConcurrent},
 		{"Pages", testPages},
+		{"JobStates", testJobStates},
+		{"WatchBindings", replicas(testWatchBindings)},
 		{"CommitOfAVanishedReservation", replicas(testCommitVanished)},
 		{"ReplicasRaceForATag", replicas(testReplicasRaceForATag)},
 		{"ReplicasRacePushAndDelete", replicas(testReplicasRacePushAndDelete)},

@@ -1,6 +1,6 @@
 // Package proc starts and stops the server processes the end-to-end tests
 // and the benchmarks run: the built taglock binary, the Distribution registry,
-// and the benchmarks' control proxy and nginx.
+// etcd clusters, and the benchmarks' control proxy and nginx.
 //
 // It owns process lifetime: start, find the listening address, wait until
 // the server answers, SIGTERM at the end and insist on a clean exit. It must

@@ -3,6 +3,7 @@ package etcdtest
 import (
 	"fmt"
 	"os"
+	"sync"
 	"testing"
 )
 
@@ -67,4 +68,38 @@ func StartMain(n int) (c *Cluster, m *MainT, err error) {
 		}
 	}()
 	return Start(m, n), m, nil
+}
+
+// Lazy is a cluster shared by a package's tests, started by the first test
+// that asks for it rather than in TestMain. go test -json makes testing
+// replace os.Stderr when TestMain calls m.Run, and a member reads os.Stderr
+// as it starts serving (grpc-websocket-proxy's logrus logger), which the
+// race detector reports when the two overlap; started from a test, the
+// member starts after the swap. Close it in TestMain after m.Run.
+type Lazy struct {
+	n    int
+	once sync.Once
+	c    *Cluster
+	m    *MainT
+	err  error
+}
+
+// NewLazy returns a Lazy cluster of n members, not started yet.
+func NewLazy(n int) *Lazy { return &Lazy{n: n} }
+
+// Get starts the cluster the first time, and fails t if it could not.
+func (l *Lazy) Get(t testing.TB) *Cluster {
+	t.Helper()
+	l.once.Do(func() { l.c, l.m, l.err = StartMain(l.n) })
+	if l.err != nil {
+		t.Fatalf("start the shared etcd cluster: %v", l.err)
+	}
+	return l.c
+}
+
+// Close stops the cluster, if it was started.
+func (l *Lazy) Close() {
+	if l.m != nil {
+		l.m.Close()
+	}
 }
