@@ -10,6 +10,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/taglock/taglock/internal/server"
+	"github.com/taglock/taglock/policy"
 	"github.com/taglock/taglock/storage"
 	"github.com/taglock/taglock/storage/bolt"
 )
@@ -39,7 +40,7 @@ func TestPreexistingTagProtected(t *testing.T) {
 		e.wantServed(t, "team/app:1.0.0", oldD)
 
 		b, err := e.Ledger().Binding(t.Context(), "team/app", "1.0.0")
-		if err != nil || b.Digest != oldD || b.Mode != storage.ModeImmutable {
+		if err != nil || b.Digest != oldD || b.Mode != policy.Immutable {
 			t.Errorf("adopted binding = %+v, %v; want %s immutable", b, err, oldD)
 		}
 		// The same bytes again are an identical push, not a move.
@@ -95,7 +96,7 @@ func TestReconcileAtStartup(t *testing.T) {
 			t.Errorf("reservations after start-up = %+v, %v; want none", res, err)
 		}
 		b, err := e.Ledger().Binding(ctx, "team/app", "1.0.0")
-		if err != nil || b.Digest != MustDigest(t, landed) || b.Mode != storage.ModeImmutable || b.Deleted {
+		if err != nil || b.Digest != MustDigest(t, landed) || b.Mode != policy.Immutable || b.Deleted {
 			t.Errorf("binding 1.0.0 = %+v, %v; want %s immutable", b, err, MustDigest(t, landed))
 		}
 		for _, tag := range []string{"2.0.0", "3.0.0"} {

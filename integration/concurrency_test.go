@@ -10,6 +10,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	digest "github.com/opencontainers/go-digest"
 
+	"github.com/taglock/taglock/policy"
 	"github.com/taglock/taglock/storage"
 )
 
@@ -165,7 +166,7 @@ func TestIdenticalPushStorm(t *testing.T) {
 
 		l := e.MustOpenLedger(t)
 		b, err := l.Binding(t.Context(), "team/app", "same")
-		if err != nil || b.Digest != man.Digest || b.Mode != storage.ModeImmutable {
+		if err != nil || b.Digest != man.Digest || b.Mode != policy.Immutable {
 			t.Errorf("binding = %+v, %v; want %s immutable", b, err, man.Digest)
 		}
 		if res, err := l.Reservations(t.Context()); err != nil || len(res) != 0 {

@@ -8,6 +8,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/taglock/taglock/internal/config"
+	"github.com/taglock/taglock/policy"
 	"github.com/taglock/taglock/storage"
 )
 
@@ -28,7 +29,7 @@ func TestWarnModeLetsMovesThrough(t *testing.T) {
 
 		l := e.MustOpenLedger(t)
 		b, err := l.Binding(t.Context(), "team/app", "1.0.0")
-		if err != nil || b.Digest != secondD || b.Mode != storage.ModeWarn {
+		if err != nil || b.Digest != secondD || b.Mode != policy.Warn {
 			t.Errorf("binding = %+v, %v; want %s in warn mode", b, err, secondD)
 		}
 		hist, err := l.History(t.Context(), "team/app", "1.0.0", 0)

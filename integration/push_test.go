@@ -6,6 +6,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"github.com/taglock/taglock/policy"
 	"github.com/taglock/taglock/storage"
 )
 
@@ -47,7 +48,7 @@ func TestIdenticalRepushSucceeds(t *testing.T) {
 		if err != nil {
 			t.Fatalf("binding: %v", err)
 		}
-		if b.Digest != man.Digest || b.Mode != storage.ModeImmutable || b.PushedBy != "anonymous" || b.PushedAt.IsZero() ||
+		if b.Digest != man.Digest || b.Mode != policy.Immutable || b.PushedBy != "anonymous" || b.PushedAt.IsZero() ||
 			b.MediaType != man.MediaType || b.Size != int64(len(man.Raw)) {
 			t.Errorf("binding = %+v, want %s immutable, first pushed by anonymous", b, man.Digest)
 		}

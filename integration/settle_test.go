@@ -14,7 +14,7 @@ import (
 	"github.com/taglock/taglock/internal/admin"
 	"github.com/taglock/taglock/internal/config"
 	"github.com/taglock/taglock/internal/retention"
-	"github.com/taglock/taglock/storage"
+	"github.com/taglock/taglock/policy"
 )
 
 // The tests in this file cover the paths that run when something is slow,
@@ -137,7 +137,7 @@ func TestReconciledPushKeepsImmutableMode(t *testing.T) {
 		}
 		waitSettled(t, e)
 		b, err := e.Ledger().Binding(t.Context(), "team/app", "r1")
-		if err != nil || b.Mode != storage.ModeImmutable || b.Digest != MustDigest(t, img) {
+		if err != nil || b.Mode != policy.Immutable || b.Digest != MustDigest(t, img) {
 			t.Errorf("binding after the reconcile = %+v, %v; want %s immutable", b, err, MustDigest(t, img))
 		}
 		other := MustImage(t)
@@ -187,7 +187,7 @@ func TestReleasedWarnTagStaysBound(t *testing.T) {
 			t.Fatalf("retention did not release 1.0: %+v", res.Deletions)
 		}
 		b, err := e.Ledger().Binding(t.Context(), "team/app", "1.0")
-		if err != nil || !b.Deleted || b.Mode != storage.ModeImmutable {
+		if err != nil || !b.Deleted || b.Mode != policy.Immutable {
 			t.Errorf("1.0 after the release = %+v, %v; want an immutable tombstone", b, err)
 		}
 		other := MustImage(t)

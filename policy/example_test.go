@@ -16,7 +16,7 @@ func ExampleDecideWrite() {
 	first, other := digest.FromString("first"), digest.FromString("other")
 
 	configured, rule := im.ModeFor("team/app", "v1.0.0")
-	mode := policy.Effective(configured, "immutable")
+	mode := policy.Effective(configured, policy.Immutable)
 	fmt.Println(mode, "by", rule)
 	fmt.Println(policy.DecideWrite(mode, "", first))
 	fmt.Println(policy.DecideWrite(mode, first, first))

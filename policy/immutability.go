@@ -127,12 +127,12 @@ func (im Immutability) ModeFor(repo, tag string) (Mode, string) {
 // Effective returns the mode that governs a bound tag. A tag recorded as
 // immutable when it was bound stays immutable even if the configuration
 // later relaxes ("binding forever"); otherwise the configured mode applies.
-// recorded is the mode string the ledger stored with the binding, "" when
-// there is no binding. A recorded string that is not a Mode's spelling is
-// treated as immutable, so a damaged record fails closed.
-func Effective(configured Mode, recorded string) Mode {
+// recorded is the mode the ledger stored with the binding. A recorded value
+// that is neither Mutable nor Warn counts as Immutable, so a damaged record
+// fails closed.
+func Effective(configured, recorded Mode) Mode {
 	switch recorded {
-	case "", Mutable.String(), Warn.String():
+	case Mutable, Warn:
 		return configured
 	}
 	return Immutable

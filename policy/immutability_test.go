@@ -148,22 +148,21 @@ func TestEffective(t *testing.T) {
 	tests := []struct {
 		name       string
 		configured Mode
-		recorded   string
+		recorded   Mode
 		want       Mode
 	}{
-		{"an unbound tag follows the configuration", Mutable, "", Mutable},
-		{"a tag bound as immutable stays immutable after the rule relaxes to mutable", Mutable, "immutable", Immutable},
-		{"a tag bound as immutable stays immutable after the rule relaxes to warn", Warn, "immutable", Immutable},
-		{"a tag bound as mutable becomes immutable when the rule tightens", Immutable, "mutable", Immutable},
-		{"a tag bound as mutable stays mutable", Mutable, "mutable", Mutable},
-		{"a tag bound as warn follows a relaxed rule", Mutable, "warn", Mutable},
-		{"an unknown recorded mode is treated as immutable", Mutable, "IMMUTABLE", Immutable},
+		{"a tag bound as immutable stays immutable after the rule relaxes to mutable", Mutable, Immutable, Immutable},
+		{"a tag bound as immutable stays immutable after the rule relaxes to warn", Warn, Immutable, Immutable},
+		{"a tag bound as mutable becomes immutable when the rule tightens", Immutable, Mutable, Immutable},
+		{"a tag bound as mutable stays mutable", Mutable, Mutable, Mutable},
+		{"a tag bound as warn follows a relaxed rule", Mutable, Warn, Mutable},
+		{"an unknown recorded mode is treated as immutable", Mutable, Mode(9), Immutable},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			if got := Effective(tc.configured, tc.recorded); got != tc.want {
-				t.Errorf("Effective(%v, %q) = %v, want %v", tc.configured, tc.recorded, got, tc.want)
+				t.Errorf("Effective(%v, %v) = %v, want %v", tc.configured, tc.recorded, got, tc.want)
 			}
 		})
 	}
@@ -177,26 +176,26 @@ func TestBinds(t *testing.T) {
 	tests := []struct {
 		name       string
 		configured Mode
-		recorded   string
+		recorded   Mode
 		deleted    bool
 		want       bool
 	}{
-		{"a live binding binds a mutable tag", Mutable, "mutable", false, true},
-		{"a live binding binds a warn tag", Warn, "warn", false, true},
-		{"a live binding binds an immutable tag", Immutable, "immutable", false, true},
-		{"a mutable tombstone frees its tag", Mutable, "mutable", true, false},
-		{"a warn tombstone frees its tag under warn", Warn, "warn", true, false},
-		{"an immutable tombstone binds its tag", Immutable, "immutable", true, true},
-		{"an immutable tombstone binds its tag after the rule relaxes", Mutable, "immutable", true, true},
-		{"a warn tombstone binds its tag once the rule is immutable", Immutable, "warn", true, true},
-		{"a mutable tombstone binds its tag once the rule is immutable", Immutable, "mutable", true, true},
-		{"a damaged recorded mode binds", Mutable, "frozen", true, true},
+		{"a live binding binds a mutable tag", Mutable, Mutable, false, true},
+		{"a live binding binds a warn tag", Warn, Warn, false, true},
+		{"a live binding binds an immutable tag", Immutable, Immutable, false, true},
+		{"a mutable tombstone frees its tag", Mutable, Mutable, true, false},
+		{"a warn tombstone frees its tag under warn", Warn, Warn, true, false},
+		{"an immutable tombstone binds its tag", Immutable, Immutable, true, true},
+		{"an immutable tombstone binds its tag after the rule relaxes", Mutable, Immutable, true, true},
+		{"a warn tombstone binds its tag once the rule is immutable", Immutable, Warn, true, true},
+		{"a mutable tombstone binds its tag once the rule is immutable", Immutable, Mutable, true, true},
+		{"a damaged recorded mode binds", Mutable, Mode(42), true, true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			if got := Binds(Effective(tc.configured, tc.recorded), tc.deleted); got != tc.want {
-				t.Errorf("Binds(Effective(%v, %q), %v) = %v, want %v", tc.configured, tc.recorded, tc.deleted, got, tc.want)
+				t.Errorf("Binds(Effective(%v, %v), %v) = %v, want %v", tc.configured, tc.recorded, tc.deleted, got, tc.want)
 			}
 		})
 	}

@@ -71,7 +71,7 @@ func (a adopter) adopt(ctx context.Context, h http.Header, repo, tag string, mod
 	}
 	now := a.now()
 	b := storage.Binding{Repo: repo, Tag: tag, Digest: dgst, MediaType: refs.MediaType, Size: int64(len(body)),
-		Mode: mode.String(), Rule: rule, PushedAt: now, PushedBy: "upstream (adopted)", Closure: g.closure}
+		Mode: mode, Rule: rule, PushedAt: now, PushedBy: "upstream (adopted)", Closure: g.closure}
 	if mode == policy.Immutable {
 		b.Manifest = body
 	}

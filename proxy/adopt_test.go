@@ -31,7 +31,7 @@ func TestPushAdoptsAnUpstreamTagBeforeDeciding(t *testing.T) {
 	}
 
 	b := bindingOf(t, l, "team/app", "1.0")
-	if b.Digest != d0 || b.Mode != storage.ModeImmutable || b.Rule != "immutability.default" || b.PushedBy != "upstream (adopted)" ||
+	if b.Digest != d0 || b.Mode != policy.Immutable || b.Rule != "immutability.default" || b.PushedBy != "upstream (adopted)" ||
 		!bytes.Equal(b.Manifest, []byte(m0)) || !sameSet(b.Closure, []digest.Digest{digest.FromString("zero/config"), digest.FromString("zero/layer")}) {
 		t.Errorf("adopted binding = %+v; want %s immutable, by upstream (adopted), with its bytes and closure", b, d0)
 	}
@@ -54,7 +54,7 @@ func TestAdoptionRecordsTheConfiguredMode(t *testing.T) {
 
 	answered(t, serve(s, "PUT", app+"/manifests/edge", m), 201, d)
 
-	if b := bindingOf(t, l, "team/app", "edge"); b.Digest != d || b.Mode != storage.ModeWarn {
+	if b := bindingOf(t, l, "team/app", "edge"); b.Digest != d || b.Mode != policy.Warn {
 		t.Errorf("edge = %s %s, want %s warn", b.Digest, b.Mode, d)
 	}
 	ev := historyIs(t, l, "team/app", "edge", storage.EventAdopted, storage.EventWarned)
@@ -143,7 +143,7 @@ func TestWarnTagPushGoesOnWhenTheLookupFails(t *testing.T) {
 
 	answered(t, serve(s, "PUT", app+"/manifests/edge", m), 201, d)
 
-	if b := bindingOf(t, l, "team/app", "edge"); b.Digest != d || b.Mode != storage.ModeWarn {
+	if b := bindingOf(t, l, "team/app", "edge"); b.Digest != d || b.Mode != policy.Warn {
 		t.Errorf("edge = %s %s, want %s warn", b.Digest, b.Mode, d)
 	}
 	historyIs(t, l, "team/app", "edge", storage.EventAccepted)

@@ -52,7 +52,7 @@ func cached(t *testing.T, o CacheOptions, now func() time.Time) (*Server, *scrip
 }
 
 // bind records repo:tag as bound to m, with its bytes when keep is set.
-func bind(t *testing.T, l *bolt.Ledger, repo, tag, m string, mode string, keep bool, closure ...digest.Digest) digest.Digest {
+func bind(t *testing.T, l *bolt.Ledger, repo, tag, m string, mode policy.Mode, keep bool, closure ...digest.Digest) digest.Digest {
 	t.Helper()
 	d := digest.FromString(m)
 	b := storage.Binding{Repo: repo, Tag: tag, Digest: d, MediaType: ociManifest, Size: int64(len(m)), Mode: mode,
@@ -86,7 +86,7 @@ func TestCacheAnswersAnImmutableTagFromTheLedger(t *testing.T) {
 	t.Parallel()
 	s, _, l := cached(t, CacheOptions{Size: 1 << 20}, nil)
 	m, _ := testManifest("a")
-	d := bind(t, l, "team/app", "1.0", m, storage.ModeImmutable, true)
+	d := bind(t, l, "team/app", "1.0", m, policy.Immutable, true)
 
 	for _, method := range []string{"GET", "HEAD"} {
 		w := read(s, method, "/v2/team/app/manifests/1.0", acceptOCI)
@@ -118,14 +118,14 @@ func TestCacheLeavesWhatItIsNotSureOfToTheUpstream(t *testing.T) {
 	t.Parallel()
 	s, up, l := cached(t, CacheOptions{Size: 1 << 20}, nil)
 	m, _ := testManifest("a")
-	bind(t, l, "team/app", "latest", m, storage.ModeMutable, true)
-	gone := bind(t, l, "team/app", "2.0", m, storage.ModeImmutable, true)
+	bind(t, l, "team/app", "latest", m, policy.Mutable, true)
+	gone := bind(t, l, "team/app", "2.0", m, policy.Immutable, true)
 	b, _ := l.Binding(context.Background(), "team/app", "2.0")
 	b.Deleted, b.DeletedAt = true, time.Now()
 	if err := l.Put(context.Background(), []storage.Binding{b}, nil); err != nil {
 		t.Fatal(err)
 	}
-	bind(t, l, "team/app", "1.0", m, storage.ModeImmutable, true)
+	bind(t, l, "team/app", "1.0", m, policy.Immutable, true)
 	other, _ := testManifest("other")
 
 	for _, tc := range []struct {
@@ -160,7 +160,7 @@ func TestCacheFetchesWhatItLacksOnce(t *testing.T) {
 	cd := digest.FromString(child)
 	index := fmt.Sprintf(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":%q,"digest":%q,"size":%d}]}`,
 		ociManifest, cd, len(child))
-	bind(t, l, "team/app", "1.0", index, storage.ModeImmutable, false, cd)
+	bind(t, l, "team/app", "1.0", index, policy.Immutable, false, cd)
 
 	fetch := func(d digest.Digest, body string) exchange {
 		return exchange{method: "GET", path: "/v2/team/app/manifests/" + d.String(), status: 200,
@@ -200,7 +200,7 @@ func TestCacheWaitsForTheUpstreamToConfirmTheCaller(t *testing.T) {
 	clk := &clock{now: time.Date(2026, 12, 4, 12, 0, 0, 0, time.UTC)}
 	s, up, l := cached(t, CacheOptions{Size: 1 << 20, ConfirmTTL: 30 * time.Second}, clk.Now)
 	m, _ := testManifest("a")
-	d := bind(t, l, "team/app", "1.0", m, storage.ModeImmutable, true)
+	d := bind(t, l, "team/app", "1.0", m, policy.Immutable, true)
 	byDigest := "/v2/team/app/manifests/" + d.String()
 	as := func(auth string) http.Header {
 		h := acceptOCI.Clone()
@@ -232,7 +232,7 @@ func TestCacheWaitsForTheUpstreamToConfirmTheCaller(t *testing.T) {
 	if w := read(s, "GET", "/v2/team/app/manifests/1.0", as("Basic Ym9iOnM=")); w.Code != 403 {
 		t.Errorf("bob: %d, want the upstream's 403", w.Code)
 	}
-	bind(t, l, "team/other", "1.0", m, storage.ModeImmutable, true)
+	bind(t, l, "team/other", "1.0", m, policy.Immutable, true)
 	up.expect(exchange{method: "GET", path: "/v2/team/other/manifests/" + d.String(), status: 401})
 	if w := read(s, "GET", "/v2/team/other/manifests/1.0", as("Basic Y2k6cw==")); w.Code != 401 {
 		t.Errorf("ci in another repository: %d, want the upstream's 401", w.Code)
@@ -262,8 +262,8 @@ func TestCacheNeverAnswersWhatTheAccessRulesRefuse(t *testing.T) {
 	s := New(Options{Upstream: newScript(t), Ledger: l, Immutability: policy.DefaultImmutability(),
 		Cache: CacheOptions{Size: 1 << 20}, Auth: fakeAuth{}, Access: access})
 	m, _ := testManifest("a")
-	bind(t, l, "prod/app", "1.0", m, storage.ModeImmutable, true)
-	bind(t, l, "team/app", "1.0", m, storage.ModeImmutable, true)
+	bind(t, l, "prod/app", "1.0", m, policy.Immutable, true)
+	bind(t, l, "team/app", "1.0", m, policy.Immutable, true)
 	for _, tc := range []struct {
 		user, path string
 		want       int

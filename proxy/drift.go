@@ -10,6 +10,7 @@ import (
 
 	digest "github.com/opencontainers/go-digest"
 	"github.com/rs/zerolog"
+	"github.com/taglock/taglock/policy"
 	"github.com/taglock/taglock/storage"
 )
 
@@ -62,10 +63,10 @@ type Removal struct {
 	// changed it since makes Remove return an error wrapping
 	// storage.ErrChanged, and nothing is deleted.
 	Expect storage.Seen
-	// Mode is, for a tag, the mode its tombstone records ("" keeps the
+	// Mode is, for a tag, the mode its tombstone records (nil keeps the
 	// binding's): retention records the mode that governed the release,
 	// so a released immutable tag stays bound.
-	Mode string
+	Mode *policy.Mode
 	// Check, when set, is called for a manifest with every binding of
 	// Repo that references Digest, once nothing can change them; an error
 	// stops the delete and is returned.

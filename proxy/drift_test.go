@@ -140,10 +140,10 @@ func TestImportTags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if b.Digest != v1d || b.Mode != storage.ModeImmutable || digest.FromBytes(b.Manifest) != v1d {
+	if b.Digest != v1d || b.Mode != policy.Immutable || digest.FromBytes(b.Manifest) != v1d {
 		t.Errorf("binding of 1.0.0 = digest %s mode %s manifest %d bytes; want %s immutable with its manifest", b.Digest, b.Mode, len(b.Manifest), v1d)
 	}
-	if b, err := f.ledger.Binding(ctx, "team/app", "latest"); err != nil || b.Mode != storage.ModeMutable || b.Manifest != nil {
+	if b, err := f.ledger.Binding(ctx, "team/app", "latest"); err != nil || b.Mode != policy.Mutable || b.Manifest != nil {
 		t.Errorf("binding of latest = %+v, %v; want mutable without manifest", b, err)
 	}
 	if _, err := f.ledger.Binding(ctx, "other/lib", "2.0"); err == nil {
@@ -197,10 +197,10 @@ func TestVerifyRepair(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []Finding{
-		{Repo: "app", Tag: "1.0", Kind: DriftMoved, Mode: "immutable", Recorded: moved, Actual: movedTo, Immutable: true, Repairable: true},
-		{Repo: "app", Tag: "1.1", Kind: DriftDeleted, Mode: "immutable", Recorded: deleted, Immutable: true, Repairable: true},
-		{Repo: "app", Tag: "3.0", Kind: DriftNew, Mode: "immutable", Actual: added},
-		{Repo: "app", Tag: "latest", Kind: DriftMoved, Mode: "mutable", Recorded: latest, Actual: latestTo},
+		{Repo: "app", Tag: "1.0", Kind: DriftMoved, Mode: policy.Immutable, Recorded: moved, Actual: movedTo, Immutable: true, Repairable: true},
+		{Repo: "app", Tag: "1.1", Kind: DriftDeleted, Mode: policy.Immutable, Recorded: deleted, Immutable: true, Repairable: true},
+		{Repo: "app", Tag: "3.0", Kind: DriftNew, Mode: policy.Immutable, Actual: added},
+		{Repo: "app", Tag: "latest", Kind: DriftMoved, Mode: policy.Mutable, Recorded: latest, Actual: latestTo},
 	}
 	if fmt.Sprint(rep.Findings) != fmt.Sprint(want) {
 		t.Fatalf("findings:\n got %+v\nwant %+v", rep.Findings, want)
@@ -246,7 +246,7 @@ func TestRepairWithoutManifest(t *testing.T) {
 	ctx := context.Background()
 	f := newToolsFixture(t)
 	d := digest.FromString("gone")
-	if err := f.ledger.Put(ctx, []storage.Binding{{Repo: "app", Tag: "1.0", Digest: d, Mode: storage.ModeImmutable, PushedBy: "x"}}, nil); err != nil {
+	if err := f.ledger.Put(ctx, []storage.Binding{{Repo: "app", Tag: "1.0", Digest: d, Mode: policy.Immutable, PushedBy: "x"}}, nil); err != nil {
 		t.Fatal(err)
 	}
 	rep, err := f.srv.Drift().Verify(ctx, VerifyOptions{})

@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/taglock/taglock/policy"
 	"github.com/taglock/taglock/storage"
 )
 
@@ -127,10 +128,10 @@ func (m *Metrics) Verified(rep *VerifyReport, err error, at time.Time) {
 	}
 	m.drift.Reset()
 	for _, kind := range []string{DriftMoved, DriftDeleted, DriftNew, DriftIncomplete} {
-		m.drift.WithLabelValues(kind, storage.ModeImmutable)
+		m.drift.WithLabelValues(kind, policy.Immutable.String())
 	}
 	for _, f := range rep.Findings {
-		m.drift.WithLabelValues(f.Kind, f.Mode).Inc()
+		m.drift.WithLabelValues(f.Kind, f.Mode.String()).Inc()
 	}
 	result := "clean"
 	if len(rep.Findings) > 0 {
@@ -201,7 +202,7 @@ func (c *ledgerCollector) Collect(ch chan<- prometheus.Metric) {
 		c.errors++
 	} else {
 		byMode := counts.ByMode()
-		for _, mode := range []string{storage.ModeImmutable, storage.ModeMutable, storage.ModeWarn, "deleted"} {
+		for _, mode := range []string{policy.Immutable.String(), policy.Mutable.String(), policy.Warn.String(), "deleted"} {
 			ch <- prometheus.MustNewConstMetric(c.tags, prometheus.GaugeValue, float64(byMode[mode]), mode)
 		}
 	}

@@ -279,7 +279,7 @@ func (s *Server) commit(ctx context.Context, p pushed, applied []string) error {
 func newBinding(res storage.Reservation, d tagDecision, now time.Time, user string, body []byte, refs manifestRefs) (storage.Binding, storage.Event) {
 	ev := storage.Event{Time: now, Repo: res.Repo, Tag: d.tag, Digest: res.Digest, Previous: d.bound, User: user, Rule: d.rule}
 	b := storage.Binding{Repo: res.Repo, Tag: d.tag, Digest: res.Digest, MediaType: refs.MediaType, Size: int64(len(body)),
-		Mode: d.mode.String(), Rule: d.bindRule, PushedAt: now, PushedBy: user, Closure: res.Closure}
+		Mode: d.mode, Rule: d.bindRule, PushedAt: now, PushedBy: user, Closure: res.Closure}
 	if d.mode == policy.Immutable {
 		b.Manifest = body
 	}

@@ -31,7 +31,7 @@ func TestPushBindsANewTag(t *testing.T) {
 	answered(t, serveAs(s, "alice", "PUT", app+"/manifests/1.0", m), 201, d)
 
 	b := bindingOf(t, l, "team/app", "1.0")
-	if b.Digest != d || b.Mode != storage.ModeImmutable || b.Rule != "immutability.default" || b.PushedBy != "alice (unverified)" ||
+	if b.Digest != d || b.Mode != policy.Immutable || b.Rule != "immutability.default" || b.PushedBy != "alice (unverified)" ||
 		b.MediaType != "application/vnd.oci.image.manifest.v1+json" || b.Size != int64(len(m)) || !bytes.Equal(b.Manifest, []byte(m)) {
 		t.Errorf("binding = %+v; want %s immutable by immutability.default, pushed by alice (unverified), with its bytes", b, d)
 	}
@@ -120,7 +120,7 @@ func TestMutableTagMoves(t *testing.T) {
 	answered(t, serve(s, "PUT", app+"/manifests/latest", m1), 201, d1)
 	answered(t, serve(s, "PUT", app+"/manifests/latest", m2), 201, d2)
 
-	if b := bindingOf(t, l, "team/app", "latest"); b.Digest != d2 || b.Mode != storage.ModeMutable || b.Manifest != nil {
+	if b := bindingOf(t, l, "team/app", "latest"); b.Digest != d2 || b.Mode != policy.Mutable || b.Manifest != nil {
 		t.Errorf("latest = %s %s with %d manifest bytes; want %s mutable without bytes", b.Digest, b.Mode, len(b.Manifest), d2)
 	}
 	ev := historyIs(t, l, "team/app", "latest", storage.EventAccepted, storage.EventMoved)
@@ -145,7 +145,7 @@ func TestWarnTagMoveIsAllowedAndWarned(t *testing.T) {
 	answered(t, serve(s, "PUT", app+"/manifests/edge", m1), 201, d1)
 	answered(t, serve(s, "PUT", app+"/manifests/edge", m2), 201, d2)
 
-	if b := bindingOf(t, l, "team/app", "edge"); b.Digest != d2 || b.Mode != storage.ModeWarn || b.Rule != "edge" {
+	if b := bindingOf(t, l, "team/app", "edge"); b.Digest != d2 || b.Mode != policy.Warn || b.Rule != "edge" {
 		t.Errorf("edge = %s %s by %s; want %s warn by rule edge", b.Digest, b.Mode, b.Rule, d2)
 	}
 	ev := historyIs(t, l, "team/app", "edge", storage.EventAccepted, storage.EventWarned)
@@ -196,7 +196,7 @@ func TestPushWithTagParameters(t *testing.T) {
 	}
 
 	for _, tag := range []string{"v1", "v2"} {
-		if b := bindingOf(t, l, "team/app", tag); b.Digest != d || b.Mode != storage.ModeImmutable {
+		if b := bindingOf(t, l, "team/app", tag); b.Digest != d || b.Mode != policy.Immutable {
 			t.Errorf("%s = %s %s, want %s immutable", tag, b.Digest, b.Mode, d)
 		}
 		historyIs(t, l, "team/app", tag, storage.EventAccepted)

@@ -10,6 +10,7 @@ import (
 
 	digest "github.com/opencontainers/go-digest"
 
+	"github.com/taglock/taglock/policy"
 	"github.com/taglock/taglock/storage"
 )
 
@@ -74,9 +75,9 @@ type removal struct {
 	// on; a change makes remove return an error wrapping
 	// storage.ErrChanged.
 	expect storage.Seen
-	// mode is, for a delete by tag, the mode its tombstone records; ""
+	// mode is, for a delete by tag, the mode its tombstone records; nil
 	// keeps the binding's.
-	mode string
+	mode *policy.Mode
 	// check, when set, decides the delete once the reservation holds, on
 	// every binding of repo that references digest; an error refuses it.
 	check func([]storage.Binding) error

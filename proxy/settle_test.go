@@ -58,7 +58,7 @@ func TestSettlerCommitsAPushThatLanded(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	if b := bindingOf(t, l, "team/app", "1.0"); b.Digest != d || b.Mode != storage.ModeImmutable || b.PushedBy != "anonymous (reconciled)" {
+	if b := bindingOf(t, l, "team/app", "1.0"); b.Digest != d || b.Mode != policy.Immutable || b.PushedBy != "anonymous (reconciled)" {
 		t.Errorf("1.0 = %s %s by %s; want %s immutable by anonymous (reconciled)", b.Digest, b.Mode, b.PushedBy, d)
 	}
 	ev := historyIs(t, l, "team/app", "1.0", storage.EventAccepted)

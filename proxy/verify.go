@@ -30,7 +30,7 @@ type Finding struct {
 	Kind string `json:"kind"` // DriftMoved, DriftDeleted or DriftNew
 	// Mode is the mode that governs the tag: the recorded one for a bound
 	// immutable tag, the configured one otherwise.
-	Mode     string        `json:"mode"`
+	Mode     policy.Mode   `json:"mode"`
 	Recorded digest.Digest `json:"recorded,omitempty"` // the ledger's digest ("" for new tags)
 	Actual   digest.Digest `json:"actual,omitempty"`   // the upstream's digest ("" for deleted tags)
 	// Missing lists, for an incomplete tag, the digests of its closure the
@@ -137,7 +137,7 @@ func (d *Drift) verifyRepo(ctx context.Context, lim *limiter, repo string) (int,
 		switch {
 		case !ok:
 			mode, _ := d.states.im.ModeFor(repo, tag)
-			out = append(out, Finding{Repo: repo, Tag: tag, Kind: DriftNew, Mode: mode.String(), Actual: actual})
+			out = append(out, Finding{Repo: repo, Tag: tag, Kind: DriftNew, Mode: mode, Actual: actual})
 		case b.Digest != actual:
 			out = append(out, d.finding(b, DriftMoved, actual))
 		case !b.Deleted:
@@ -170,7 +170,7 @@ func (d *Drift) verifyRepo(ctx context.Context, lim *limiter, repo string) (int,
 // finding describes a bound tag that drifted.
 func (d *Drift) finding(b storage.Binding, kind string, actual digest.Digest) Finding {
 	st := d.states.of(b.Repo, b.Tag, &b)
-	f := Finding{Repo: b.Repo, Tag: b.Tag, Kind: kind, Mode: st.mode.String(), Recorded: b.Digest, Actual: actual,
+	f := Finding{Repo: b.Repo, Tag: b.Tag, Kind: kind, Mode: st.mode, Recorded: b.Digest, Actual: actual,
 		Immutable: st.mode == policy.Immutable}
 	f.Repairable = f.Immutable && len(b.Manifest) > 0
 	return f

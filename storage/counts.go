@@ -3,6 +3,8 @@ package storage
 import (
 	"bytes"
 	"encoding/json"
+
+	"github.com/taglock/taglock/policy"
 )
 
 // Counts is how many tags a ledger records, and in how many repositories
@@ -32,11 +34,11 @@ func (c *Counts) Add(b Binding, n int64) {
 	switch {
 	case b.Deleted:
 		c.Deleted += n
-	case b.Mode == ModeImmutable:
+	case b.Mode == policy.Immutable:
 		c.Immutable += n
-	case b.Mode == ModeMutable:
+	case b.Mode == policy.Mutable:
 		c.Mutable += n
-	case b.Mode == ModeWarn:
+	case b.Mode == policy.Warn:
 		c.Warn += n
 	}
 }
@@ -59,8 +61,7 @@ func (c *Counts) AddJSON(v []byte) bool {
 	if i := bytes.Index(v, modeField); i >= 0 {
 		rest := v[i+len(modeField):]
 		if j := bytes.IndexByte(rest, '"'); j >= 0 {
-			switch mode := string(rest[:j]); mode {
-			case ModeImmutable, ModeMutable, ModeWarn:
+			if mode, err := policy.ParseMode(string(rest[:j])); err == nil {
 				c.Add(Binding{Mode: mode, Deleted: bytes.Contains(v, deletedField)}, 1)
 				return true
 			}
@@ -73,12 +74,21 @@ func (c *Counts) AddJSON(v []byte) bool {
 	if err := json.Unmarshal(v, &b); err != nil {
 		return false
 	}
-	c.Add(Binding{Mode: b.Mode, Deleted: b.Deleted}, 1)
+	mode, err := policy.ParseMode(b.Mode)
+	if err != nil {
+		mode = unknownMode
+	}
+	c.Add(Binding{Mode: mode, Deleted: b.Deleted}, 1)
 	return true
 }
 
 // ByMode returns the counts keyed by mode, tombstones under "deleted": the
 // labels of the taglock_tags metric.
 func (c Counts) ByMode() map[string]int64 {
-	return map[string]int64{ModeImmutable: c.Immutable, ModeMutable: c.Mutable, ModeWarn: c.Warn, "deleted": c.Deleted}
+	return map[string]int64{policy.Immutable.String(): c.Immutable, policy.Mutable.String(): c.Mutable,
+		policy.Warn.String(): c.Warn, "deleted": c.Deleted}
 }
+
+// unknownMode stands for a recorded mode that is none of the policy's: Add
+// counts such a binding nowhere, unless it is a tombstone.
+const unknownMode = policy.Mode(255)

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
+	"github.com/taglock/taglock/policy"
 )
 
 // TestCountsAddJSON ensures a stored binding's JSON is counted as the
@@ -14,14 +15,14 @@ import (
 // nothing.
 func TestCountsAddJSON(t *testing.T) {
 	t.Parallel()
-	base := Binding{Repo: "app", Tag: "v1", Digest: digest.FromString("one"), Mode: ModeImmutable, PushedAt: time.Unix(0, 0).UTC(),
+	base := Binding{Repo: "app", Tag: "v1", Digest: digest.FromString("one"), Mode: policy.Immutable, PushedAt: time.Unix(0, 0).UTC(),
 		PushedBy: "ci", Closure: []digest.Digest{digest.FromString("layer")}, Manifest: []byte(`{"mode":"warn","deleted":true}`)}
 	tricky := base
 	tricky.Tag, tricky.Rule = `v1"mode":"warn","deleted":true`, `"mode":"mutable"`
 	gone := base
-	gone.Mode, gone.Deleted, gone.DeletedAt = ModeWarn, true, time.Unix(60, 0).UTC()
+	gone.Mode, gone.Deleted, gone.DeletedAt = policy.Warn, true, time.Unix(60, 0).UTC()
 	bare := base
-	bare.Mode, bare.Manifest, bare.Closure = ModeMutable, nil, nil
+	bare.Mode, bare.Manifest, bare.Closure = policy.Mutable, nil, nil
 	record := struct { // a backend's record embedding the binding, as etcd's
 		Binding
 		Gen string `json:"gen"`

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
+	"github.com/taglock/taglock/policy"
 )
 
 // TestBindingChangesSeesEveryField ensures that an import record differing
@@ -13,7 +14,7 @@ import (
 // later, is a contradiction rather than a silent change.
 func TestBindingChangesSeesEveryField(t *testing.T) {
 	t.Parallel()
-	base := Binding{Repo: "app", Tag: "1.0", Digest: digest.FromString("a"), MediaType: "m", Size: 1, Mode: ModeImmutable,
+	base := Binding{Repo: "app", Tag: "1.0", Digest: digest.FromString("a"), MediaType: "m", Size: 1, Mode: policy.Immutable,
 		Rule: "r", PushedAt: time.Unix(1, 0).UTC(), PushedBy: "ci", Closure: []digest.Digest{digest.FromString("c")}, Manifest: []byte("{}")}
 	if ch := bindingChanges(base, base); len(ch) != 0 {
 		t.Fatalf("identical bindings differ: %+v", ch)
@@ -36,6 +37,8 @@ func TestBindingChangesSeesEveryField(t *testing.T) {
 			*x++
 		case *bool:
 			*x = !*x
+		case *policy.Mode:
+			*x = policy.Warn
 		case *time.Time:
 			*x = x.Add(time.Hour)
 		case *[]digest.Digest:

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/taglock/taglock/policy"
+
 	digest "github.com/opencontainers/go-digest"
 )
 
@@ -284,7 +286,7 @@ func (o *overlay) reservationContradiction(ctx context.Context, r Reservation) (
 		if err != nil {
 			return nil, err
 		}
-		if !ok || b.Mode != ModeImmutable {
+		if !ok || b.Mode != policy.Immutable {
 			continue
 		}
 		recorded := "immutable, bound to " + string(b.Digest)
@@ -293,9 +295,9 @@ func (o *overlay) reservationContradiction(ctx context.Context, r Reservation) (
 			return &Contradiction{Repo: r.Repo, Tag: tag, Changes: []Change{{
 				Field: "reservation", Recorded: recorded, Incoming: fmt.Sprintf("%s reserved for %s", r.Kind, r.Digest),
 			}}}, nil
-		case r.IsDelete() && r.Mode != "" && r.Mode != ModeImmutable:
+		case r.IsDelete() && r.Mode != nil && *r.Mode != policy.Immutable:
 			return &Contradiction{Repo: r.Repo, Tag: tag, Changes: []Change{{
-				Field: "reservation", Recorded: recorded, Incoming: "delete leaving a " + r.Mode + " tombstone",
+				Field: "reservation", Recorded: recorded, Incoming: "delete leaving a " + r.Mode.String() + " tombstone",
 			}}}, nil
 		}
 	}
@@ -431,7 +433,7 @@ func bindingChanges(old, b Binding) []Change {
 		return fmt.Sprintf("%d bytes, %s", len(m), digest.FromBytes(m))
 	}
 	diff("digest", string(old.Digest), string(b.Digest))
-	diff("mode", old.Mode, b.Mode)
+	diff("mode", old.Mode.String(), b.Mode.String())
 	diff("deleted", strconv.FormatBool(old.Deleted), strconv.FormatBool(b.Deleted))
 	diff("deletedAt", at(old.DeletedAt), at(b.DeletedAt))
 	diff("pushedAt", at(old.PushedAt), at(b.PushedAt))

@@ -6,17 +6,8 @@ import (
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
-)
 
-// Modes a binding can be recorded with. They are the policy's vocabulary;
-// the ledger stores them and never acts on them.
-const (
-	// ModeImmutable tags never move and keep their binding after deletion.
-	ModeImmutable = "immutable"
-	// ModeMutable tags may move freely.
-	ModeMutable = "mutable"
-	// ModeWarn tags may move, but moves are recorded as warnings.
-	ModeWarn = "warn"
+	"github.com/taglock/taglock/policy"
 )
 
 // Binding is what the ledger knows about one tag.
@@ -26,7 +17,7 @@ type Binding struct {
 	Digest    digest.Digest `json:"digest"` // the bound digest
 	MediaType string        `json:"mediaType,omitempty"`
 	Size      int64         `json:"size"`
-	Mode      string        `json:"mode"`              // "immutable" | "mutable" | "warn": the policy mode in force when bound
+	Mode      policy.Mode   `json:"mode"`              // the policy mode in force when bound; the ledger stores it and never acts on it
 	Rule      string        `json:"rule,omitempty"`    // the rule that decided the mode when bound
 	PushedAt  time.Time     `json:"pushedAt"`          // when Digest was first bound to this tag
 	PushedBy  string        `json:"pushedBy"`          // the user that first bound it, as recorded: verified, or marked "(unverified)"; "anonymous" when none
@@ -124,9 +115,9 @@ type Reservation struct {
 	// push.
 	Closure []digest.Digest `json:"closure,omitempty"`
 	// Mode, for a delete by tag, is the mode the tag's tombstone records
-	// (the mode that governed the tag when the delete was decided); ""
-	// keeps the binding's own.
-	Mode string `json:"mode,omitempty"`
+	// (the mode that governed the tag when the delete was decided);
+	// nil keeps the binding's own.
+	Mode *policy.Mode `json:"mode,omitempty"`
 	// CreatedAt is set by Reserve from the ledger's clock.
 	CreatedAt time.Time `json:"createdAt"`
 	// Deadline is when taglock's own request to the upstream for this
@@ -152,7 +143,7 @@ func (r Reservation) IsDelete() bool { return r.Kind == ReserveDelete }
 // binding at all.
 type Seen struct {
 	Digest  digest.Digest `json:"digest,omitempty"`
-	Mode    string        `json:"mode,omitempty"`
+	Mode    policy.Mode   `json:"mode"`
 	Deleted bool          `json:"deleted,omitempty"`
 }
 
@@ -166,9 +157,9 @@ func (s Seen) String() string {
 	case s == Seen{}:
 		return "no binding"
 	case s.Deleted:
-		return string(s.Digest) + " (" + s.Mode + ", deleted)"
+		return string(s.Digest) + " (" + s.Mode.String() + ", deleted)"
 	}
-	return string(s.Digest) + " (" + s.Mode + ")"
+	return string(s.Digest) + " (" + s.Mode.String() + ")"
 }
 
 // Manifest records what a manifest references, so deletes and retention can

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/taglock/taglock/policy"
+
 	digest "github.com/opencontainers/go-digest"
 )
 
@@ -34,10 +36,8 @@ func NormalizeBindings(in []Binding) ([]Binding, error) {
 		if err := checkDigest("digest of "+b.Repo+":"+b.Tag, b.Digest); err != nil {
 			return nil, err
 		}
-		switch b.Mode {
-		case ModeImmutable, ModeMutable, ModeWarn:
-		default:
-			return nil, fmt.Errorf("binding %s:%s: mode %q: %w", b.Repo, b.Tag, b.Mode, ErrInvalid)
+		if !validMode(b.Mode) {
+			return nil, fmt.Errorf("binding %s:%s: mode %v: %w", b.Repo, b.Tag, b.Mode, ErrInvalid)
 		}
 		closure := make([]digest.Digest, 0, len(b.Closure))
 		seen := map[digest.Digest]bool{b.Digest: true}
@@ -219,17 +219,15 @@ func checkReservation(r Reservation) error {
 		if len(r.Tags) == 0 {
 			return fmt.Errorf("push reservation for %s has no tags: %w", r.Repo, ErrInvalid)
 		}
-		if r.Blob || r.Mode != "" {
+		if r.Blob || r.Mode != nil {
 			return fmt.Errorf("push reservation for %s: Blob and Mode are for deletes: %w", r.Repo, ErrInvalid)
 		}
 	case ReserveDelete:
 		if len(r.Tags) > 1 || len(r.Closure) > 0 || r.Blob && len(r.Tags) > 0 {
 			return fmt.Errorf("delete reservation for %s: one tag, a manifest or a blob, and no closure: %w", r.Repo, ErrInvalid)
 		}
-		switch r.Mode {
-		case "", ModeImmutable, ModeMutable, ModeWarn:
-		default:
-			return fmt.Errorf("delete reservation for %s: mode %q: %w", r.Repo, r.Mode, ErrInvalid)
+		if r.Mode != nil && !validMode(*r.Mode) {
+			return fmt.Errorf("delete reservation for %s: mode %v: %w", r.Repo, *r.Mode, ErrInvalid)
 		}
 	default:
 		return fmt.Errorf("reservation for %s: kind %q: %w", r.Repo, r.Kind, ErrInvalid)
@@ -313,4 +311,13 @@ func checkDigest(what string, d digest.Digest) error {
 		return fmt.Errorf("%s %q: %w: %w", what, d, ErrInvalid, err)
 	}
 	return nil
+}
+
+// validMode reports whether m is one of the policy's modes.
+func validMode(m policy.Mode) bool {
+	switch m {
+	case policy.Immutable, policy.Mutable, policy.Warn:
+		return true
+	}
+	return false
 }

@@ -75,7 +75,7 @@ deleted) or the ledger could not be read, 2 usage error.`,
 			case b.Deleted:
 				res.Error = fmt.Sprintf("deleted at %s (was %s)", b.DeletedAt.UTC().Format(time.RFC3339), b.Digest)
 			default:
-				res.Digest, res.Mode = b.Digest, b.Mode
+				res.Digest, res.Mode = b.Digest, b.Mode.String()
 				res.Pinned = fmt.Sprintf("%s/%s:%s@%s", host, r.repo, r.tag, b.Digest)
 			}
 			if res.Error != "" {

@@ -13,6 +13,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 
 	"github.com/taglock/taglock/internal/server"
+	"github.com/taglock/taglock/policy"
 	"github.com/taglock/taglock/storage"
 	"github.com/taglock/taglock/storage/bolt"
 )
@@ -57,9 +58,9 @@ func newPinEnv(t *testing.T) *ltEnv {
 	var bs []storage.Binding
 	for ref, d := range pinLedger {
 		repo, tag, _ := strings.Cut(ref, ":")
-		b := storage.Binding{Repo: repo, Tag: tag, Digest: d, Size: 500, Mode: storage.ModeImmutable, PushedAt: at, PushedBy: "ci"}
+		b := storage.Binding{Repo: repo, Tag: tag, Digest: d, Size: 500, Mode: policy.Immutable, PushedAt: at, PushedBy: "ci"}
 		if tag == "latest" {
-			b.Mode = storage.ModeMutable
+			b.Mode = policy.Mutable
 		}
 		if tag == "2026.10.30" {
 			b.Deleted, b.DeletedAt = true, at.Add(time.Hour)

@@ -13,6 +13,7 @@ import (
 
 	digest "github.com/opencontainers/go-digest"
 
+	"github.com/taglock/taglock/policy"
 	"github.com/taglock/taglock/storage"
 )
 
@@ -157,7 +158,7 @@ func writeScaleLedger(w io.Writer, spec scaleSpec, dir string) (scaleStats, erro
 // scaleTag is one tag of a generated repository before it is written.
 type scaleTag struct {
 	name string
-	mode string
+	mode policy.Mode
 }
 
 // repo writes repository number i, named repo, with n bindings.
@@ -167,13 +168,13 @@ func (g *scaleGen) repo(i int, repo string, n int) error {
 	for j := range n {
 		switch r := rng.Float64(); {
 		case j == 0:
-			tags[j] = scaleTag{"latest", storage.ModeMutable}
+			tags[j] = scaleTag{"latest", policy.Mutable}
 		case r < 0.80:
-			tags[j] = scaleTag{fmt.Sprintf("%d.%d.%d", j/10000, j/100%100, j%100), storage.ModeImmutable}
+			tags[j] = scaleTag{fmt.Sprintf("%d.%d.%d", j/10000, j/100%100, j%100), policy.Immutable}
 		case r < 0.95:
-			tags[j] = scaleTag{fmt.Sprintf("dev-%d", j), storage.ModeMutable}
+			tags[j] = scaleTag{fmt.Sprintf("dev-%d", j), policy.Mutable}
 		default:
-			tags[j] = scaleTag{fmt.Sprintf("nightly-%d", j), storage.ModeWarn}
+			tags[j] = scaleTag{fmt.Sprintf("nightly-%d", j), policy.Warn}
 		}
 	}
 	slices.SortFunc(tags, func(a, b scaleTag) int { return strings.Compare(a.name, b.name) })
@@ -195,9 +196,9 @@ func (g *scaleGen) repo(i int, repo string, n int) error {
 		switch {
 		case b.Deleted:
 			g.stats.Delete++
-		case b.Mode == storage.ModeImmutable:
+		case b.Mode == policy.Immutable:
 			g.stats.Immutable++
-		case b.Mode == storage.ModeMutable:
+		case b.Mode == policy.Mutable:
 			g.stats.Mutable++
 		default:
 			g.stats.Warn++
@@ -260,10 +261,10 @@ func (g *scaleGen) binding(rng *rand.Rand, repo string, t scaleTag, shared []dig
 	if rng.IntN(10) == 0 {
 		first = storage.EventAdopted
 	}
-	at := g.event(storage.Event{Kind: first, Repo: repo, Tag: t.name, Digest: d, User: user, Rule: "rule." + t.mode})
+	at := g.event(storage.Event{Kind: first, Repo: repo, Tag: t.name, Digest: d, User: user, Rule: "rule." + t.mode.String()})
 	b := storage.Binding{Repo: repo, Tag: t.name, Digest: d, MediaType: "application/vnd.oci.image.manifest.v1+json",
-		Size: int64(len(raw)), Mode: t.mode, Rule: "rule." + t.mode, PushedAt: at, PushedBy: user, Closure: closure}
-	if t.mode == storage.ModeImmutable {
+		Size: int64(len(raw)), Mode: t.mode, Rule: "rule." + t.mode.String(), PushedAt: at, PushedBy: user, Closure: closure}
+	if t.mode == policy.Immutable {
 		b.Manifest = raw
 		switch rng.IntN(100) {
 		case 0:
@@ -275,7 +276,7 @@ func (g *scaleGen) binding(rng *rand.Rand, repo string, t scaleTag, shared []dig
 		}
 	} else {
 		kind := storage.EventMoved
-		if t.mode == storage.ModeWarn {
+		if t.mode == policy.Warn {
 			kind = storage.EventWarned
 		}
 		for v := 1; v <= rng.IntN(4); v++ {

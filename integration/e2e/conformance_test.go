@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/taglock/taglock/policy"
 	"github.com/taglock/taglock/storage"
 	"github.com/taglock/taglock/storage/bolt"
 
@@ -194,7 +195,7 @@ func TestConformance(t *testing.T) {
 					case got != b.Digest.String():
 						t.Errorf("ledger binds %s:%s to %s (%s), the registry serves %s", b.Repo, b.Tag, b.Digest, b.Mode, got)
 					}
-					if b.Mode == storage.ModeImmutable {
+					if b.Mode == policy.Immutable {
 						checked++
 					}
 				}

@@ -19,6 +19,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/taglock/taglock/internal/view"
+	"github.com/taglock/taglock/policy"
 	"github.com/taglock/taglock/proxy"
 	"github.com/taglock/taglock/storage"
 	"github.com/taglock/taglock/storage/bolt"
@@ -62,7 +63,7 @@ func mustLedger(t *testing.T) storage.Ledger {
 	}
 	t.Cleanup(func() { _ = l.Close() })
 	m := []byte(`{"schemaVersion":2}`)
-	b := storage.Binding{Repo: "team/app", Tag: "1.0", Digest: digest.FromBytes(m), Mode: storage.ModeImmutable,
+	b := storage.Binding{Repo: "team/app", Tag: "1.0", Digest: digest.FromBytes(m), Mode: policy.Immutable,
 		PushedAt: time.Unix(1700000000, 0).UTC(), PushedBy: "ci", Manifest: m}
 	ev := []storage.Event{
 		{Kind: storage.EventAccepted, Repo: "team/app", Tag: "1.0", Digest: b.Digest, User: "ci"},
@@ -413,7 +414,7 @@ func TestImportContradictionAudited(t *testing.T) {
 	if !errors.As(err, &ce) || len(ce.Contradictions) != 1 || ce.Contradictions[0].Record != 1 || ce.Contradictions[0].Changes[0].Field != "digest" {
 		t.Fatalf("import of a forged binding: %v, want one contradiction of record 1's digest", err)
 	}
-	if b, err := l.Binding(ctx, "team/app", "1.0"); err != nil || b.Digest != before.Digest || b.Mode != storage.ModeImmutable {
+	if b, err := l.Binding(ctx, "team/app", "1.0"); err != nil || b.Digest != before.Digest || b.Mode != policy.Immutable {
 		t.Fatalf("binding after a refused import = %s %s, %v; want %s immutable", b.Digest, b.Mode, err, before.Digest)
 	}
 	if _, err := l.Binding(ctx, "team/app", "2.0"); !errors.Is(err, storage.ErrNotFound) {

@@ -15,6 +15,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 
 	"github.com/taglock/taglock/internal/view"
+	"github.com/taglock/taglock/policy"
 	"github.com/taglock/taglock/storage"
 	"github.com/taglock/taglock/storage/bolt"
 )
@@ -34,7 +35,7 @@ func bigLedger(t *testing.T) storage.Ledger {
 	for i := range 250 {
 		for _, ref := range [][2]string{{fmt.Sprintf("repo-%03d", i), "v1"}, {"repo-000", fmt.Sprintf("t-%03d", i)}} {
 			d := digest.FromString(ref[0] + ":" + ref[1])
-			bs = append(bs, storage.Binding{Repo: ref[0], Tag: ref[1], Digest: d, Mode: storage.ModeImmutable, PushedAt: time.Unix(1700000000, 0).UTC(), PushedBy: "ci"})
+			bs = append(bs, storage.Binding{Repo: ref[0], Tag: ref[1], Digest: d, Mode: policy.Immutable, PushedAt: time.Unix(1700000000, 0).UTC(), PushedBy: "ci"})
 		}
 		kind := storage.EventAccepted
 		if i%5 == 0 {

@@ -278,7 +278,7 @@ func (r *Runner) deleteTag(ctx context.Context, d *Deletion) error {
 	if d.Released {
 		reason = "retention-released"
 	}
-	res, err := r.up.Remove(ctx, proxy.Removal{Repo: d.Repo, Tag: d.Tag, Digest: d.Digest, Expect: b.Seen(), Mode: mode.String(),
+	res, err := r.up.Remove(ctx, proxy.Removal{Repo: d.Repo, Tag: d.Tag, Digest: d.Digest, Expect: b.Seen(), Mode: &mode,
 		Event: storage.Event{Kind: storage.EventDeleted, User: "taglock retention", Rule: d.Policy, Reason: reason, Message: "retention: " + d.Reason}})
 	return r.outcome(ctx, d, res, err)
 }

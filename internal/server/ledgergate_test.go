@@ -42,7 +42,7 @@ func gated(t *testing.T, authOn bool) (http.Handler, *syncBuffer) {
 	for _, ref := range []string{"team/app:1.0", "team/app:latest", "secret/db:1.0"} {
 		repo, tag, _ := strings.Cut(ref, ":")
 		d := digest.FromString(ref)
-		bs = append(bs, storage.Binding{Repo: repo, Tag: tag, Digest: d, Mode: storage.ModeImmutable, PushedAt: at, PushedBy: "ci"})
+		bs = append(bs, storage.Binding{Repo: repo, Tag: tag, Digest: d, Mode: policy.Immutable, PushedAt: at, PushedBy: "ci"})
 		if tag == "1.0" {
 			ev = append(ev, storage.Event{Kind: storage.EventRefused, Repo: repo, Tag: tag, Digest: digest.FromString("x" + ref),
 				Previous: d, User: "mallory", Reason: "immutable-tag-moved"})

@@ -23,6 +23,7 @@ import (
 
 	"github.com/taglock/taglock/internal/admin"
 	"github.com/taglock/taglock/internal/config"
+	"github.com/taglock/taglock/policy"
 	"github.com/taglock/taglock/storage"
 )
 
@@ -106,7 +107,7 @@ func TestAdminCallsOverTCPAre404(t *testing.T) {
 			}
 		}
 	}
-	if b, err := srv.Ledger().Binding(context.Background(), "team/app", "1.0"); err != nil || b.Digest != d || b.Mode != storage.ModeImmutable {
+	if b, err := srv.Ledger().Binding(context.Background(), "team/app", "1.0"); err != nil || b.Digest != d || b.Mode != policy.Immutable {
 		t.Fatalf("binding after the attack = %s %s, %v; want %s immutable", b.Digest, b.Mode, err, d)
 	}
 	if forged == d {
@@ -277,7 +278,7 @@ func TestLedgerReadsNeedAuthOnTCP(t *testing.T) {
 		c.Access = []config.AccessRule{{Subjects: []string{"user:ci"}, Repositories: []string{"team/**"}, Actions: []string{"pull", "push"}}}
 	})
 	if err := srv.Ledger().Put(context.Background(), []storage.Binding{{Repo: "team/app", Tag: "1.0", Digest: digest.FromString("x"),
-		Mode: storage.ModeImmutable, PushedBy: "ci"}}, nil); err != nil {
+		Mode: policy.Immutable, PushedBy: "ci"}}, nil); err != nil {
 		t.Fatal(err)
 	}
 	for _, path := range []string{"/taglock/v1/repositories", "/taglock/v1/bindings/team/app:1.0", "/taglock/", "/taglock/repos/team/app"} {

@@ -80,7 +80,7 @@ func (v *verifier) run(ctx context.Context) {
 			if f.Immutable {
 				ev = v.audit.Warn()
 			}
-			ev.Str("event", "drift").Str("drift", f.Kind).Str("repo", f.Repo).Str("tag", f.Tag).Str("mode", f.Mode).
+			ev.Str("event", "drift").Str("drift", f.Kind).Str("repo", f.Repo).Str("tag", f.Tag).Stringer("mode", f.Mode).
 				Str("recorded", f.Recorded.String()).Str("actual", f.Actual.String()).Bool("immutable", f.Immutable).
 				Bool("repairable", f.Repairable).Msg(driftMessage(f))
 		}

@@ -14,6 +14,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 
 	"github.com/taglock/taglock/internal/view"
+	"github.com/taglock/taglock/policy"
 	"github.com/taglock/taglock/storage"
 	"github.com/taglock/taglock/storage/bolt"
 )
@@ -30,15 +31,15 @@ func crowded(t *testing.T) storage.Ledger {
 	t.Cleanup(func() { _ = l.Close() })
 	at := time.Date(2026, 11, 20, 9, 30, 0, 0, time.UTC)
 	var bs []storage.Binding
-	add := func(repo, tag, mode string, deleted bool) {
+	add := func(repo, tag string, mode policy.Mode, deleted bool) {
 		bs = append(bs, storage.Binding{Repo: repo, Tag: tag, Digest: digest.FromString(repo + tag), Mode: mode, PushedAt: at, PushedBy: "ci", Deleted: deleted})
 	}
 	for i := range 120 {
-		add(fmt.Sprintf("app-%03d", i), "1.0", storage.ModeImmutable, false)
-		add(fmt.Sprintf("app-%03d", i), "latest", storage.ModeMutable, false)
+		add(fmt.Sprintf("app-%03d", i), "1.0", policy.Immutable, false)
+		add(fmt.Sprintf("app-%03d", i), "latest", policy.Mutable, false)
 	}
 	for i := range 700 {
-		add("big/repo", fmt.Sprintf("t-%03d", i), storage.ModeImmutable, i >= 600)
+		add("big/repo", fmt.Sprintf("t-%03d", i), policy.Immutable, i >= 600)
 	}
 	for len(bs) > 0 {
 		n := min(len(bs), 100)

@@ -26,6 +26,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/taglock/taglock/internal/view"
+	"github.com/taglock/taglock/policy"
 	"github.com/taglock/taglock/storage"
 )
 
@@ -204,7 +205,7 @@ func (h *Handler) summary(ctx context.Context, v view.Viewer, all bool, repo str
 			continue
 		}
 		s.Tags++
-		if b.Mode == storage.ModeImmutable {
+		if b.Mode == policy.Immutable {
 			s.Immutable++
 		}
 	}

@@ -12,6 +12,7 @@ import (
 
 	digest "github.com/opencontainers/go-digest"
 
+	"github.com/taglock/taglock/policy"
 	"github.com/taglock/taglock/storage"
 	"github.com/taglock/taglock/storage/bolt"
 )
@@ -28,10 +29,10 @@ func seeded(t *testing.T) storage.Ledger {
 	at := time.Date(2026, 11, 20, 9, 30, 0, 0, time.UTC)
 	ctx := context.Background()
 	bs := []storage.Binding{
-		{Repo: "team/app", Tag: "1.0.0", Digest: digest.FromString("one"), Mode: storage.ModeImmutable, Rule: "immutability.default", PushedAt: at, PushedBy: "ci-bot", Size: 523},
-		{Repo: "team/app", Tag: "latest", Digest: digest.FromString("two"), Mode: storage.ModeMutable, Rule: "immutability.rules[0]", PushedAt: at.Add(time.Hour), PushedBy: "alice"},
-		{Repo: "team/app", Tag: "0.9.0", Digest: digest.FromString("old"), Mode: storage.ModeImmutable, PushedAt: at.Add(-time.Hour), PushedBy: "ci-bot", Deleted: true, DeletedAt: at},
-		{Repo: "tools/debug", Tag: "0.2", Digest: digest.FromString("dbg"), Mode: storage.ModeWarn, PushedAt: at, PushedBy: "bob"},
+		{Repo: "team/app", Tag: "1.0.0", Digest: digest.FromString("one"), Mode: policy.Immutable, Rule: "immutability.default", PushedAt: at, PushedBy: "ci-bot", Size: 523},
+		{Repo: "team/app", Tag: "latest", Digest: digest.FromString("two"), Mode: policy.Mutable, Rule: "immutability.rules[0]", PushedAt: at.Add(time.Hour), PushedBy: "alice"},
+		{Repo: "team/app", Tag: "0.9.0", Digest: digest.FromString("old"), Mode: policy.Immutable, PushedAt: at.Add(-time.Hour), PushedBy: "ci-bot", Deleted: true, DeletedAt: at},
+		{Repo: "tools/debug", Tag: "0.2", Digest: digest.FromString("dbg"), Mode: policy.Warn, PushedAt: at, PushedBy: "bob"},
 	}
 	events := []storage.Event{
 		{Time: at, Kind: storage.EventAccepted, Repo: "team/app", Tag: "1.0.0", Digest: digest.FromString("one"), User: "ci-bot"},

@@ -16,6 +16,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 	bbolt "go.etcd.io/bbolt"
 
+	"github.com/taglock/taglock/policy"
 	"github.com/taglock/taglock/storage"
 	"github.com/taglock/taglock/storage/bolt"
 	"github.com/taglock/taglock/storage/ledgertest"
@@ -370,7 +371,7 @@ func TestCommitRecordsManifests(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := storage.Manifest{Repo: "team/app", Digest: d, Size: 10, Children: []digest.Digest{child}}
-	b := storage.Binding{Repo: "team/app", Tag: "1.0.0", Digest: d, Mode: storage.ModeImmutable, PushedAt: time.Now(), PushedBy: "anonymous"}
+	b := storage.Binding{Repo: "team/app", Tag: "1.0.0", Digest: d, Mode: policy.Immutable, PushedAt: time.Now(), PushedBy: "anonymous"}
 	if err := l.Commit(ctx, res.ID, []storage.Binding{b}, nil, m); err != nil {
 		t.Fatal(err)
 	}

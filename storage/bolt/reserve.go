@@ -134,9 +134,9 @@ func (l *Ledger) CommitDelete(ctx context.Context, reservationID string, ev stor
 			if err != nil {
 				return err
 			}
-			if ok && (!b.Deleted || r.Mode != "" && b.Mode != r.Mode) {
-				if r.Mode != "" {
-					b.Mode = r.Mode
+			if ok && (!b.Deleted || r.Mode != nil && b.Mode != *r.Mode) {
+				if r.Mode != nil {
+					b.Mode = *r.Mode
 				}
 				gone = append(gone, b)
 			}

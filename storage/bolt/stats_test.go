@@ -10,6 +10,7 @@ import (
 
 	"go.etcd.io/bbolt"
 
+	"github.com/taglock/taglock/policy"
 	"github.com/taglock/taglock/storage"
 	"github.com/taglock/taglock/storage/bolt"
 	"github.com/taglock/taglock/storage/ledgertest"
@@ -30,10 +31,10 @@ func TestCountsSurviveACrash(t *testing.T) {
 	defer l.Close()
 	ledgertest.Populate(t, l)
 	latest := ledgertest.NewBinding("app", "edge", "one")
-	latest.Mode = storage.ModeMutable
+	latest.Mode = policy.Mutable
 	ledgertest.MustPut(t, l, []storage.Binding{latest})
 	moved := ledgertest.NewBinding("app", "edge", "two")
-	moved.Mode = storage.ModeMutable
+	moved.Mode = policy.Mutable
 	r := ledgertest.MustReserve(t, l, storage.Reservation{Repo: "app", Tags: []string{"edge"}, Digest: moved.Digest,
 		Expect: map[string]storage.Seen{"edge": latest.Seen()}})
 	if err := l.Commit(ctx, r.ID, []storage.Binding{moved}, nil); err != nil {

@@ -12,6 +12,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/taglock/taglock/policy"
 	"github.com/taglock/taglock/storage"
 	"github.com/taglock/taglock/storage/bolt"
 	"github.com/taglock/taglock/storage/etcd"
@@ -211,7 +212,7 @@ func TestLargeWritesSpillHistoryAfterTheBindings(t *testing.T) {
 	var bs []storage.Binding
 	for i := range 60 {
 		b := ledgertest.NewBinding("r", fmt.Sprintf("t%02d", i), "shared")
-		b.Mode = storage.ModeMutable
+		b.Mode = policy.Mutable
 		bs = append(bs, b)
 	}
 	ledgertest.MustPut(t, l, bs)

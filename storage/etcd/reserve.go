@@ -389,9 +389,9 @@ func (l *Ledger) CommitDelete(ctx context.Context, reservationID string, ev stor
 					return false, err
 				}
 				c = candidate{tag: r.Tags[0], rec: rec, found: true, modRev: got[0][0].ModRevision}
-				if !rec.Deleted || r.Mode != "" && rec.Mode != r.Mode {
-					if r.Mode != "" {
-						c.rec.Mode = r.Mode
+				if !rec.Deleted || r.Mode != nil && rec.Mode != *r.Mode {
+					if r.Mode != nil {
+						c.rec.Mode = *r.Mode
 					}
 					gone = append(gone, c)
 				}

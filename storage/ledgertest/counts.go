@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/taglock/taglock/policy"
 	"github.com/taglock/taglock/storage"
 )
 
@@ -78,7 +79,7 @@ func testCounts(t *testing.T, open Opener) {
 	MustCountsMatchWalk(t, l, counts(0, 0, 0, 0, 0))
 
 	v1, latest, nightly := NewBinding("app", "v1", "one"), NewBinding("app", "latest", "one"), NewBinding("web", "nightly", "n1")
-	latest.Mode, nightly.Mode = storage.ModeMutable, storage.ModeWarn
+	latest.Mode, nightly.Mode = policy.Mutable, policy.Warn
 	MustPut(t, l, []storage.Binding{v1, latest, nightly})
 	MustCountsMatchWalk(t, l, counts(2, 1, 1, 1, 0))
 
@@ -89,7 +90,7 @@ func testCounts(t *testing.T, open Opener) {
 		t.Fatal(err)
 	}
 	moved := NewBinding("app", "latest", "two")
-	moved.Mode = storage.ModeMutable
+	moved.Mode = policy.Mutable
 	r = MustReserve(t, l, storage.Reservation{Repo: "app", Tags: []string{"latest"}, Digest: moved.Digest,
 		Expect: map[string]storage.Seen{"latest": latest.Seen()}})
 	if err := l.Commit(ctx, r.ID, []storage.Binding{moved}, nil); err != nil {
@@ -98,7 +99,7 @@ func testCounts(t *testing.T, open Opener) {
 	MustCountsMatchWalk(t, l, counts(2, 2, 1, 1, 0))
 
 	// A binding put again with another mode moves between the counts.
-	nightly.Mode = storage.ModeImmutable
+	nightly.Mode = policy.Immutable
 	MustPut(t, l, []storage.Binding{nightly})
 	MustCountsMatchWalk(t, l, counts(2, 3, 1, 0, 0))
 
@@ -158,7 +159,7 @@ func testCountsConcurrent(t *testing.T, open Opener) {
 			for i := range 5 {
 				b := NewBinding(fmt.Sprintf("repo-%d", w%3), fmt.Sprintf("w%d-%d", w, i), fmt.Sprintf("c%d-%d", w, i))
 				if i%2 == 1 {
-					b.Mode = storage.ModeMutable
+					b.Mode = policy.Mutable
 				}
 				if err := l.Put(context.Background(), []storage.Binding{b}, nil); err != nil {
 					t.Error(err)

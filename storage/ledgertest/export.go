@@ -11,6 +11,7 @@ import (
 
 	digest "github.com/opencontainers/go-digest"
 
+	"github.com/taglock/taglock/policy"
 	"github.com/taglock/taglock/storage"
 )
 
@@ -205,7 +206,7 @@ func testImportContradictions(t *testing.T, open Opener) {
 	forged, newTag := Digest("forged"), Digest("new")
 	input := importLines(t, l, func(lines []map[string]any) []map[string]any {
 		bindingLine(t, lines, "app", "v1")["digest"] = string(forged)
-		bindingLine(t, lines, "base", "multi")["mode"] = storage.ModeMutable
+		bindingLine(t, lines, "base", "multi")["mode"] = policy.Mutable
 		v2line := bindingLine(t, lines, "app", "v2")
 		delete(v2line, "deleted")
 		delete(v2line, "deletedAt")

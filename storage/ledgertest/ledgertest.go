@@ -23,6 +23,7 @@ import (
 
 	digest "github.com/opencontainers/go-digest"
 
+	"github.com/taglock/taglock/policy"
 	"github.com/taglock/taglock/storage"
 )
 
@@ -129,7 +130,7 @@ func NewBinding(repo, tag, content string) storage.Binding {
 		Digest:    Digest(content),
 		MediaType: "application/vnd.oci.image.manifest.v1+json",
 		Size:      int64(len(content)),
-		Mode:      storage.ModeImmutable,
+		Mode:      policy.Immutable,
 		Rule:      "releases",
 		PushedAt:  T0,
 		PushedBy:  "ci",
@@ -198,7 +199,7 @@ func testBindingsRoundTrip(t *testing.T, open Opener) {
 	ctx := context.Background()
 	l := open(t)
 	v2, v1, latest := NewBinding("team/a", "v2", "a2"), NewBinding("team/a", "v1", "a1"), NewBinding("team/b", "latest", "b1")
-	latest.Mode, latest.Rule, latest.Manifest, latest.Closure = storage.ModeMutable, "", nil, nil
+	latest.Mode, latest.Rule, latest.Manifest, latest.Closure = policy.Mutable, "", nil, nil
 	MustPut(t, l, []storage.Binding{v2, v1, latest})
 
 	equal(t, "Binding(team/a, v2)", MustBinding(t, l, "team/a", "v2"), v2)
@@ -221,7 +222,7 @@ func testBindingsRoundTrip(t *testing.T, open Opener) {
 	}
 
 	moved := NewBinding("team/b", "latest", "b2")
-	moved.Mode = storage.ModeMutable
+	moved.Mode = policy.Mutable
 	moved.Closure = []digest.Digest{Digest("x"), moved.Digest, Digest("x")}
 	MustPut(t, l, []storage.Binding{moved})
 	want := moved
@@ -245,8 +246,7 @@ func testInvalidRecords(t *testing.T, open Opener) {
 		{"NUL in repo", func(b *storage.Binding) { b.Repo = "a\x00b" }},
 		{"bad digest", func(b *storage.Binding) { b.Digest = "sha256:nothex" }},
 		{"bad closure digest", func(b *storage.Binding) { b.Closure = []digest.Digest{"md5:00"} }},
-		{"unknown mode", func(b *storage.Binding) { b.Mode = "frozen" }},
-		{"empty mode", func(b *storage.Binding) { b.Mode = "" }},
+		{"unknown mode", func(b *storage.Binding) { b.Mode = policy.Mode(42) }},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -341,7 +341,7 @@ func testReferencing(t *testing.T, open Opener) {
 	}
 
 	moved := NewBinding("r", "multi", "index2")
-	moved.Mode = storage.ModeMutable
+	moved.Mode = policy.Mutable
 	moved.Closure = []digest.Digest{Digest("amd64")}
 	MustPut(t, l, []storage.Binding{moved})
 	for _, tc := range []struct {

@@ -9,6 +9,7 @@ import (
 
 	digest "github.com/opencontainers/go-digest"
 
+	"github.com/taglock/taglock/policy"
 	"github.com/taglock/taglock/storage"
 )
 
@@ -18,7 +19,7 @@ func testReserveExpect(t *testing.T, open Opener) {
 	// rule of its own about tombstones: whether one binds its tag is the
 	// caller's decision, and Reserve only makes it safe against change.
 	one := NewBinding("r", "t", "one")
-	tombstone := func(mode string) storage.Binding {
+	tombstone := func(mode policy.Mode) storage.Binding {
 		b := NewBinding("r", "t", "one")
 		b.Mode, b.Deleted, b.DeletedAt = mode, true, At(1)
 		return b
@@ -33,15 +34,15 @@ func testReserveExpect(t *testing.T, open Opener) {
 		{name: "unbound, expect a binding", expect: one.Seen(), changed: true},
 		{name: "bound, expect none", binding: ptr(one), changed: true},
 		{name: "bound, expect it", binding: ptr(one), expect: one.Seen()},
-		{name: "bound, expect another digest", binding: ptr(one), expect: storage.Seen{Digest: Digest("two"), Mode: storage.ModeImmutable}, changed: true},
-		{name: "bound, expect another mode", binding: ptr(one), expect: storage.Seen{Digest: one.Digest, Mode: storage.ModeWarn}, changed: true},
-		{name: "bound, expect its tombstone", binding: ptr(one), expect: tombstone(storage.ModeImmutable).Seen(), changed: true},
-		{name: "mutable tombstone, expect it", binding: ptr(tombstone(storage.ModeMutable)), expect: tombstone(storage.ModeMutable).Seen()},
-		{name: "mutable tombstone, expect none", binding: ptr(tombstone(storage.ModeMutable)), changed: true},
-		{name: "warn tombstone, expect it", binding: ptr(tombstone(storage.ModeWarn)), expect: tombstone(storage.ModeWarn).Seen()},
-		{name: "warn tombstone, expect it live", binding: ptr(tombstone(storage.ModeWarn)), expect: storage.Seen{Digest: one.Digest, Mode: storage.ModeWarn}, changed: true},
-		{name: "immutable tombstone, expect it", binding: ptr(tombstone(storage.ModeImmutable)), expect: tombstone(storage.ModeImmutable).Seen()},
-		{name: "immutable tombstone, expect none", binding: ptr(tombstone(storage.ModeImmutable)), changed: true},
+		{name: "bound, expect another digest", binding: ptr(one), expect: storage.Seen{Digest: Digest("two"), Mode: policy.Immutable}, changed: true},
+		{name: "bound, expect another mode", binding: ptr(one), expect: storage.Seen{Digest: one.Digest, Mode: policy.Warn}, changed: true},
+		{name: "bound, expect its tombstone", binding: ptr(one), expect: tombstone(policy.Immutable).Seen(), changed: true},
+		{name: "mutable tombstone, expect it", binding: ptr(tombstone(policy.Mutable)), expect: tombstone(policy.Mutable).Seen()},
+		{name: "mutable tombstone, expect none", binding: ptr(tombstone(policy.Mutable)), changed: true},
+		{name: "warn tombstone, expect it", binding: ptr(tombstone(policy.Warn)), expect: tombstone(policy.Warn).Seen()},
+		{name: "warn tombstone, expect it live", binding: ptr(tombstone(policy.Warn)), expect: storage.Seen{Digest: one.Digest, Mode: policy.Warn}, changed: true},
+		{name: "immutable tombstone, expect it", binding: ptr(tombstone(policy.Immutable)), expect: tombstone(policy.Immutable).Seen()},
+		{name: "immutable tombstone, expect none", binding: ptr(tombstone(policy.Immutable)), changed: true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -200,7 +201,7 @@ func testReserveDeleteHoldsTagsItRemoves(t *testing.T, open Opener) {
 	ctx := context.Background()
 	l := open(t)
 	old, other := NewBinding("r", "s1", "old"), NewBinding("r", "s2", "old")
-	old.Mode, other.Mode = storage.ModeMutable, storage.ModeMutable
+	old.Mode, other.Mode = policy.Mutable, policy.Mutable
 	MustPut(t, l, []storage.Binding{old, other})
 	move := storage.Reservation{Repo: "r", Tags: []string{"s1"}, Digest: Digest("new"), Expect: map[string]storage.Seen{"s1": old.Seen()}}
 	del := storage.Reservation{Kind: storage.ReserveDelete, Repo: "r", Digest: old.Digest}
@@ -257,7 +258,7 @@ func testReserveRecord(t *testing.T, open Opener) {
 		{Kind: storage.ReserveDelete, Repo: "r", Tags: []string{"a", "b"}, Digest: Digest("m")},
 		{Kind: storage.ReserveDelete, Repo: "r", Tags: []string{"a"}, Digest: Digest("m"), Blob: true},
 		{Kind: storage.ReserveDelete, Repo: "r", Digest: Digest("m"), Closure: []digest.Digest{Digest("x")}},
-		{Kind: storage.ReserveDelete, Repo: "r", Tags: []string{"a"}, Digest: Digest("m"), Mode: "frozen"},
+		{Kind: storage.ReserveDelete, Repo: "r", Tags: []string{"a"}, Digest: Digest("m"), Mode: ptr(policy.Mode(42))},
 		{Repo: "r", Digest: Digest("m")},
 		{Repo: "r", Tags: []string{"t"}, Digest: Digest("m"), Blob: true},
 		{Repo: "r", Tags: []string{"t"}, Digest: Digest("m"), Removes: []string{"u"}},
@@ -349,7 +350,7 @@ func testCommitDelete(t *testing.T, open Opener) {
 	setup := func(t *testing.T) storage.Ledger {
 		l := open(t)
 		a, b, c := NewBinding("r", "a", "m"), NewBinding("r", "b", "m"), NewBinding("r", "c", "other")
-		a.Mode, b.Mode, c.Mode = storage.ModeMutable, storage.ModeWarn, storage.ModeMutable
+		a.Mode, b.Mode, c.Mode = policy.Mutable, policy.Warn, policy.Mutable
 		c.Closure = []digest.Digest{Digest("m")} // references m, is not bound to it
 		old := NewBinding("r", "old", "m")
 		old.Deleted, old.DeletedAt = true, At(1)
@@ -401,13 +402,13 @@ func testCommitDelete(t *testing.T, open Opener) {
 	t.Run("tag", func(t *testing.T) {
 		l := setup(t)
 		r := MustReserve(t, l, storage.Reservation{Kind: storage.ReserveDelete, Repo: "r", Tags: []string{"b"}, Digest: Digest("m"),
-			Mode: storage.ModeImmutable, Expect: map[string]storage.Seen{"b": MustBinding(t, l, "r", "b").Seen()}})
+			Mode: ptr(policy.Immutable), Expect: map[string]storage.Seen{"b": MustBinding(t, l, "r", "b").Seen()}})
 		got, err := l.CommitDelete(ctx, r.ID, ev)
 		if err != nil {
 			t.Fatal(err)
 		}
 		equal(t, "tags marked deleted", marked(got), []string{"b"})
-		if b := MustBinding(t, l, "r", "b"); b.Mode != storage.ModeImmutable || !b.Deleted {
+		if b := MustBinding(t, l, "r", "b"); b.Mode != policy.Immutable || !b.Deleted {
 			t.Errorf("tombstone = %+v, want deleted with the reservation's mode", b)
 		}
 		if b := MustBinding(t, l, "r", "a"); b.Deleted {
