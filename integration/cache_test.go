@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"encoding/base64"
 	"fmt"
 	"net/http"
@@ -10,6 +11,9 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/taglock/taglock/internal/config"
 )
@@ -170,5 +174,63 @@ func TestCacheNeverAnswersWhomTheUpstreamRefuses(t *testing.T) {
 	}
 	if _, err := os.Stat(htpasswd); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestCacheNeverAnswersAnotherRepositorysManifest: the bytes taglock holds
+// are the bytes of a manifest in one repository. A caller who may pull only
+// their own repository binds an immutable tag there to a manifest that
+// names a private manifest's digest as a non-distributable layer (the
+// registry does not check that such a layer exists), so the ledger says
+// their repository references that digest. Reading it as a manifest of
+// their own repository must get the registry's answer for that repository
+// (404), never the private manifest a reader of the other repository
+// pulled before. The registry allows layer URLs, as one that serves
+// Windows images does.
+func TestCacheNeverAnswersAnotherRepositorysManifest(t *testing.T) {
+	t.Parallel()
+	up := MustUpstreamWith(t, UpstreamOptions{Extra: "validation:\n  manifests:\n    urls:\n      allow: ['^https://']\n"})
+	e := MustEnv(t, Separate, withIssueACL(mustHtpasswd(t, authUsers)), func(c *config.Config) {
+		c.Upstream.URL = "http://" + up.Addr
+		c.Upstream.Auth = config.UpstreamAuth{Mode: "basic", Username: "taglock", Password: "unused"}
+	})
+
+	img := MustImage(t)
+	private := MustManifest(t, img)
+	if err := pushAs(t, e.Addr, "admin", "prod/app:v1", img); err != nil {
+		t.Fatal(err)
+	}
+	// reader pulls it: taglock now holds its bytes.
+	h := basic("reader")
+	h.Set("Accept", private.MediaType)
+	if resp, _ := do(t, http.MethodGet, e.URL("/v2/prod/app/manifests/v1"), nil, h); resp.StatusCode != http.StatusOK {
+		t.Fatalf("reader pulls prod/app:v1: %d", resp.StatusCode)
+	}
+
+	// dev may pull and push dev/** only.
+	cfg := static.NewLayer([]byte(`{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}`), types.OCIConfigJSON)
+	if err := remote.WriteLayer(e.Ref(t, "dev/x:unused").Context(), cfg, as(t, "dev")...); err != nil {
+		t.Fatal(err)
+	}
+	cfgDigest, _ := cfg.Digest()
+	cfgSize, _ := cfg.Size()
+	raw := fmt.Sprintf(`{"schemaVersion":2,"mediaType":%q,"config":{"mediaType":%q,"digest":%q,"size":%d},`+
+		`"layers":[{"mediaType":%q,"digest":%q,"size":%d,"urls":["https://example.com/layer"]}]}`,
+		ocispec.MediaTypeImageManifest, ocispec.MediaTypeImageConfig, cfgDigest, cfgSize,
+		ocispec.MediaTypeImageLayerNonDistributableGzip, private.Digest, len(private.Raw)) //nolint:staticcheck // the attack needs it
+	ph := basic("dev")
+	ph.Set("Content-Type", ocispec.MediaTypeImageManifest)
+	if resp, body := do(t, http.MethodPut, e.URL("/v2/dev/x/manifests/1.0.0"), []byte(raw), ph); resp.StatusCode != http.StatusCreated {
+		t.Fatalf("dev pushes dev/x:1.0.0: %d %s", resp.StatusCode, body)
+	}
+	if resp, _ := do(t, http.MethodGet, e.URL("/v2/prod/app/manifests/v1"), nil, basic("dev")); resp.StatusCode == http.StatusOK {
+		t.Fatal("dev may pull prod/app: the test proves nothing")
+	}
+
+	gh := basic("dev")
+	gh.Set("Accept", private.MediaType)
+	resp, body := do(t, http.MethodGet, e.URL("/v2/dev/x/manifests/"+private.Digest.String()), nil, gh)
+	if resp.StatusCode == http.StatusOK || bytes.Equal(body, private.Raw) {
+		t.Fatalf("dev read prod/app's manifest as dev/x@%s: %d %s", private.Digest, resp.StatusCode, body)
 	}
 }

@@ -109,6 +109,9 @@ type UpstreamOptions struct {
 	Auth string
 	// Cert and Key, when set, serve HTTPS with that certificate.
 	Cert, Key string
+	// Extra is more top-level YAML for the registry's configuration,
+	// such as a validation: section.
+	Extra string
 }
 
 // MustUpstream starts a Distribution registry storing under a fresh
@@ -140,7 +143,8 @@ storage:
 http:
   addr: 127.0.0.1:0
   secret: %q
-%s`, t.TempDir(), hex.EncodeToString(secret), auth)))
+%s
+%s`, t.TempDir(), hex.EncodeToString(secret), auth, o.Extra)))
 	if err != nil {
 		t.Fatalf("upstream config: %v", err)
 	}

@@ -46,7 +46,11 @@ const maxConfirmations = 1 << 16
 // the manifest bytes it holds: nothing an answer depends on can change, so
 // the upstream need not be asked. The ledger is read on every request, so
 // a tombstone, a retention delete or a change of mode takes effect at
-// once; only the bytes, addressed by their digest, are kept in memory.
+// once; only the bytes are kept in memory, under their repository and
+// digest: the ledger can say a repository references a digest the
+// registry never let into it as a manifest (a layer with URLs, an index
+// child the registry did not require), so bytes learned in one
+// repository never answer a read of another.
 //
 // It answers only what it is sure of and leaves everything else to the
 // upstream: mutable and warn-mode tags, a tag or digest no live immutable
@@ -106,7 +110,7 @@ func (c *manifestCache) serve(w http.ResponseWriter, r *http.Request, rt Route) 
 		c.metrics.cached("confirm")
 		return false, d
 	}
-	m, ok := c.bytes.get(d)
+	m, ok := c.bytes.get(heldKey{rt.Name, d})
 	if !ok {
 		if m, ok = c.fill(ctx, r.Header, rt.Name, d, held); !ok {
 			c.metrics.cached("bypass")
@@ -170,11 +174,11 @@ func (c *manifestCache) fill(ctx context.Context, h http.Header, repo string, d 
 		}
 		if mt != "" {
 			m := heldManifest{body: b.Manifest, mediaType: mt}
-			c.keep(d, m)
+			c.keep(heldKey{repo, d}, m)
 			return m, true
 		}
 	}
-	v, err, _ := c.fetches.Do(d.String(), func() (any, error) {
+	v, err, _ := c.fetches.Do(repo+"@"+d.String(), func() (any, error) {
 		// The fetch outlives a reader that gives up: others may wait on it.
 		body, mt, found, err := c.read.manifest(context.WithoutCancel(ctx), h, repo, d.String())
 		switch {
@@ -195,7 +199,7 @@ func (c *manifestCache) fill(ctx context.Context, h http.Header, repo string, d 
 			return nil, errNotHeld
 		}
 		m := heldManifest{body: body, mediaType: mt}
-		c.keep(d, m)
+		c.keep(heldKey{repo, d}, m)
 		return m, nil
 	})
 	if err != nil {
@@ -204,9 +208,10 @@ func (c *manifestCache) fill(ctx context.Context, h http.Header, repo string, d 
 	return v.(heldManifest), true
 }
 
-// keep holds m, whose bytes hash to d, in memory.
-func (c *manifestCache) keep(d digest.Digest, m heldManifest) {
-	c.bytes.add(d, m)
+// keep holds m, whose bytes hash to k.d and are a manifest of k.repo, in
+// memory.
+func (c *manifestCache) keep(k heldKey, m heldManifest) {
+	c.bytes.add(k, m)
 	c.metrics.cached("fill")
 	c.metrics.cacheBytes(c.bytes.used())
 }
@@ -308,18 +313,24 @@ func (c *manifestCache) key(r *http.Request, repo string) confirmKey {
 	return k
 }
 
-// lru holds manifests by digest, least recently used first out, within a
-// byte budget.
+// heldKey is a manifest of one repository.
+type heldKey struct {
+	repo string
+	d    digest.Digest
+}
+
+// lru holds manifests by repository and digest, least recently used first
+// out, within a byte budget.
 type lru struct {
 	mu    sync.Mutex
 	max   int64
 	size  int64
 	order *list.List // of *lruEntry, most recent at the front
-	items map[digest.Digest]*list.Element
+	items map[heldKey]*list.Element
 }
 
 type lruEntry struct {
-	d digest.Digest
+	k heldKey
 	m heldManifest
 }
 
@@ -327,13 +338,13 @@ type lruEntry struct {
 const lruOverhead = 256
 
 func newLRU(max int64) *lru {
-	return &lru{max: max, order: list.New(), items: map[digest.Digest]*list.Element{}}
+	return &lru{max: max, order: list.New(), items: map[heldKey]*list.Element{}}
 }
 
-func (l *lru) get(d digest.Digest) (heldManifest, bool) {
+func (l *lru) get(k heldKey) (heldManifest, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	e, ok := l.items[d]
+	e, ok := l.items[k]
 	if !ok {
 		return heldManifest{}, false
 	}
@@ -341,27 +352,27 @@ func (l *lru) get(d digest.Digest) (heldManifest, bool) {
 	return e.Value.(*lruEntry).m, true
 }
 
-// add keeps m under d, evicting the least recently used entries to make
+// add keeps m under k, evicting the least recently used entries to make
 // room. A manifest larger than an eighth of the budget is not kept: it
 // would evict too much for one entry.
-func (l *lru) add(d digest.Digest, m heldManifest) {
+func (l *lru) add(k heldKey, m heldManifest) {
 	cost := int64(len(m.body)) + lruOverhead
 	if cost > l.max/8 {
 		return
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if e, ok := l.items[d]; ok {
+	if e, ok := l.items[k]; ok {
 		l.order.MoveToFront(e)
 		return
 	}
-	l.items[d] = l.order.PushFront(&lruEntry{d: d, m: m})
+	l.items[k] = l.order.PushFront(&lruEntry{k: k, m: m})
 	l.size += cost
 	for l.size > l.max {
 		last := l.order.Back()
 		ent := last.Value.(*lruEntry)
 		l.order.Remove(last)
-		delete(l.items, ent.d)
+		delete(l.items, ent.k)
 		l.size -= int64(len(ent.m.body)) + lruOverhead
 	}
 }

@@ -286,19 +286,19 @@ func TestLRUKeepsWithinItsBudget(t *testing.T) {
 	t.Parallel()
 	l := newLRU(8 * (100 + lruOverhead))
 	for i := range 10 {
-		l.add(digest.FromString(strconv.Itoa(i)), heldManifest{body: make([]byte, 100)})
+		l.add(heldKey{"r", digest.FromString(strconv.Itoa(i))}, heldManifest{body: make([]byte, 100)})
 	}
 	if l.used() > l.max {
 		t.Errorf("used %d of %d", l.used(), l.max)
 	}
-	if _, ok := l.get(digest.FromString("0")); ok {
+	if _, ok := l.get(heldKey{"r", digest.FromString("0")}); ok {
 		t.Error("the least recently used entry was kept")
 	}
-	if _, ok := l.get(digest.FromString("9")); !ok {
+	if _, ok := l.get(heldKey{"r", digest.FromString("9")}); !ok {
 		t.Error("the most recent entry was evicted")
 	}
-	l.add(digest.FromString("huge"), heldManifest{body: make([]byte, l.max)})
-	if _, ok := l.get(digest.FromString("huge")); ok {
+	l.add(heldKey{"r", digest.FromString("huge")}, heldManifest{body: make([]byte, l.max)})
+	if _, ok := l.get(heldKey{"r", digest.FromString("huge")}); ok {
 		t.Error("an entry over an eighth of the budget was kept")
 	}
 }
