@@ -153,7 +153,7 @@ func StartWith(ctx context.Context, cfg config.Config, log zerolog.Logger, hooks
 		Pulls:            s.ret.pulls,
 		Gate:             s.ret.gate,
 		Upstream:         metrics.Upstream(s.up),
-		Ledger:           timedLedger{s.ledger, metrics},
+		Ledger:           meteredLedger{s.ledger, metrics},
 		Immutability:     im,
 		Promotion:        promo,
 		PinOnRead:        cfg.Immutability.PinOnRead,
