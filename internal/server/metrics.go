@@ -10,9 +10,10 @@ import (
 	"github.com/taglock/taglock/storage"
 )
 
-// meteredLedger is the ledger with each operation the proxy performs timed
-// into taglock_ledger_duration_seconds. It embeds the ledger, so every
-// other method of the contract stays reachable.
+// meteredLedger is the ledger with each operation the proxy performs (every
+// method of proxy.Ledger) timed into taglock_ledger_duration_seconds. It
+// embeds the ledger, so every other method of the contract stays reachable,
+// untimed.
 type meteredLedger struct {
 	storage.Ledger
 	m *proxy.Metrics
@@ -54,6 +55,12 @@ func (l meteredLedger) Reserve(ctx context.Context, r storage.Reservation) (stor
 func (l meteredLedger) Commit(ctx context.Context, id string, bindings []storage.Binding, events []storage.Event, manifests ...storage.Manifest) error {
 	defer l.m.ObserveLedger("commit", time.Now())
 	return l.Ledger.Commit(ctx, id, bindings, events, manifests...)
+}
+
+// CommitDelete implements proxy.Ledger.
+func (l meteredLedger) CommitDelete(ctx context.Context, id string, ev storage.Event) ([]storage.Binding, error) {
+	defer l.m.ObserveLedger("commit_delete", time.Now())
+	return l.Ledger.CommitDelete(ctx, id, ev)
 }
 
 // Release implements proxy.Ledger.
