@@ -51,12 +51,12 @@ type Server struct {
 	ln        net.Listener
 	admin     *adminSocket
 	done      chan error
-	audit     zerolog.Logger // audit events: the log, and the file log.audit names
-	auditFile *auditLog      // the file log.audit names; nil without one
-	verify    *verifier      // verify.schedule; nil without one
-	ret       *retentionParts
-	counts    *countCache // the whole ledger's counts, for the metrics and the web page
-	jobs      jobs        // where the work that must run once runs
+	audit     zerolog.Logger    // audit events: the log, and the file log.audit names
+	auditFile *auditLog         // the file log.audit names; nil without one
+	verify    *verifier         // verify.schedule; nil without one
+	retention *retentionService // pull tracking, the GC write gate, the retention runner and its schedule
+	counts    *countCache       // the whole ledger's counts, for the metrics and the web page
+	jobs      jobs              // where the work that must run once runs
 
 	stopSettler context.CancelFunc
 	settlerDone chan struct{}
@@ -150,10 +150,10 @@ func StartWith(ctx context.Context, cfg config.Config, log zerolog.Logger, hooks
 	if s.audit, s.auditFile, err = openAudit(cfg.Log.Audit, log); err != nil {
 		return nil, err
 	}
-	s.ret = newRetentionParts(cfg, s.ledger, s.jobs, log)
+	s.retention = newRetentionService(cfg, s.ledger, s.jobs, log)
 	s.proxy = proxy.New(proxy.Options{
-		Pulls:            s.ret.pulls,
-		Gate:             s.ret.gate,
+		Pulls:            s.retention.pulls,
+		Gate:             s.retention.gate,
 		Upstream:         metrics.Upstream(s.up),
 		Ledger:           meteredLedger{s.ledger, metrics},
 		Immutability:     im,
@@ -188,7 +188,7 @@ func StartWith(ctx context.Context, cfg config.Config, log zerolog.Logger, hooks
 	}()
 
 	s.verify = newVerifier(cfg.Verify.Schedule.Std(), s.proxy.Drift(), metrics, s.audit, log, s.jobs)
-	if err := s.ret.start(cfg, s.ledger, s.proxy.Drift(), reg, log, &s.audit); err != nil {
+	if err := s.retention.start(cfg, s.ledger, s.proxy.Drift(), reg, log, &s.audit); err != nil {
 		return nil, err
 	}
 	mux := http.NewServeMux()
@@ -207,7 +207,7 @@ func StartWith(ctx context.Context, cfg config.Config, log zerolog.Logger, hooks
 	}
 	sock := http.NewServeMux()
 	sock.Handle(admin.Prefix, admin.New(admin.Options{Ledger: s.ledger, Tools: s.proxy.Drift(), Log: log, Audit: &s.audit,
-		Retention: s.ret.runner, Drift: s.verify.status, Admin: true}))
+		Retention: s.retention.runner, Drift: s.verify.status, Admin: true}))
 	sock.Handle(web.Prefix, web.New(web.Options{Ledger: counted, Log: log}))
 
 	s.http = &http.Server{
@@ -345,7 +345,7 @@ func (s *Server) closeAll() {
 	}
 	s.verify.stop()
 	_ = s.auditFile.Close()
-	s.ret.stop()
+	s.retention.stop()
 	if s.counts != nil {
 		s.counts.close()
 	}
