@@ -1,11 +1,21 @@
 package server
 
 import (
+	"context"
+	"maps"
 	"net/http"
+	"path/filepath"
+	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/taglock/taglock/proxy"
+	"github.com/taglock/taglock/storage/bolt"
 )
 
 // TestMetricsNamesAndLabels ensures that after a push, an identical
@@ -104,5 +114,59 @@ func TestWebPageMounted(t *testing.T) {
 	}
 	if resp, body := do(t, http.MethodGet, base+"/taglock/v1/drift", "", nil); resp.StatusCode != http.StatusOK || strings.TrimSpace(string(body)) != "{}" {
 		t.Errorf("drift without a schedule: %d %s, want {}", resp.StatusCode, body)
+	}
+}
+
+// TestEveryProxyLedgerMethodIsMetered ensures that each method of
+// proxy.Ledger, the ledger operations the proxy performs, is timed into
+// taglock_ledger_duration_seconds under an operation of its own: a method
+// meteredLedger forgot would reach the embedded ledger untimed.
+func TestEveryProxyLedgerMethodIsMetered(t *testing.T) {
+	t.Parallel()
+	l, err := bolt.Open(filepath.Join(t.TempDir(), "ledger.db"), bolt.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	reg := prometheus.NewRegistry()
+	var metered proxy.Ledger = meteredLedger{l, proxy.NewMetrics(reg)}
+	v, typ := reflect.ValueOf(metered), reflect.TypeFor[proxy.Ledger]()
+	for i := range typ.NumMethod() {
+		m := typ.Method(i)
+		// Every call gets a background context and zero values: the
+		// ledger may refuse them; only the timing matters here.
+		var args []reflect.Value
+		for j := range m.Type.NumIn() {
+			in := m.Type.In(j)
+			if m.Type.IsVariadic() && j == m.Type.NumIn()-1 {
+				break
+			}
+			if in == reflect.TypeFor[context.Context]() {
+				args = append(args, reflect.ValueOf(context.Background()))
+			} else {
+				args = append(args, reflect.Zero(in))
+			}
+		}
+		v.MethodByName(m.Name).Call(args)
+	}
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ops := map[string]bool{}
+	for _, f := range families {
+		if f.GetName() != "taglock_ledger_duration_seconds" {
+			continue
+		}
+		for _, s := range f.GetMetric() {
+			for _, lp := range s.GetLabel() {
+				if lp.GetName() == "op" && s.GetHistogram().GetSampleCount() == 1 {
+					ops[lp.GetValue()] = true
+				}
+			}
+		}
+	}
+	if len(ops) != typ.NumMethod() {
+		t.Errorf("%d of proxy.Ledger's %d methods were timed once each, under %v", len(ops), typ.NumMethod(), slices.Sorted(maps.Keys(ops)))
 	}
 }

@@ -27,10 +27,10 @@ func RetentionDir(data string) string { return filepath.Join(data, "retention") 
 // directory (the filesystem driver's rootdirectory).
 func RegistryStorage(data string) string { return filepath.Join(data, "registry", "data") }
 
-// retentionParts are the pieces of retention a running serve owns: pull
-// tracking, the write gate of embedded garbage collection, the runner and
-// its schedule.
-type retentionParts struct {
+// retentionService is retention as a running serve runs it: pull tracking,
+// the write gate of embedded garbage collection, the runner (the admin
+// socket's retention calls) and its schedule (retention.schedule).
+type retentionService struct {
 	pulls  *proxy.PullTracker
 	gate   *proxy.WriteGate
 	runner *retention.Runner
@@ -39,10 +39,10 @@ type retentionParts struct {
 	jobs   jobs // scheduled runs and GC happen on the replica that runs the jobs
 }
 
-// newRetentionParts starts pull tracking and, in embedded mode, the write
+// newRetentionService starts pull tracking and, in embedded mode, the write
 // gate; they go into the proxy's options.
-func newRetentionParts(cfg config.Config, ledger storage.Ledger, j jobs, log zerolog.Logger) *retentionParts {
-	p := &retentionParts{pulls: proxy.NewPullTracker(ledger, proxy.PullTrackerOptions{Log: log}), jobs: j}
+func newRetentionService(cfg config.Config, ledger storage.Ledger, j jobs, log zerolog.Logger) *retentionService {
+	p := &retentionService{pulls: proxy.NewPullTracker(ledger, proxy.PullTrackerOptions{Log: log}), jobs: j}
 	if cfg.Upstream.URL == "" {
 		p.gate = proxy.NewWriteGate(proxy.GateOptions{Drain: cfg.Limits.GCDrainTimeout.Std(), Wait: cfg.Limits.GCWriteWait.Std()})
 	}
@@ -51,7 +51,7 @@ func newRetentionParts(cfg config.Config, ledger storage.Ledger, j jobs, log zer
 
 // start builds the runner on the proxy and, when retention.schedule is
 // set, applies it on that schedule until stop.
-func (p *retentionParts) start(cfg config.Config, ledger storage.Ledger, px *proxy.Drift, reg prometheus.Registerer, log zerolog.Logger, audit *zerolog.Logger) error {
+func (p *retentionService) start(cfg config.Config, ledger storage.Ledger, px *proxy.Drift, reg prometheus.Registerer, log zerolog.Logger, audit *zerolog.Logger) error {
 	pol, err := cfg.RetentionSettings()
 	if err != nil {
 		return err
@@ -122,7 +122,7 @@ func (p *retentionParts) start(cfg config.Config, ledger storage.Ledger, px *pro
 
 // stop ends the schedule (an interrupted run resumes next time) and flushes
 // the pulls collected so far.
-func (p *retentionParts) stop() {
+func (p *retentionService) stop() {
 	if p == nil {
 		return
 	}

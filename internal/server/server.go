@@ -41,20 +41,22 @@ import (
 
 // Server is a running taglock.
 type Server struct {
-	cfg      config.Config
-	log      zerolog.Logger
-	ledger   storage.Ledger
-	registry *embedded.Registry
-	proxy    *proxy.Server
-	up       proxy.Upstream
-	http     *http.Server
-	ln       net.Listener
-	admin    *adminSocket
-	done     chan error
-	insight  *insight // audit file, scheduled verify
-	ret      *retentionParts
-	counts   *countCache // the whole ledger's counts, for the metrics and the web page
-	jobs     jobs        // where the work that must run once runs
+	cfg       config.Config
+	log       zerolog.Logger
+	ledger    storage.Ledger
+	registry  *embedded.Registry
+	proxy     *proxy.Server
+	up        proxy.Upstream
+	http      *http.Server
+	ln        net.Listener
+	admin     *adminSocket
+	done      chan error
+	audit     zerolog.Logger    // audit events: the log, and the file log.audit names
+	auditFile *auditLog         // the file log.audit names; nil without one
+	verify    *verifier         // verify.schedule; nil without one
+	retention *retentionService // pull tracking, the GC write gate, the retention runner and its schedule
+	counts    *countCache       // the whole ledger's counts, for the metrics and the web page
+	jobs      jobs              // where the work that must run once runs
 
 	stopSettler context.CancelFunc
 	settlerDone chan struct{}
@@ -145,21 +147,21 @@ func StartWith(ctx context.Context, cfg config.Config, log zerolog.Logger, hooks
 		metrics.WatchLostEvents(lc)
 	}
 	s.jobs.register(reg)
-	if s.insight, err = newInsight(cfg, log); err != nil {
+	if s.audit, s.auditFile, err = openAudit(cfg.Log.Audit, log); err != nil {
 		return nil, err
 	}
-	s.ret = newRetentionParts(cfg, s.ledger, s.jobs, log)
+	s.retention = newRetentionService(cfg, s.ledger, s.jobs, log)
 	s.proxy = proxy.New(proxy.Options{
-		Pulls:            s.ret.pulls,
-		Gate:             s.ret.gate,
+		Pulls:            s.retention.pulls,
+		Gate:             s.retention.gate,
 		Upstream:         metrics.Upstream(s.up),
-		Ledger:           timedLedger{s.ledger, metrics},
+		Ledger:           meteredLedger{s.ledger, metrics},
 		Immutability:     im,
 		Promotion:        promo,
 		PinOnRead:        cfg.Immutability.PinOnRead,
 		Log:              log,
 		Metrics:          metrics,
-		Audit:            s.insight.auditLogger(),
+		Audit:            &s.audit,
 		LookupTimeout:    cfg.Upstream.Timeout.Std(),
 		SettleMargin:     cfg.Upstream.SettleMargin.Std(),
 		Owner:            owner,
@@ -185,7 +187,8 @@ func StartWith(ctx context.Context, cfg config.Config, log zerolog.Logger, hooks
 		s.proxy.Reservations().Run(settleCtx, time.Second)
 	}()
 
-	if err := s.ret.start(cfg, s.ledger, s.proxy.Drift(), reg, log, s.insight.auditLogger()); err != nil {
+	s.verify = newVerifier(cfg.Verify.Schedule.Std(), s.proxy.Drift(), metrics, s.audit, log, s.jobs)
+	if err := s.retention.start(cfg, s.ledger, s.proxy.Drift(), reg, log, &s.audit); err != nil {
 		return nil, err
 	}
 	mux := http.NewServeMux()
@@ -194,17 +197,17 @@ func StartWith(ctx context.Context, cfg config.Config, log zerolog.Logger, hooks
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", s.ready)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	ledgerRoutes(mux, ledgerGate(authn, access, s.insight.auditLogger()),
+	ledgerRoutes(mux, ledgerGate(authn, access, &s.audit),
 		web.New(web.Options{Ledger: counted, Log: log, Viewer: viewer}),
-		admin.New(admin.Options{Ledger: s.ledger, Log: log, Drift: s.insight.drift, Viewer: viewer}))
+		admin.New(admin.Options{Ledger: s.ledger, Log: log, Drift: s.verify.status, Viewer: viewer}))
 
 	s.admin, err = listenAdmin(cfg.AdminSocket(), cfg.Admin.Group)
 	if err != nil {
 		return nil, err
 	}
 	sock := http.NewServeMux()
-	sock.Handle(admin.Prefix, admin.New(admin.Options{Ledger: s.ledger, Tools: s.proxy.Drift(), Log: log, Audit: s.insight.auditLogger(),
-		Retention: s.ret.runner, Drift: s.insight.drift, Admin: true}))
+	sock.Handle(admin.Prefix, admin.New(admin.Options{Ledger: s.ledger, Tools: s.proxy.Drift(), Log: log, Audit: &s.audit,
+		Retention: s.retention.runner, Drift: s.verify.status, Admin: true}))
 	sock.Handle(web.Prefix, web.New(web.Options{Ledger: counted, Log: log}))
 
 	s.http = &http.Server{
@@ -231,7 +234,7 @@ func StartWith(ctx context.Context, cfg config.Config, log zerolog.Logger, hooks
 	// Logged whatever the level: scripts read the bound address from it.
 	log.Log().Str("level", "info").Str("addr", s.ln.Addr().String()).Str("mode", mode).Str("data", cfg.Data).
 		Str("admin_socket", s.admin.path).Msg("listening")
-	s.insight.start(s.proxy.Drift(), metrics, s.jobs)
+	s.verify.start()
 	go func() { s.done <- serve(s.http, s.ln) }()
 	s.admin.start(sock, log)
 	return s, nil
@@ -340,8 +343,9 @@ func (s *Server) closeAll() {
 		s.stopSettler()
 		<-s.settlerDone
 	}
-	s.insight.close()
-	s.ret.stop()
+	s.verify.stop()
+	_ = s.auditFile.Close()
+	s.retention.stop()
 	if s.counts != nil {
 		s.counts.close()
 	}

@@ -11,13 +11,16 @@ import (
 	"github.com/taglock/taglock/proxy"
 )
 
+// verifyTools is what the scheduled verify runs (proxy.Drift).
+type verifyTools interface {
+	Verify(ctx context.Context, o proxy.VerifyOptions) (proxy.VerifyReport, error)
+}
+
 // verifier runs the proxy's Verify on a schedule (verify.schedule) and
 // reports what it finds: taglock_drift_findings and one "drift" audit event
 // per finding. It never repairs.
 type verifier struct {
-	tools interface {
-		Verify(ctx context.Context, o proxy.VerifyOptions) (proxy.VerifyReport, error)
-	}
+	tools   verifyTools
 	metrics *proxy.Metrics
 	audit   zerolog.Logger
 	log     zerolog.Logger
@@ -31,9 +34,22 @@ type verifier struct {
 	done   chan struct{}
 }
 
+// newVerifier returns the scheduled verify, not started, running every
+// every; nil, which starts nothing, when every is not positive (no
+// verify.schedule).
+func newVerifier(every time.Duration, tools verifyTools, metrics *proxy.Metrics, audit, log zerolog.Logger, j jobs) *verifier {
+	if every <= 0 {
+		return nil
+	}
+	return &verifier{tools: tools, metrics: metrics, audit: audit, log: log, every: every, jobs: j}
+}
+
 // start runs a first verify at once, then one every v.every, until stop,
 // whenever this replica runs the jobs; the others skip their turns.
 func (v *verifier) start() {
+	if v == nil {
+		return
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	v.cancel, v.done = cancel, make(chan struct{})
 	go func() {
@@ -93,6 +109,15 @@ func (v *verifier) run(ctx context.Context) {
 	v.mu.Lock()
 	v.last = st
 	v.mu.Unlock()
+}
+
+// status is the scheduled verify's state for the JSON API; empty without
+// a schedule.
+func (v *verifier) status() admin.DriftStatus {
+	if v == nil {
+		return admin.DriftStatus{}
+	}
+	return admin.DriftStatus{Schedule: v.every.String(), Last: v.Last()}
 }
 
 // Last is the outcome of the last scheduled verify; nil before the first

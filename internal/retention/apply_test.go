@@ -1,0 +1,278 @@
+package retention
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"slices"
+	"testing"
+
+	digest "github.com/opencontainers/go-digest"
+
+	"github.com/taglock/taglock/proxy"
+	"github.com/taglock/taglock/storage"
+)
+
+// pushBuilds pushes v1 and build-1..build-4 to team/app: with keep v*, a
+// run deletes the four builds, then their four manifests.
+func pushBuilds(t *testing.T, f *fixture) {
+	t.Helper()
+	for _, tag := range []string{"v1", "build-1", "build-2", "build-3", "build-4"} {
+		f.push(t, "team/app", tag, tag)
+	}
+}
+
+// TestAnInterruptedRunResumes ensures that a run stopped after its first
+// deletion leaves the rest in its journal in the ledger, and that the next
+// run, by another Runner, finishes them first (Resumed) under the same
+// configuration, or drops them and plans afresh when the configuration
+// changed meanwhile.
+func TestAnInterruptedRunResumes(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name        string
+		next        []string // tags the next run's configuration keeps
+		wantResumed int
+		wantTags    []string // upstream tags after the next run
+	}{
+		{"same configuration: the journal is finished", []string{"v*"}, 7, []string{"v1"}},
+		{"changed configuration: the journal is dropped", []string{"v*", "build-*"}, 0, []string{"build-2", "build-3", "build-4", "v1"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			f := newFixture(t)
+			pushBuilds(t, f)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			_, err := f.runner(retain(0, tags("v*"))).Apply(ctx, ApplyOptions{Progress: func(Progress) { cancel() }})
+			if !errors.Is(err, context.Canceled) {
+				t.Fatalf("interrupted apply = %v, want context.Canceled", err)
+			}
+			next := f.runner(retain(0, tags(tc.next...)))
+			pending, err := next.Pending(context.Background())
+			if err != nil || len(pending) != 7 || pending[0].Tag != "build-2" {
+				t.Fatalf("pending after the interruption = %+v, %v; want build-2..4 then 4 manifests", pending, err)
+			}
+			res := mustApply(t, next)
+			if res.Resumed != tc.wantResumed {
+				t.Errorf("resumed %d deletions, want %d", res.Resumed, tc.wantResumed)
+			}
+			if got := f.upstreamTags(t, "team/app"); !slices.Equal(got, tc.wantTags) {
+				t.Errorf("upstream tags = %v, want %v", got, tc.wantTags)
+			}
+			if pending, err := next.Pending(context.Background()); err != nil || pending != nil {
+				t.Errorf("pending after the run = %+v, %v; want none", pending, err)
+			}
+		})
+	}
+}
+
+// TestApplyNeverUndoesAPushThatLandedAfterThePlan ensures that each
+// deletion is checked again just before it runs: a tag pushed again with
+// other content since the plan, and a manifest a tag was pushed onto since
+// the plan, are skipped, not deleted.
+func TestApplyNeverUndoesAPushThatLandedAfterThePlan(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t)
+	const repo = "team/app"
+	old := f.push(t, repo, "build-1", "old")
+	orphan := f.pushUntagged(t, repo, "orphan")
+	r := f.runner(retain(0, tags("*")))
+	// The plan, as an interrupted run left it.
+	j := &journal{Started: f.clock(), Policy: r.fingerprint(), Pending: []Deletion{
+		{Repo: repo, Tag: "build-1", Digest: old},
+		{Repo: repo, Digest: orphan},
+	}}
+	if err := r.saveJournal(ctx, j); err != nil {
+		t.Fatal(err)
+	}
+	// Pushes after the plan.
+	moved := f.push(t, repo, "build-1", "new")
+	f.put(t, repo, "pr-7", manifestBytes(t, f, repo, orphan))
+
+	res := mustApply(t, r)
+	if got := outcomes(res); got["build-1"] != OutcomeSkipped || got["@"+orphan.String()] != OutcomeSkipped {
+		t.Errorf("outcomes = %v; want both skipped", got)
+	}
+	if res.Resumed != 2 || res.Skipped != 2 || res.Deleted != 0 {
+		t.Errorf("result: resumed %d, skipped %d, deleted %d; want 2, 2, 0", res.Resumed, res.Skipped, res.Deleted)
+	}
+	if f.served(t, repo, "build-1") != moved || f.served(t, repo, "pr-7") != orphan {
+		t.Errorf("the pushes after the plan were undone: build-1 %s, pr-7 %s", f.served(t, repo, "build-1"), f.served(t, repo, "pr-7"))
+	}
+}
+
+// manifestBytes returns the bytes the upstream serves for repo@d.
+func manifestBytes(t *testing.T, f *fixture, repo string, d digest.Digest) []byte {
+	t.Helper()
+	rec := request(f.up, http.MethodGet, "/v2/"+repo+"/manifests/"+d.String(), "", nil)
+	if rec.Code != http.StatusOK {
+		t.Fatalf("GET %s@%s: %d", repo, d, rec.Code)
+	}
+	return rec.Body.Bytes()
+}
+
+// TestApplyLeavesWhatAPushHoldsAlone ensures that a tag a push has
+// reserved (its outcome not settled yet) is skipped, not deleted, and is
+// deleted by the first run after the reservation ends.
+func TestApplyLeavesWhatAPushHoldsAlone(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t)
+	const repo = "team/app"
+	f.push(t, repo, "v1", "v1")
+	d := f.push(t, repo, "build-1", "build-1")
+	b := f.binding(t, repo, "build-1")
+	held, err := f.ledger.Reserve(ctx, storage.Reservation{Repo: repo, Tags: []string{"build-1"}, Digest: d,
+		Expect: map[string]storage.Seen{"build-1": b.Seen()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := f.runner(retain(0, tags("v*")))
+	res := mustApply(t, r)
+	if got := outcomes(res); got["build-1"] != OutcomeSkipped || res.Deleted != 0 {
+		t.Errorf("outcomes while a push holds build-1 = %v, deleted %d; want build-1 skipped and nothing deleted", got, res.Deleted)
+	}
+	if f.served(t, repo, "build-1") != d || f.binding(t, repo, "build-1").Deleted {
+		t.Errorf("build-1 was deleted while a push held it")
+	}
+	if err := f.ledger.Release(ctx, held.ID); err != nil {
+		t.Fatal(err)
+	}
+	if got := outcomes(mustApply(t, r)); got["build-1"] != OutcomeDeleted {
+		t.Errorf("outcomes once the push let go = %v; want build-1 deleted", got)
+	}
+}
+
+// TestALedgerErrorStopsTheRun ensures that retention never fails open:
+// when any ledger read or write it depends on fails, before or during the
+// run, Apply returns the error and deletes nothing more (nothing at all
+// when the failure comes first).
+func TestALedgerErrorStopsTheRun(t *testing.T) {
+	t.Parallel()
+	for _, method := range []string{
+		"Repositories", // listing what is governed
+		"Bindings",     // reading the tags to plan
+		"Manifests",    // reading the manifest graph
+		"LastPulls",    // reading pull times
+		"JobStates",    // reading the journal and first-seen times
+		"PutJobStates", // recording the journal
+		"Binding",      // re-checking a tag just before deleting it
+		"Reserve",      // reserving the delete through the proxy
+		"Referencing",  // re-checking a manifest just before deleting it
+	} {
+		t.Run(method, func(t *testing.T) {
+			t.Parallel()
+			f := newFixture(t)
+			pushBuilds(t, f)
+			before := f.upstreamTags(t, "team/app")
+			f.ledger.failing(method)
+			if method == "Referencing" {
+				// Only the manifests' deletions read it: the tags go first.
+				before = []string{"v1"}
+			}
+			res, err := f.runner(retain(0, tags("v*"))).Apply(context.Background(), ApplyOptions{})
+			f.ledger.failing()
+			if !errors.Is(err, errLedgerDown) && !errors.Is(err, proxy.ErrLedger) {
+				t.Fatalf("apply with %s failing = %v; want the ledger's error", method, err)
+			}
+			if got := f.upstreamTags(t, "team/app"); !slices.Equal(got, before) {
+				t.Errorf("upstream tags = %v, want %v", got, before)
+			}
+			for _, d := range res.Deletions {
+				if d.Digest != "" && d.Tag == "" && d.Outcome == OutcomeDeleted {
+					t.Errorf("manifest %s deleted despite the failure", d.Digest)
+				}
+			}
+		})
+	}
+	t.Run("midway", func(t *testing.T) {
+		t.Parallel()
+		f := newFixture(t)
+		pushBuilds(t, f)
+		_, err := f.runner(retain(0, tags("v*"))).Apply(context.Background(), ApplyOptions{
+			Progress: func(Progress) { f.ledger.failing("Binding") }})
+		f.ledger.failing()
+		if !errors.Is(err, errLedgerDown) {
+			t.Fatalf("apply with the ledger failing after the first deletion = %v; want its error", err)
+		}
+		if got := f.upstreamTags(t, "team/app"); !slices.Equal(got, []string{"build-2", "build-3", "build-4", "v1"}) {
+			t.Errorf("upstream tags = %v; want only build-1 deleted", got)
+		}
+		pending, err := f.runner(retain(0, tags("v*"))).Pending(context.Background())
+		if err != nil || len(pending) != 7 {
+			t.Errorf("pending = %d deletions, %v; want the 7 the run did not do", len(pending), err)
+		}
+	})
+}
+
+// TestGarbageCollectionIsOwedUntilItRuns ensures that a run that deleted
+// something collects garbage, that a collection deferred (or failed) is
+// owed and run by the next run even if it deletes nothing, and that no
+// collection runs when none is owed and nothing was deleted.
+func TestGarbageCollectionIsOwedUntilItRuns(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	pushBuilds(t, f)
+	var calls int
+	next := []GCResult{{Deferred: true, Reason: "writes in flight"}, {BlobsDeleted: 3}}
+	r := f.runner(retain(0, tags("v*")), func(o *Options) {
+		o.GC = func(context.Context) (GCResult, error) {
+			calls++
+			gc := next[0]
+			next = next[1:]
+			return gc, nil
+		}
+	})
+	for i, want := range []struct {
+		calls    int
+		deferred bool
+		ran      bool
+	}{
+		{1, true, true},   // deletions: collect; deferred, so owed
+		{2, false, true},  // nothing deleted, but owed: collect
+		{2, false, false}, // nothing deleted, nothing owed
+	} {
+		res := mustApply(t, r)
+		if calls != want.calls || (res.GC != nil) != want.ran || (res.GC != nil && res.GC.Deferred != want.deferred) {
+			t.Errorf("run %d: %d collections so far, result %+v; want %d, ran %v, deferred %v", i+1, calls, res.GC, want.calls, want.ran, want.deferred)
+		}
+	}
+}
+
+// TestCollectGarbage ensures that after retention deleted an image, a mark
+// and sweep of the embedded registry's storage removes its blobs, keeps
+// every blob a remaining manifest references, and keeps unreferenced blobs
+// it is told a push in flight uses.
+func TestCollectGarbage(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t)
+	const repo = "team/app"
+	f.push(t, repo, "v1", "kept layer")
+	f.push(t, repo, "build-1", "deleted layer")
+	mustApply(t, f.runner(retain(0, tags("v*"))))
+	inFlight := f.blob(t, repo, []byte("uploaded, manifest not pushed yet"), "")
+
+	res, err := CollectGarbage(ctx, f.root, map[digest.Digest]bool{inFlight.Digest: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.BlobsDeleted != 2 || res.Protected != 1 || res.BytesFreed <= 0 {
+		t.Errorf("collection = %+v; want build-1's manifest and layer deleted, the upload protected, bytes freed", res)
+	}
+	for _, tc := range []struct {
+		what  string
+		path  string
+		found bool
+	}{
+		{"v1's layer", "/v2/" + repo + "/blobs/" + digest.FromString("kept layer").String(), true},
+		{"the upload in flight", "/v2/" + repo + "/blobs/" + inFlight.Digest.String(), true},
+		{"build-1's layer", "/v2/" + repo + "/blobs/" + digest.FromString("deleted layer").String(), false},
+	} {
+		if rec := request(f.up, http.MethodGet, tc.path, "", nil); (rec.Code == http.StatusOK) != tc.found {
+			t.Errorf("%s: GET %d, want found %v", tc.what, rec.Code, tc.found)
+		}
+	}
+}
