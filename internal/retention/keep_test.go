@@ -99,7 +99,7 @@ func TestApplyReleasesImmutableTagsAfterReleaseAfter(t *testing.T) {
 		t.Fatalf("after release_after, deletions = %+v; want 1.0 released, then its manifest deleted", res.Deletions)
 	}
 	b := f.binding(t, repo, "1.0")
-	if f.served(t, repo, "1.0") != "" || !b.Deleted || b.Mode != policy.Immutable.String() || b.Digest != d {
+	if f.served(t, repo, "1.0") != "" || !b.Deleted || b.Mode != policy.Immutable || b.Digest != d {
 		t.Errorf("released 1.0: served %q, binding %+v; want gone upstream and an immutable tombstone on %s", f.served(t, repo, "1.0"), b, d)
 	}
 	other := f.image(t, repo, "other")
