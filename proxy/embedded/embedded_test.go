@@ -59,7 +59,7 @@ func TestStorageSectionIsPassedToDistribution(t *testing.T) {
 		cfg.Storage.Parameters()["rootdirectory"] != "/r/data" {
 		t.Errorf("default storage = %+v, %v", cfg.Storage, err)
 	}
-	for _, bad := range []map[string]map[string]any{{"inmemory": nil}, {"s3": nil, "gcs": nil}} {
+	for _, bad := range []map[string]map[string]any{{"inmemory": nil}, {"s3": nil, "azure": nil}} {
 		if _, err := configYAML(Options{Root: "/r", Storage: bad}, "secret"); err == nil {
 			t.Errorf("storage %v accepted", bad)
 		}
