@@ -1,13 +1,16 @@
 # Multi-stage build: a static taglock binary on a minimal, non-root image.
 #   docker build -t taglock .
 #   docker run -p 5000:5000 -v taglock-data:/data taglock
+# With the embedded registry's Google Cloud Storage driver:
+#   docker build --build-arg GOTAGS=gcs -t taglock:gcs .
 FROM golang:1.26-bookworm AS build
 WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
 ARG VERSION=dev
-RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/taglock ./cmd/taglock \
+ARG GOTAGS=
+RUN CGO_ENABLED=0 go build -trimpath -tags "${GOTAGS}" -ldflags "-s -w -X main.version=${VERSION}" -o /out/taglock ./cmd/taglock \
  && mkdir -p /out/data
 
 FROM gcr.io/distroless/static-debian12:nonroot

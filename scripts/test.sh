@@ -2,8 +2,9 @@
 # Runs taglock's whole test suite on this machine, installing what it lacks:
 #
 #   1. scripts/install-deps.sh   skopeo, docker.io, etcd-server, crane, oras, regctl, registry, conformance, helm
-#   2. gofmt -l and go vet       (go vet also with -tags e2e, and -tags bench, which
-#                                compiles the benchmarks that `make bench` runs)
+#   2. gofmt -l and go vet       (go vet also with -tags e2e, -tags bench, which
+#                                compiles the benchmarks that `make bench` runs, and
+#                                -tags gcs, the build with the gcs storage driver)
 #      helm lint and template    the chart in configs/helm/taglock with every values file
 #                                (the e2e test TestHelmChart checks what it renders)
 #   3. go build ./cmd/taglock    into bin/taglock, the binary the end-to-end tests run
@@ -92,7 +93,8 @@ check_gofmt() {
 }
 
 go_vet() {
-  go vet ./... && go vet -tags e2e ./integration/e2e/... && go vet -tags bench ./integration/bench/...
+  go vet ./... && go vet -tags e2e ./integration/e2e/... && go vet -tags bench ./integration/bench/... &&
+    go vet -tags gcs ./proxy/embedded/ ./cmd/taglock/
 }
 
 # helm_chart lints and renders the Helm chart with its defaults and with

@@ -9,7 +9,7 @@ import (
 // StorageDrivers are the storage drivers embedded.storage may name, as
 // Distribution's configuration spells them. Only filesystem keeps blobs on
 // the local disk; the others are object stores several replicas share.
-var StorageDrivers = []string{"filesystem", "s3", "s3aws", "azure"}
+var StorageDrivers = []string{"filesystem", "s3", "s3aws", "gcs", "azure"}
 
 // Embedded is the `embedded:` section: the Distribution registry taglock
 // runs in-process when upstream.url is empty. Giving any of it with
@@ -79,6 +79,6 @@ func (c Config) SharedStorage() error {
 	}
 	return errors.New("embedded.storage: the embedded registry keeps blobs on this machine's disk (filesystem storage), " +
 		"which other replicas sharing the etcd ledger cannot see, so an image pushed through one replica would lack its blobs on another. " +
-		"Give embedded.storage a shared driver (s3 or azure; s3 also reaches Google Cloud Storage) or put the registry elsewhere (upstream.url). " +
+		"Give embedded.storage a shared driver (s3, gcs or azure) or put the registry elsewhere (upstream.url). " +
 		"For tests on one machine only, embedded.unsafe_local_storage_for_tests: true overrides this")
 }

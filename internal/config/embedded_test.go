@@ -24,7 +24,7 @@ func TestEmbeddedStorageWithEtcd(t *testing.T) {
 		{"etcd and an upstream", etcd + "upstream:\n  url: http://registry:5000\n", ""},
 		{"bolt and local storage", "data: /d\n", ""},
 		{"unknown driver", "embedded:\n  storage:\n    inmemory: {}\n", `driver "inmemory" is not one of`},
-		{"two drivers", "embedded:\n  storage:\n    s3: {}\n    azure: {}\n", "names 2 drivers, want one"},
+		{"two drivers", "embedded:\n  storage:\n    s3: {}\n    gcs: {}\n", "names 2 drivers, want one"},
 		{"with an upstream", "upstream:\n  url: http://registry:5000\nembedded:\n  secret_file: /s\n", "embedded: is for the embedded registry"},
 	}
 	for _, tc := range tests {

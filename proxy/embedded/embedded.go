@@ -120,6 +120,10 @@ func configYAML(o Options, secret string) ([]byte, error) {
 		storage["filesystem"] = map[string]any{"rootdirectory": filepath.Join(o.Root, "data")}
 	case 1:
 		for name, params := range o.Storage {
+			if tag, ok := OptionalDrivers[name]; ok && !slices.Contains(Drivers, name) {
+				return nil, fmt.Errorf("embedded registry: storage driver %q is not in this build of taglock: build it with "+
+					"`go build -tags %s ./cmd/taglock` (make build GOTAGS=%s, docker build --build-arg GOTAGS=%s)", name, tag, tag, tag)
+			}
 			if !slices.Contains(Drivers, name) {
 				return nil, fmt.Errorf("embedded registry: storage driver %q is not one of %s", name, strings.Join(Drivers, ", "))
 			}

@@ -2,6 +2,8 @@ package embedded
 
 import (
 	"bytes"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/distribution/distribution/v3/configuration"
@@ -62,6 +64,23 @@ func TestStorageSectionIsPassedToDistribution(t *testing.T) {
 	for _, bad := range []map[string]map[string]any{{"inmemory": nil}, {"s3": nil, "azure": nil}} {
 		if _, err := configYAML(Options{Root: "/r", Storage: bad}, "secret"); err == nil {
 			t.Errorf("storage %v accepted", bad)
+		}
+	}
+}
+
+// TestGCSNeedsItsBuildTag ensures gcs is accepted exactly in a build with
+// the gcs tag, and that a build without it says how to get one.
+func TestGCSNeedsItsBuildTag(t *testing.T) {
+	t.Parallel()
+	_, err := configYAML(Options{Root: "/r", Storage: map[string]map[string]any{"gcs": {"bucket": "b"}}}, "secret")
+	switch slices.Contains(Drivers, "gcs") {
+	case true:
+		if err != nil {
+			t.Errorf("gcs in a build with the gcs tag: %v", err)
+		}
+	default:
+		if err == nil || !strings.Contains(err.Error(), "-tags gcs") {
+			t.Errorf("gcs in a build without the gcs tag: %v; want an error naming -tags gcs", err)
 		}
 	}
 }
