@@ -2,6 +2,7 @@ package retention
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"slices"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
+	"github.com/opencontainers/image-spec/specs-go"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/taglock/taglock/policy"
@@ -322,5 +324,42 @@ func TestAResumedRunNeverDeletesATagThatBecameImmutable(t *testing.T) {
 	}
 	if b := f.binding(t, repo, "build-1"); b.Deleted {
 		t.Errorf("build-1 is a tombstone: %+v", b)
+	}
+}
+
+// TestCollectGarbageFollowsEveryRepositorysManifests ensures that a
+// manifest's blobs are marked in its own repository even when another
+// repository, enumerated first, references the manifest's digest as a
+// plain blob (anyone may upload a manifest's bytes as a layer): that walk
+// cannot follow the digest as a manifest there, and must not stop this
+// repository's walk from following it, or the sweep deletes an immutable
+// tag's layers while the tag stays bound.
+func TestCollectGarbageFollowsEveryRepositorysManifests(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t)
+	const victim, evil = "team/app", "a/evil"
+	d := f.push(t, victim, "v1", "the victim's layer")
+	m := manifestBytes(t, f, victim, d)
+	// An image in a repository enumerated before team/app whose layer is
+	// team/app:v1's manifest, uploaded as a blob.
+	cfg := f.blob(t, evil, []byte(`{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}`), v1.MediaTypeImageConfig)
+	layer := f.blob(t, evil, m, v1.MediaTypeImageLayer)
+	em, err := json.Marshal(v1.Manifest{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: v1.MediaTypeImageManifest, Config: cfg, Layers: []v1.Descriptor{layer}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.put(t, evil, "1.0", em)
+
+	if _, err := CollectGarbage(ctx, f.root, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{
+		"/v2/" + victim + "/blobs/" + digest.FromString("the victim's layer").String(),
+		"/v2/" + victim + "/manifests/v1",
+	} {
+		if rec := request(f.up, http.MethodGet, p, "", nil); rec.Code != http.StatusOK {
+			t.Errorf("GET %s after the collection: %d, want 200: team/app:v1 is immutable and still bound", p, rec.Code)
+		}
 	}
 }
