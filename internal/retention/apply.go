@@ -274,6 +274,15 @@ func (r *Runner) deleteTag(ctx context.Context, d *Deletion) error {
 	}
 	configured, _ := r.im.ModeFor(d.Repo, d.Tag)
 	mode := policy.Effective(configured, b.Mode)
+	if !d.Released && !policy.DecideDelete(mode).Allowed() {
+		// Planned as a mutable tag's delete, but the tag has been recorded
+		// immutable since (an identical re-push while the configuration
+		// made it immutable): it is immutable for good, and only
+		// release_after, which this deletion is not, lets retention take it.
+		d.Outcome, d.Error = OutcomeSkipped, "the tag is immutable now (recorded "+b.Mode.String()+" after the plan)"
+		r.auditDeletion(d)
+		return nil
+	}
 	reason := "retention"
 	if d.Released {
 		reason = "retention-released"

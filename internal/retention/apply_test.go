@@ -2,13 +2,18 @@ package retention
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"slices"
 	"testing"
+	"time"
 
 	digest "github.com/opencontainers/go-digest"
+	"github.com/opencontainers/image-spec/specs-go"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/taglock/taglock/policy"
 	"github.com/taglock/taglock/proxy"
 	"github.com/taglock/taglock/storage"
 )
@@ -273,6 +278,88 @@ func TestCollectGarbage(t *testing.T) {
 	} {
 		if rec := request(f.up, http.MethodGet, tc.path, "", nil); (rec.Code == http.StatusOK) != tc.found {
 			t.Errorf("%s: GET %d, want found %v", tc.what, rec.Code, tc.found)
+		}
+	}
+}
+
+// TestAResumedRunNeverDeletesATagThatBecameImmutable ensures that a
+// deletion an interrupted run planned for a mutable tag is skipped when the
+// tag has since been recorded immutable (an identical re-push while the
+// configuration made it immutable, then reverted): such a tag is immutable
+// for good (policy.Effective), a fresh plan keeps it and a client's DELETE
+// is refused, so the resumed journal must not delete it either.
+func TestAResumedRunNeverDeletesATagThatBecameImmutable(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t)
+	const repo = "team/app"
+	d := f.push(t, repo, "build-1", "one")
+	r := f.runner(retain(0, tags("v*")))
+	// The plan, as an interrupted run left it: build-1 was mutable then.
+	j := &journal{Started: f.clock(), Policy: r.fingerprint(), Pending: []Deletion{{Repo: repo, Tag: "build-1", Digest: d}}}
+	if err := r.saveJournal(ctx, j); err != nil {
+		t.Fatal(err)
+	}
+	// Meanwhile a taglock whose configuration makes every build immutable
+	// takes an identical re-push: the tag is recorded immutable.
+	strict := proxy.New(proxy.Options{Upstream: proxy.NewInProcess(f.up), Ledger: f.ledger,
+		Immutability: policy.DefaultImmutability(), Now: f.clock, ReserveWait: 50 * time.Millisecond})
+	m := manifestBytes(t, f, repo, d)
+	if rec := request(strict, http.MethodPut, "/v2/"+repo+"/manifests/build-1", v1.MediaTypeImageManifest, m); rec.Code != http.StatusCreated {
+		t.Fatalf("identical re-push under the strict configuration: %d %s", rec.Code, rec.Body)
+	}
+	if b := f.binding(t, repo, "build-1"); b.Mode != policy.Immutable {
+		t.Fatalf("build-1 recorded %v after the strict re-push, want immutable", b.Mode)
+	}
+	// A client's DELETE is refused now, under the original configuration.
+	if rec := request(f.proxy, http.MethodDelete, "/v2/"+repo+"/manifests/build-1", "", nil); rec.Code != http.StatusForbidden {
+		t.Fatalf("client DELETE of build-1: %d %s, want 403", rec.Code, rec.Body)
+	}
+	res := mustApply(t, r)
+	if got := outcomes(res); got["build-1"] != OutcomeSkipped {
+		t.Errorf("outcomes = %v; want build-1 skipped", got)
+	}
+	if got := f.served(t, repo, "build-1"); got != d {
+		t.Errorf("the upstream serves build-1 as %q, want %s: the resumed run deleted a tag recorded immutable", got, d)
+	}
+	if b := f.binding(t, repo, "build-1"); b.Deleted {
+		t.Errorf("build-1 is a tombstone: %+v", b)
+	}
+}
+
+// TestCollectGarbageFollowsEveryRepositorysManifests ensures that a
+// manifest's blobs are marked in its own repository even when another
+// repository, enumerated first, references the manifest's digest as a
+// plain blob (anyone may upload a manifest's bytes as a layer): that walk
+// cannot follow the digest as a manifest there, and must not stop this
+// repository's walk from following it, or the sweep deletes an immutable
+// tag's layers while the tag stays bound.
+func TestCollectGarbageFollowsEveryRepositorysManifests(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t)
+	const victim, evil = "team/app", "a/evil"
+	d := f.push(t, victim, "v1", "the victim's layer")
+	m := manifestBytes(t, f, victim, d)
+	// An image in a repository enumerated before team/app whose layer is
+	// team/app:v1's manifest, uploaded as a blob.
+	cfg := f.blob(t, evil, []byte(`{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}`), v1.MediaTypeImageConfig)
+	layer := f.blob(t, evil, m, v1.MediaTypeImageLayer)
+	em, err := json.Marshal(v1.Manifest{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: v1.MediaTypeImageManifest, Config: cfg, Layers: []v1.Descriptor{layer}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.put(t, evil, "1.0", em)
+
+	if _, err := CollectGarbage(ctx, f.root, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{
+		"/v2/" + victim + "/blobs/" + digest.FromString("the victim's layer").String(),
+		"/v2/" + victim + "/manifests/v1",
+	} {
+		if rec := request(f.up, http.MethodGet, p, "", nil); rec.Code != http.StatusOK {
+			t.Errorf("GET %s after the collection: %d, want 200: team/app:v1 is immutable and still bound", p, rec.Code)
 		}
 	}
 }

@@ -102,7 +102,11 @@ func CollectGarbage(ctx context.Context, dir string, protect map[digest.Digest]b
 	if !ok {
 		return res, errors.New("registry cannot enumerate repositories")
 	}
-	marked := map[digest.Digest]bool{}
+	// marked holds every digest something references (kept); walked
+	// the manifests whose references were followed. They differ: a
+	// repository may reference another's manifest digest as a plain blob,
+	// which its own walk marks but cannot follow.
+	marked, walked := map[digest.Digest]bool{}, map[digest.Digest]bool{}
 	unlinked := map[string][]digest.Digest{}
 	err = repos.Enumerate(ctx, func(name string) error {
 		named, err := reference.WithName(name)
@@ -122,7 +126,7 @@ func CollectGarbage(ctx context.Context, dir string, protect map[digest.Digest]b
 			return errors.New("manifest service cannot enumerate")
 		}
 		err = me.Enumerate(ctx, func(d digest.Digest) error {
-			return mark(ctx, ms, d, marked)
+			return mark(ctx, ms, d, marked, walked)
 		})
 		var pnf driver.PathNotFoundError
 		if err != nil && !errors.As(err, &pnf) {
@@ -180,12 +184,15 @@ func CollectGarbage(ctx context.Context, dir string, protect map[digest.Digest]b
 
 // mark marks manifest d and everything it references, following child
 // manifests however deep the graph goes: a blob left unmarked is swept, so
-// the walk has no depth limit. Each digest is visited once.
-func mark(ctx context.Context, ms distribution.ManifestService, d digest.Digest, marked map[digest.Digest]bool) error {
-	if marked[d] {
+// the walk has no depth limit. Each manifest is walked once (walked); a
+// digest that is only marked (referenced, but not a manifest of the
+// repository that referenced it) is still walked where it is one, or its
+// blobs would be swept.
+func mark(ctx context.Context, ms distribution.ManifestService, d digest.Digest, marked, walked map[digest.Digest]bool) error {
+	if walked[d] {
 		return nil
 	}
-	marked[d] = true
+	walked[d], marked[d] = true, true
 	stack := []digest.Digest{d}
 	for len(stack) > 0 {
 		d := stack[len(stack)-1]
@@ -195,15 +202,16 @@ func mark(ctx context.Context, ms distribution.ManifestService, d digest.Digest,
 			return fmt.Errorf("manifest %s: %w", d, err)
 		}
 		for _, ref := range m.References() {
-			if marked[ref.Digest] {
+			marked[ref.Digest] = true
+			if walked[ref.Digest] {
 				continue
 			}
-			marked[ref.Digest] = true
 			ok, err := ms.Exists(ctx, ref.Digest)
 			if err != nil {
 				return fmt.Errorf("manifest %s: %w", ref.Digest, err)
 			}
 			if ok {
+				walked[ref.Digest] = true
 				stack = append(stack, ref.Digest)
 			}
 		}
