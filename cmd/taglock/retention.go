@@ -9,6 +9,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	digest "github.com/opencontainers/go-digest"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
@@ -116,7 +117,7 @@ func (g *globals) openRetention(ctx context.Context) (*session, retentionService
 		}
 		if s.cfg.Upstream.URL == "" && c != nil {
 			dir := server.RegistryStorage(s.cfg.Data)
-			o.GC = func(ctx context.Context) (retention.GCResult, error) {
+			o.GC = func(ctx context.Context, bound map[digest.Digest]bool) (retention.GCResult, error) {
 				switch members, err := c.Members(ctx); {
 				case err != nil:
 					return retention.GCResult{}, err
@@ -125,13 +126,15 @@ func (g *globals) openRetention(ctx context.Context) (*session, retentionService
 				case s.cfg.Embedded.StorageDriver() != "filesystem":
 					return retention.GCResult{Deferred: true, Reason: "taglock collects garbage on filesystem storage only"}, nil
 				}
-				return retention.CollectGarbage(ctx, dir, nil)
+				return retention.CollectGarbage(ctx, dir, bound)
 			}
 		} else if s.cfg.Upstream.URL == "" {
 			// No serve runs on this data directory (this process holds
 			// the ledger), so nothing writes while the sweep runs.
 			dir := server.RegistryStorage(s.cfg.Data)
-			o.GC = func(ctx context.Context) (retention.GCResult, error) { return retention.CollectGarbage(ctx, dir, nil) }
+			o.GC = func(ctx context.Context, bound map[digest.Digest]bool) (retention.GCResult, error) {
+				return retention.CollectGarbage(ctx, dir, bound)
+			}
 		}
 		return s, localRetention{retention.New(o)}, nil
 	}

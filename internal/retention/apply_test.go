@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -223,7 +225,7 @@ func TestGarbageCollectionIsOwedUntilItRuns(t *testing.T) {
 	var calls int
 	next := []GCResult{{Deferred: true, Reason: "writes in flight"}, {BlobsDeleted: 3}}
 	r := f.runner(retain(0, tags("v*")), func(o *Options) {
-		o.GC = func(context.Context) (GCResult, error) {
+		o.GC = func(context.Context, map[digest.Digest]bool) (GCResult, error) {
 			calls++
 			gc := next[0]
 			next = next[1:]
@@ -361,5 +363,43 @@ func TestCollectGarbageFollowsEveryRepositorysManifests(t *testing.T) {
 		if rec := request(f.up, http.MethodGet, p, "", nil); rec.Code != http.StatusOK {
 			t.Errorf("GET %s after the collection: %d, want 200: team/app:v1 is immutable and still bound", p, rec.Code)
 		}
+	}
+}
+
+// TestCollectGarbageKeepsWhatTheLedgerBinds ensures that the content of a
+// live binding survives a collection even when the registry's own links no
+// longer reach it: Distribution's walk silently skips a manifest whose
+// content is gone, and would leave its layers unmarked, so an immutable
+// tag that verify --repair could still put back (the ledger keeps its
+// manifest) would lose its layers for good.
+func TestCollectGarbageKeepsWhatTheLedgerBinds(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t)
+	const repo = "team/app"
+	d := f.push(t, repo, "v1", "the layer")
+	f.push(t, repo, "build-1", "garbage once untagged")
+	data := filepath.Join(f.root, "docker", "registry", "v2", "blobs", "sha256", d.Encoded()[:2], d.Encoded(), "data")
+	if err := os.Remove(data); err != nil {
+		t.Fatal(err)
+	}
+	r := f.runner(retain(0, tags("v*")))
+	bound, err := r.boundContent(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bound[d] || !bound[digest.FromString("the layer")] {
+		t.Fatalf("bound content %v lacks v1's manifest or layer", bound)
+	}
+	res, err := CollectGarbage(ctx, f.root, bound)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Protected == 0 {
+		t.Errorf("collection = %+v; want v1's layer kept as bound", res)
+	}
+	p := "/v2/" + repo + "/blobs/" + digest.FromString("the layer").String()
+	if rec := request(f.up, http.MethodGet, p, "", nil); rec.Code != http.StatusOK {
+		t.Errorf("GET %s after the collection: %d, want 200: team/app:v1 is bound", p, rec.Code)
 	}
 }

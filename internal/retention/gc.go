@@ -39,7 +39,11 @@ type GCResult struct {
 // failed is remembered in the ledger as owed, so the next run collects even if it
 // deletes nothing; one that ran clears the debt.
 func (r *Runner) collect(ctx context.Context) (GCResult, error) {
-	gc, err := r.gc(ctx)
+	bound, err := r.boundContent(ctx)
+	var gc GCResult
+	if err == nil {
+		gc, err = r.gc(ctx, bound)
+	}
 	if err == nil && !gc.Deferred {
 		r.audit.Info().Str("event", "retention-gc").Int64("bytes_freed", gc.BytesFreed).Int("blobs_deleted", gc.BlobsDeleted).
 			Msg("retention: reclaimed blob storage")
@@ -66,6 +70,34 @@ func (r *Runner) gcOwed(ctx context.Context) (bool, error) {
 	return owed, nil
 }
 
+// boundContent is every digest a live binding of the ledger holds: its
+// manifest and everything its closure reaches. The registry's links decide
+// what a collection marks, but a link lost or unreadable must not make a
+// bound tag's content garbage, so the collection keeps these too.
+func (r *Runner) boundContent(ctx context.Context) (map[digest.Digest]bool, error) {
+	repos, err := r.ledger.Repositories(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("bound content: %w", err)
+	}
+	bound := map[digest.Digest]bool{}
+	for _, repo := range repos {
+		bs, err := r.ledger.Bindings(ctx, repo)
+		if err != nil {
+			return nil, fmt.Errorf("bound content of %s: %w", repo, err)
+		}
+		for _, b := range bs {
+			if b.Deleted {
+				continue
+			}
+			bound[b.Digest] = true
+			for _, d := range b.Closure {
+				bound[d] = true
+			}
+		}
+	}
+	return bound, nil
+}
+
 // oweGC records or clears an owed collection.
 func (r *Runner) oweGC(ctx context.Context, owed bool) error {
 	var v []byte
@@ -82,10 +114,19 @@ func (r *Runner) oweGC(ctx context.Context, owed bool) error {
 // filesystem storage rooted at dir (the driver's rootdirectory), like
 // Distribution's MarkAndSweep: every manifest still linked in a repository
 // is marked with everything it references, and unmarked blobs and layer
-// links are removed. Blobs in protect are kept even when unmarked: they
-// belong to pushes whose manifest has not arrived yet. The caller must keep
-// writes from running meanwhile (see proxy.WriteGate).
-func CollectGarbage(ctx context.Context, dir string, protect map[digest.Digest]bool) (GCResult, error) {
+// links are removed. Blobs in any of protect are kept even when unmarked:
+// the content the ledger's live bindings hold (GCFunc's bound), and blobs
+// of pushes whose manifest has not arrived yet. The caller must keep writes
+// from running meanwhile (see proxy.WriteGate).
+func CollectGarbage(ctx context.Context, dir string, protect ...map[digest.Digest]bool) (GCResult, error) {
+	kept := func(d digest.Digest) bool {
+		for _, p := range protect {
+			if p[d] {
+				return true
+			}
+		}
+		return false
+	}
 	var res GCResult
 	drv, err := filesystem.FromParameters(map[string]any{"rootdirectory": dir})
 	if err != nil {
@@ -108,7 +149,15 @@ func CollectGarbage(ctx context.Context, dir string, protect map[digest.Digest]b
 	// which its own walk marks but cannot follow.
 	marked, walked := map[digest.Digest]bool{}, map[digest.Digest]bool{}
 	unlinked := map[string][]digest.Digest{}
+	// A missing directory is tolerated only where it means "nothing here":
+	// no repositories at all, or a repository with no manifests or no layer
+	// links. Anything else stops the collection before the sweep, since a
+	// repository or manifest left unwalked leaves blobs unmarked that a
+	// bound tag needs (mark never reports a missing path as one).
+	var pnf driver.PathNotFoundError
+	repositories := 0
 	err = repos.Enumerate(ctx, func(name string) error {
+		repositories++
 		named, err := reference.WithName(name)
 		if err != nil {
 			return fmt.Errorf("repository name %s: %w", name, err)
@@ -125,26 +174,30 @@ func CollectGarbage(ctx context.Context, dir string, protect map[digest.Digest]b
 		if !ok {
 			return errors.New("manifest service cannot enumerate")
 		}
+		walkedAny := false
 		err = me.Enumerate(ctx, func(d digest.Digest) error {
+			walkedAny = true
 			return mark(ctx, ms, d, marked, walked)
 		})
-		var pnf driver.PathNotFoundError
-		if err != nil && !errors.As(err, &pnf) {
-			return err
+		if err != nil && (walkedAny || !errors.As(err, &pnf)) {
+			return fmt.Errorf("repository %s: %w", name, err)
 		}
 		le, ok := repo.Blobs(ctx).(distribution.ManifestEnumerator)
 		if !ok {
 			return errors.New("blob service cannot enumerate")
 		}
-		return le.Enumerate(ctx, func(d digest.Digest) error {
-			if !marked[d] && !protect[d] {
+		err = le.Enumerate(ctx, func(d digest.Digest) error {
+			if !marked[d] && !kept(d) {
 				unlinked[name] = append(unlinked[name], d)
 			}
 			return nil
 		})
+		if err != nil && !errors.As(err, &pnf) {
+			return fmt.Errorf("layer links of %s: %w", name, err)
+		}
+		return nil
 	})
-	var pnf driver.PathNotFoundError
-	if err != nil && !errors.As(err, &pnf) {
+	if err != nil && (repositories > 0 || !errors.As(err, &pnf)) {
 		return res, fmt.Errorf("mark: %w", err)
 	}
 	vacuum := dstorage.NewVacuum(ctx, drv)
@@ -152,7 +205,7 @@ func CollectGarbage(ctx context.Context, dir string, protect map[digest.Digest]b
 	err = reg.Blobs().Enumerate(ctx, func(d digest.Digest) error {
 		switch {
 		case marked[d]:
-		case protect[d]:
+		case kept(d):
 			res.Protected++
 		default:
 			sweep = append(sweep, d)
@@ -199,7 +252,9 @@ func mark(ctx context.Context, ms distribution.ManifestService, d digest.Digest,
 		stack = stack[:len(stack)-1]
 		m, err := ms.Get(ctx, d)
 		if err != nil {
-			return fmt.Errorf("manifest %s: %w", d, err)
+			// %v, not %w: a manifest that cannot be read is never "a
+			// directory that is not there", whatever the driver says.
+			return fmt.Errorf("manifest %s: %v", d, err)
 		}
 		for _, ref := range m.References() {
 			marked[ref.Digest] = true
@@ -208,7 +263,7 @@ func mark(ctx context.Context, ms distribution.ManifestService, d digest.Digest,
 			}
 			ok, err := ms.Exists(ctx, ref.Digest)
 			if err != nil {
-				return fmt.Errorf("manifest %s: %w", ref.Digest, err)
+				return fmt.Errorf("manifest %s: %v", ref.Digest, err)
 			}
 			if ok {
 				walked[ref.Digest] = true

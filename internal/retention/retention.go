@@ -53,8 +53,10 @@ type Upstream interface {
 
 var _ Upstream = (*proxy.Drift)(nil)
 
-// GCFunc reclaims storage after deletions and reports what it freed.
-type GCFunc func(ctx context.Context) (GCResult, error)
+// GCFunc reclaims storage after deletions and reports what it freed. bound
+// is every digest a live binding of the ledger holds (its manifest and its
+// closure): whatever the registry's own links say, none of it may go.
+type GCFunc func(ctx context.Context, bound map[digest.Digest]bool) (GCResult, error)
 
 // Options configures New.
 type Options struct {

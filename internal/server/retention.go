@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"time"
 
+	digest "github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
@@ -64,7 +65,7 @@ func (p *retentionService) start(cfg config.Config, ledger storage.Ledger, px *p
 		Log: log, Audit: audit, Metrics: retention.NewMetrics(reg), Lock: p.jobs.lock()}
 	if p.gate != nil {
 		gate, dir := p.gate, RegistryStorage(cfg.Data)
-		o.GC = func(ctx context.Context) (retention.GCResult, error) {
+		o.GC = func(ctx context.Context, bound map[digest.Digest]bool) (retention.GCResult, error) {
 			if n, err := p.jobs.others(ctx); err != nil || n > 0 {
 				// This gate holds this replica's writes only.
 				why := fmt.Sprintf("%d other replicas share the registry's storage and may be writing to it; "+
@@ -88,7 +89,7 @@ func (p *retentionService) start(cfg config.Config, ledger storage.Ledger, px *p
 				return retention.GCResult{}, err
 			}
 			defer release()
-			return retention.CollectGarbage(ctx, dir, gate.Pending(time.Now().Add(-PendingBlobAge)))
+			return retention.CollectGarbage(ctx, dir, bound, gate.Pending(time.Now().Add(-PendingBlobAge)))
 		}
 	}
 	p.runner = retention.New(o)
