@@ -9,7 +9,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	digest "github.com/opencontainers/go-digest"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
@@ -117,7 +116,7 @@ func (g *globals) openRetention(ctx context.Context) (*session, retentionService
 		}
 		if s.cfg.Upstream.URL == "" && c != nil {
 			dir := server.RegistryStorage(s.cfg.Data)
-			o.GC = func(ctx context.Context, bound map[digest.Digest]bool) (retention.GCResult, error) {
+			o.GC = func(ctx context.Context, bound retention.BoundFunc) (retention.GCResult, error) {
 				switch members, err := c.Members(ctx); {
 				case err != nil:
 					return retention.GCResult{}, err
@@ -126,14 +125,14 @@ func (g *globals) openRetention(ctx context.Context) (*session, retentionService
 				case s.cfg.Embedded.StorageDriver() != "filesystem":
 					return retention.GCResult{Deferred: true, Reason: "taglock collects garbage on filesystem storage only"}, nil
 				}
-				return retention.CollectGarbage(ctx, dir, bound)
+				return collect(ctx, dir, bound)
 			}
 		} else if s.cfg.Upstream.URL == "" {
 			// No serve runs on this data directory (this process holds
 			// the ledger), so nothing writes while the sweep runs.
 			dir := server.RegistryStorage(s.cfg.Data)
-			o.GC = func(ctx context.Context, bound map[digest.Digest]bool) (retention.GCResult, error) {
-				return retention.CollectGarbage(ctx, dir, bound)
+			o.GC = func(ctx context.Context, bound retention.BoundFunc) (retention.GCResult, error) {
+				return collect(ctx, dir, bound)
 			}
 		}
 		return s, localRetention{retention.New(o)}, nil
@@ -339,4 +338,13 @@ func (b *applyBar) done() {
 	if b.on {
 		fmt.Fprint(b.w, "\r\033[K")
 	}
+}
+
+// collect runs a garbage collection of dir that keeps what the ledger binds.
+func collect(ctx context.Context, dir string, bound retention.BoundFunc) (retention.GCResult, error) {
+	keep, err := bound(ctx)
+	if err != nil {
+		return retention.GCResult{}, err
+	}
+	return retention.CollectGarbage(ctx, dir, keep)
 }

@@ -225,7 +225,7 @@ func TestGarbageCollectionIsOwedUntilItRuns(t *testing.T) {
 	var calls int
 	next := []GCResult{{Deferred: true, Reason: "writes in flight"}, {BlobsDeleted: 3}}
 	r := f.runner(retain(0, tags("v*")), func(o *Options) {
-		o.GC = func(context.Context, map[digest.Digest]bool) (GCResult, error) {
+		o.GC = func(context.Context, BoundFunc) (GCResult, error) {
 			calls++
 			gc := next[0]
 			next = next[1:]

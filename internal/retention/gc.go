@@ -39,11 +39,7 @@ type GCResult struct {
 // failed is remembered in the ledger as owed, so the next run collects even if it
 // deletes nothing; one that ran clears the debt.
 func (r *Runner) collect(ctx context.Context) (GCResult, error) {
-	bound, err := r.boundContent(ctx)
-	var gc GCResult
-	if err == nil {
-		gc, err = r.gc(ctx, bound)
-	}
+	gc, err := r.gc(ctx, r.boundContent)
 	if err == nil && !gc.Deferred {
 		r.audit.Info().Str("event", "retention-gc").Int64("bytes_freed", gc.BytesFreed).Int("blobs_deleted", gc.BlobsDeleted).
 			Msg("retention: reclaimed blob storage")

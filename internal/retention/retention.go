@@ -54,9 +54,14 @@ type Upstream interface {
 var _ Upstream = (*proxy.Drift)(nil)
 
 // GCFunc reclaims storage after deletions and reports what it freed. bound
-// is every digest a live binding of the ledger holds (its manifest and its
-// closure): whatever the registry's own links say, none of it may go.
-type GCFunc func(ctx context.Context, bound map[digest.Digest]bool) (GCResult, error)
+// reads every digest a live binding of the ledger holds (its manifest and
+// its closure): whatever the registry's own links say, none of it may go.
+// It walks the whole ledger, so a GCFunc calls it only once it knows it
+// will collect, and before it stops writes.
+type GCFunc func(ctx context.Context, bound BoundFunc) (GCResult, error)
+
+// BoundFunc reads the content the ledger's live bindings hold.
+type BoundFunc func(ctx context.Context) (map[digest.Digest]bool, error)
 
 // Options configures New.
 type Options struct {

@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"time"
 
-	digest "github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
@@ -65,7 +64,7 @@ func (p *retentionService) start(cfg config.Config, ledger storage.Ledger, px *p
 		Log: log, Audit: audit, Metrics: retention.NewMetrics(reg), Lock: p.jobs.lock()}
 	if p.gate != nil {
 		gate, dir := p.gate, RegistryStorage(cfg.Data)
-		o.GC = func(ctx context.Context, bound map[digest.Digest]bool) (retention.GCResult, error) {
+		o.GC = func(ctx context.Context, bound retention.BoundFunc) (retention.GCResult, error) {
 			if n, err := p.jobs.others(ctx); err != nil || n > 0 {
 				// This gate holds this replica's writes only.
 				why := fmt.Sprintf("%d other replicas share the registry's storage and may be writing to it; "+
@@ -79,6 +78,10 @@ func (p *retentionService) start(cfg config.Config, ledger storage.Ledger, px *p
 				return retention.GCResult{Deferred: true, Reason: "taglock collects garbage on filesystem storage only; " +
 					"the embedded registry stores on " + d + ": reclaim its space with the object store's own tools"}, nil
 			}
+			keep, err := bound(ctx) // before the gate: it reads the whole ledger
+			if err != nil {
+				return retention.GCResult{}, err
+			}
 			release, err := gate.Hold(ctx)
 			if errors.Is(err, proxy.ErrWritesInFlight) {
 				// Never collect while a write could land blobs: the
@@ -89,7 +92,7 @@ func (p *retentionService) start(cfg config.Config, ledger storage.Ledger, px *p
 				return retention.GCResult{}, err
 			}
 			defer release()
-			return retention.CollectGarbage(ctx, dir, bound, gate.Pending(time.Now().Add(-PendingBlobAge)))
+			return retention.CollectGarbage(ctx, dir, keep, gate.Pending(time.Now().Add(-PendingBlobAge)))
 		}
 	}
 	p.runner = retention.New(o)
